@@ -1,0 +1,115 @@
+//! The `rune` command line: argument parsing, logging set-up, and the documented exit codes.
+
+mod actions;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::inventory::Inventory;
+use crate::plugins::Registry;
+
+/// Exit code: everything ran and every run succeeded (ok, warn, skipped, dry_run).
+pub const EXIT_OK: i32 = 0;
+/// Exit code: at least one run did not succeed.
+pub const EXIT_RUN_FAILED: i32 = 1;
+/// Exit code: bad usage or invalid input; nothing ran.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "rune", version, about = "Event-driven alert-to-remediation bridge: run BPCS plugins on Linux hosts")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RUNE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `rune=debug`.
+    #[arg(long, global = true, default_value = "warn", env = "RUNE_LOG")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// One JSON document (JSON Lines for `run`) on stdout.
+    Json,
+    /// Human-readable.
+    #[default]
+    Pretty,
+}
+
+/// Where plugins come from (shared by the subcommands).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PluginDirs {
+    /// Plugin directory (repeatable; earlier ones win for shared helpers). Default: ./plugins
+    #[arg(long = "plugins-dir", env = "RUNE_PLUGINS_DIR", value_delimiter = ':')]
+    pub dirs: Vec<PathBuf>,
+}
+
+impl PluginDirs {
+    pub fn load(&self) -> Registry {
+        let dirs = if self.dirs.is_empty() { vec![PathBuf::from("plugins")] } else { self.dirs.clone() };
+        Registry::load(&dirs)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a plugin on hosts from the inventory.
+    Run(run::RunArgs),
+    /// List the plugins that can be run.
+    ListActions {
+        #[command(flatten)]
+        plugins: PluginDirs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Pretty)]
+        output: OutputFormat,
+    },
+    /// Show one plugin's header, arguments and versions.
+    PluginInfo {
+        /// NAME or NAME@VERSION
+        action: String,
+        #[command(flatten)]
+        plugins: PluginDirs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Pretty)]
+        output: OutputFormat,
+    },
+}
+
+/// Loads the inventory from `--inventory`, else ./inventory.yaml when present, else the embedded default.
+pub fn load_inventory(path: Option<&PathBuf>) -> Result<Arc<Inventory>, Vec<String>> {
+    let loaded = match path {
+        Some(p) => Inventory::load(p),
+        None => {
+            let local = PathBuf::from("inventory.yaml");
+            if local.is_file() { Inventory::load(&local) } else { Inventory::embedded_default() }
+        }
+    };
+    loaded.map(Arc::new).map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the CLI and returns the process exit code.
+pub async fn main(cli: Cli) -> i32 {
+    init_logging(&cli);
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::ListActions { plugins, output } => actions::list(&plugins, output),
+        Command::PluginInfo { action, plugins, output } => actions::info(&action, &plugins, output),
+    }
+}

@@ -1,0 +1,373 @@
+//! The inventory: the hosts RUNE may act on, their groups and how to reach them. Targets come only from here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+static HOST_NAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$").unwrap_or_else(|_| unreachable!()));
+static GROUP_NAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$").unwrap_or_else(|_| unreachable!()));
+static USER_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z_][a-z0-9_.-]{0,31}\$?$").unwrap_or_else(|_| unreachable!()));
+
+/// The inventory used when no file is given: this machine, run as a local subprocess.
+pub const EMBEDDED_DEFAULT: &str = "\
+# Embedded default inventory: only this machine, reached as a local subprocess.
+hosts:
+  localhost:
+    transport: local
+    groups: [local]
+";
+
+/// How a host is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// A subprocess on the machine running RUNE.
+    Local,
+    /// OpenSSH-compatible server, through russh.
+    Ssh,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Local => "local",
+            TransportKind::Ssh => "ssh",
+        })
+    }
+}
+
+/// What to do with a host key that is not in known_hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// Refuse unknown and changed keys (the default).
+    #[default]
+    Strict,
+    /// Record an unknown key on first use; still refuse a changed key. Explicit opt-in only.
+    AcceptNew,
+}
+
+/// Settings shared by all hosts unless a host overrides them (raw form).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsConfig {
+    pub transport: Option<TransportKind>,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub host_key_policy: Option<HostKeyPolicy>,
+    pub sudo: Option<bool>,
+    pub connect_timeout_s: Option<u64>,
+}
+
+/// One host as written (raw form).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub host_key_policy: Option<HostKeyPolicy>,
+    pub transport: Option<TransportKind>,
+    pub sudo: Option<bool>,
+    pub connect_timeout_s: Option<u64>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The inventory file as written (raw form).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryConfig {
+    #[serde(default)]
+    pub defaults: DefaultsConfig,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostConfig>,
+}
+
+/// A validated host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub key: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    pub host_key_policy: HostKeyPolicy,
+    pub transport: TransportKind,
+    /// Run root-needing plugins through `sudo -n`.
+    pub sudo: bool,
+    #[serde(rename = "connect_timeout_s", serialize_with = "serialize_secs")]
+    pub connect_timeout: Duration,
+    pub groups: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// A problem in the inventory file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    #[error("{path}: cannot read: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse { path: String, line: u64, column: u64, message: String },
+    #[error("{path}: host `{host}`: {message}")]
+    Host { path: String, host: String, message: String },
+}
+
+/// Why a target selection was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("unknown host `{0}`: targets must be listed in the inventory")]
+    UnknownHost(String),
+    #[error("unknown group `{0}`")]
+    UnknownGroup(String),
+    #[error("no target given: use --host, --hosts or --group")]
+    Empty,
+}
+
+/// The validated inventory.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    hosts: BTreeMap<String, Arc<Host>>,
+    source: String,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+impl Inventory {
+    /// The embedded default (localhost, local transport).
+    pub fn embedded_default() -> Result<Inventory, Vec<InventoryError>> {
+        Inventory::parse(EMBEDDED_DEFAULT, "<embedded default inventory>", None)
+    }
+
+    /// Loads a YAML inventory file. Relative key and known_hosts paths are relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Inventory, Vec<InventoryError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![InventoryError::Read { path: path.display().to_string(), message: e.to_string() }]
+        })?;
+        Inventory::parse(&text, &path.display().to_string(), path.parent())
+    }
+
+    /// Parses and validates inventory text; every problem is reported.
+    pub fn parse(text: &str, source: &str, base: Option<&Path>) -> Result<Inventory, Vec<InventoryError>> {
+        let options = serde_saphyr::options! { strict_booleans: true };
+        let raw: InventoryConfig = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            vec![InventoryError::Parse {
+                path: source.to_owned(),
+                line,
+                column,
+                message: e.to_string().lines().next().unwrap_or("invalid inventory").to_owned(),
+            }]
+        })?;
+        let resolve = |p: &Path| -> PathBuf {
+            let expanded = match p.strip_prefix("~") {
+                Ok(rest) => home().join(rest),
+                Err(_) => p.to_owned(),
+            };
+            match base {
+                Some(b) if expanded.is_relative() => b.join(expanded),
+                _ => expanded,
+            }
+        };
+        let d = &raw.defaults;
+        let mut errors = Vec::new();
+        let mut hosts = BTreeMap::new();
+        for (name, h) in &raw.hosts {
+            let mut fail = |message: String| {
+                errors.push(InventoryError::Host { path: source.to_owned(), host: name.clone(), message })
+            };
+            if !HOST_NAME_RE.is_match(name) {
+                fail(format!("host name must match {}", HOST_NAME_RE.as_str()));
+                continue;
+            }
+            let transport = h.transport.or(d.transport).unwrap_or(TransportKind::Ssh);
+            let address = h.address.clone().unwrap_or_else(|| name.clone());
+            if address.is_empty() || address.len() > 253 || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                fail("address must be a host name or IP address".into());
+                continue;
+            }
+            let user = h.user.clone().or_else(|| d.user.clone()).unwrap_or_else(|| {
+                std::env::var("USER").ok().filter(|u| USER_RE.is_match(u)).unwrap_or_else(|| "root".into())
+            });
+            if !USER_RE.is_match(&user) {
+                fail(format!("user `{user}` is not a valid login name"));
+                continue;
+            }
+            let port = h.port.or(d.port).unwrap_or(22);
+            if port == 0 {
+                fail("port must be 1..=65535".into());
+                continue;
+            }
+            let timeout = h.connect_timeout_s.or(d.connect_timeout_s).unwrap_or(10);
+            if timeout == 0 || timeout > 600 {
+                fail("connect_timeout_s must be within 1..=600".into());
+                continue;
+            }
+            let mut bad_group = false;
+            for g in &h.groups {
+                if !GROUP_NAME_RE.is_match(g) {
+                    fail(format!("group `{g}` must match {}", GROUP_NAME_RE.as_str()));
+                    bad_group = true;
+                }
+            }
+            if bad_group {
+                continue;
+            }
+            let key = h.key.as_deref().or(d.key.as_deref()).map(resolve);
+            let known_hosts = h
+                .known_hosts
+                .as_deref()
+                .or(d.known_hosts.as_deref())
+                .map(resolve)
+                .unwrap_or_else(|| home().join(".ssh/known_hosts"));
+            hosts.insert(
+                name.clone(),
+                Arc::new(Host {
+                    name: name.clone(),
+                    address,
+                    port,
+                    user,
+                    key,
+                    known_hosts,
+                    host_key_policy: h.host_key_policy.or(d.host_key_policy).unwrap_or_default(),
+                    transport,
+                    sudo: h.sudo.or(d.sudo).unwrap_or(false),
+                    connect_timeout: Duration::from_secs(timeout),
+                    groups: h.groups.clone(),
+                    tags: h.tags.clone(),
+                }),
+            );
+        }
+        if errors.is_empty() { Ok(Inventory { hosts, source: source.to_owned() }) } else { Err(errors) }
+    }
+
+    /// Where this inventory came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Every host, by name.
+    pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
+        self.hosts.values()
+    }
+
+    /// One host by its inventory name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Host>> {
+        self.hosts.get(name)
+    }
+
+    /// Resolves a target selection into known hosts (deduplicated, in the order given, groups by name).
+    /// Any unknown name refuses the whole selection: nothing is guessed.
+    pub fn select(&self, hosts: &[String], groups: &[String]) -> Result<Vec<Arc<Host>>, Vec<TargetError>> {
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for name in hosts {
+            match self.hosts.get(name) {
+                Some(h) => {
+                    if seen.insert(h.name.clone()) {
+                        out.push(h.clone());
+                    }
+                }
+                None => errors.push(TargetError::UnknownHost(name.clone())),
+            }
+        }
+        for group in groups {
+            let members: Vec<&Arc<Host>> = self.hosts.values().filter(|h| h.groups.iter().any(|g| g == group)).collect();
+            if members.is_empty() {
+                errors.push(TargetError::UnknownGroup(group.clone()));
+            }
+            for h in members {
+                if seen.insert(h.name.clone()) {
+                    out.push(h.clone());
+                }
+            }
+        }
+        if errors.is_empty() && out.is_empty() {
+            errors.push(TargetError::Empty);
+        }
+        if errors.is_empty() { Ok(out) } else { Err(errors) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INV: &str = "
+defaults:
+  user: ops
+  key: keys/id_ed25519
+  known_hosts: known_hosts
+hosts:
+  web-1:
+    address: 127.0.0.1
+    port: 2201
+    groups: [web]
+  web-2:
+    address: 127.0.0.1
+    port: 2202
+    groups: [web]
+  db-1:
+    address: 127.0.0.1
+    user: dba
+    host_key_policy: accept-new
+";
+
+    #[test]
+    fn parses_and_applies_defaults() {
+        let inv = Inventory::parse(INV, "inv.yaml", Some(Path::new("/etc/rune"))).expect("valid");
+        let db = inv.get("db-1").expect("db-1");
+        assert_eq!(db.user, "dba");
+        assert_eq!(db.port, 22);
+        assert_eq!(db.key.as_deref(), Some(Path::new("/etc/rune/keys/id_ed25519")));
+        assert_eq!(db.host_key_policy, HostKeyPolicy::AcceptNew);
+        assert_eq!(inv.get("web-1").expect("web-1").host_key_policy, HostKeyPolicy::Strict);
+    }
+
+    #[test]
+    fn unknown_targets_are_refused() {
+        let inv = Inventory::parse(INV, "inv.yaml", None).expect("valid");
+        let sel = inv.select(&["db-1".into()], &["web".into()]).expect("valid selection");
+        assert_eq!(sel.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["db-1", "web-1", "web-2"]);
+        let err = inv.select(&["db-1".into(), "evil.example".into()], &["nope".into()]).expect_err("refused");
+        assert_eq!(err.len(), 2);
+        assert_eq!(inv.select(&[], &[]).expect_err("empty"), vec![TargetError::Empty]);
+    }
+
+    #[test]
+    fn reports_position_of_bad_yaml() {
+        let err = Inventory::parse("hosts:\n  a:\n    colour: red\n", "inv.yaml", None).expect_err("invalid");
+        match &err[0] {
+            InventoryError::Parse { line, .. } => assert_eq!(*line, 3),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn embedded_default_has_localhost() {
+        let inv = Inventory::embedded_default().expect("valid");
+        assert_eq!(inv.get("localhost").expect("localhost").transport, TransportKind::Local);
+    }
+}

@@ -1,0 +1,29 @@
+//! RUNE: an event-driven alert-to-remediation bridge that runs BPCS plugins on Linux hosts, agentlessly.
+//!
+//! # Layout
+//!
+//! ```text
+//! rune run ──RunRequest──> orchestrator ──(plugin, host, args)──> mediator ──Invocation──> transport
+//!                           │  validates action + args,             │  builds the runner program,      │ local / ssh
+//!                           │  resolves plugin (registry) and       │  runs it, validates the BPCS      │
+//!                           │  hosts (inventory), fans out          │  output into a RunResult          │
+//!                           └──────────── ResultEnvelope (results) <─┴──────────── RawOutcome <─────────┘
+//! ```
+//!
+//! - [`bpcs`]: the Bash Plugin Communication Spec v0.1 — header, input and output types and their validation.
+//! - [`plugins`]: the plugin registry (discovery, headers, versions, sha256).
+//! - [`inventory`]: hosts and groups; the only place targets come from.
+//! - [`orchestrator`]: turns a run request into per-host runs with bounded parallelism.
+//! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
+//! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
+//! - [`results`]: the result envelope every run produces, whoever started it.
+//! - [`cli`]: the `rune` command line.
+
+pub mod bpcs;
+pub mod cli;
+pub mod inventory;
+pub mod mediator;
+pub mod orchestrator;
+pub mod plugins;
+pub mod results;
+pub mod transport;

@@ -1,0 +1,264 @@
+//! The mediator: one plugin run on one host. Builds the runner program (BPCS input, no shell interpolation of
+//! data), runs it through a [`Transport`] under a timeout that also ends the remote process tree, caps output,
+//! and validates the plugin's BPCS output into a [`ResultEnvelope`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::bpcs::{self, ArgValue, BPCS_VERSION, PluginInput, PluginRef, PluginStatus, runner_exit};
+use crate::inventory::{Host, TransportKind};
+use crate::plugins::{LibFile, Plugin};
+use crate::results::{PluginIdentity, ResultEnvelope, Status};
+use crate::transport::{Invocation, RawOutcome, Transport, TransportError};
+
+const RUNNER_TEMPLATE: &str = include_str!("runner.sh");
+
+/// Seconds between the polite TERM at the timeout and the KILL of the plugin's process group.
+pub const KILL_AFTER_SECS: u64 = 5;
+/// Extra client-side time past timeout + kill-after before the transport gives up and cleans up itself.
+pub const CLIENT_GRACE_SECS: u64 = 10;
+
+/// Everything needed for one run on one host. Arguments are already validated against the header.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub run_id: String,
+    pub correlation_id: String,
+    pub action: String,
+    pub plugin: Arc<Plugin>,
+    pub lib: Arc<Vec<LibFile>>,
+    pub args: Arc<BTreeMap<String, ArgValue>>,
+    pub host: Arc<Host>,
+    pub dry_run: bool,
+    pub timeout: Duration,
+    pub operator: String,
+    pub trigger: Arc<Value>,
+}
+
+impl RunSpec {
+    fn timeout_secs(&self) -> u64 {
+        self.timeout.as_secs().max(1)
+    }
+
+    /// True when this run goes through `sudo -n`.
+    fn uses_sudo(&self) -> bool {
+        self.plugin.needs_root && !self.runs_as_root() && self.host.sudo
+    }
+
+    fn runs_as_root(&self) -> bool {
+        match self.host.transport {
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            TransportKind::Local => unsafe { libc::geteuid() == 0 },
+            TransportKind::Ssh => self.host.user == "root",
+        }
+    }
+}
+
+/// Builds the runner program and the fixed command that starts it.
+pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
+    let plugin = &spec.plugin;
+    let input = PluginInput {
+        bpcs: BPCS_VERSION,
+        run_id: &spec.run_id,
+        correlation_id: &spec.correlation_id,
+        action: &spec.action,
+        plugin: PluginRef { name: &plugin.name, version: &plugin.version.to_string() },
+        host: &spec.host.name,
+        dry_run: spec.dry_run,
+        timeout_s: spec.timeout_secs(),
+        args: &spec.args,
+        trigger: &spec.trigger,
+    };
+    let input_value = serde_json::to_value(&input).map_err(|e| format!("cannot encode input: {e}"))?;
+    bpcs::validate_input(&input_value).map_err(|e| format!("input does not match the BPCS input schema: {e}"))?;
+    let input_json = serde_json::to_vec(&input_value).map_err(|e| format!("cannot encode input: {e}"))?;
+
+    let mut put = String::new();
+    for lib in spec.lib.iter() {
+        // Names were validated by the registry ([A-Za-z0-9._+-]); contents travel as base64.
+        let _ = writeln!(put, "  rune_put 'lib/{}' '{}'", lib.name, B64.encode(&lib.source));
+    }
+    let _ = writeln!(put, "  rune_put plugin.sh '{}'", B64.encode(&plugin.source));
+    let _ = write!(put, "  rune_put input.json '{}'", B64.encode(&input_json));
+
+    let mut env = String::new();
+    let mut push_env = |name: &str, value: &str| {
+        let _ = writeln!(env, "  rune_env {name} '{}'", B64.encode(value.as_bytes()));
+    };
+    push_env("RUNE_HOST", &spec.host.name);
+    push_env("RUNE_ACTION", &spec.action);
+    push_env("RUNE_CORRELATION_ID", &spec.correlation_id);
+    for (name, value) in spec.args.iter() {
+        // Arg names were validated against ^[a-z][a-z0-9_]{0,62}$ when the header loaded.
+        push_env(&format!("RUNE_ARG_{name}"), &value.as_env_string());
+    }
+
+    let timeout = spec.timeout_secs().to_string();
+    let program = RUNNER_TEMPLATE
+        .replace("@PUT_FILES@", &put)
+        .replace("@ENV_VARS@", env.trim_end_matches('\n'))
+        .replace("@REQUIRES@", &plugin.requires.join(" "))
+        .replace("@NEEDS_ROOT@", if plugin.needs_root { "1" } else { "0" })
+        .replace("@DRY_RUN@", if spec.dry_run { "1" } else { "0" })
+        .replace("@TIMEOUT@", &timeout)
+        .replace("@KILL_AFTER@", &KILL_AFTER_SECS.to_string())
+        .replace("@STDOUT_CAP@", &(bpcs::MAX_STDOUT_BYTES + 1).to_string())
+        .replace("@STDERR_CAP@", &bpcs::STDERR_TAIL_BYTES.to_string())
+        .replace("@RUN_ID@", &spec.run_id);
+
+    let mut argv: Vec<String> = Vec::new();
+    if spec.uses_sudo() {
+        argv.extend(["sudo", "-n"].map(String::from));
+    }
+    argv.extend(["bash", "--noprofile", "--norc", "-s"].map(String::from));
+    // Only the run id (a UUID we generated) varies in this text.
+    let kill = format!(
+        "d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; if [ -d \"$d\" ]; then kill -KILL -- \"-$(cat \"$d/pgid\" 2>/dev/null)\" \"$(cat \"$d/pid\" 2>/dev/null)\" 2>/dev/null; rm -rf -- \"$d\"; fi",
+        id = spec.run_id
+    );
+    let cleanup = if spec.uses_sudo() { format!("sudo -n bash --noprofile --norc -c '{kill}'") } else { kill };
+    Ok(Invocation {
+        argv,
+        stdin: program.into_bytes(),
+        deadline: Duration::from_secs(spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS),
+        stdout_cap: bpcs::MAX_STDOUT_BYTES,
+        stderr_tail: bpcs::STDERR_TAIL_BYTES,
+        cleanup,
+    })
+}
+
+/// What the mediator concluded from a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: Status,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// Runs one spec on its host and returns the envelope. Never fails: every problem becomes a status.
+pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let (verdict, raw) = if spec.plugin.needs_root && !spec.runs_as_root() && !spec.host.sudo {
+        let error = format!(
+            "plugin {} needs root; host {} logs in as {} without `sudo: true` in the inventory",
+            spec.plugin.name, spec.host.name, spec.host.user
+        );
+        (Verdict { status: Status::PreconditionFailed, output: None, error: Some(error) }, RawOutcome::default())
+    } else {
+        match build_invocation(spec) {
+            Err(e) => (Verdict { status: Status::Error, output: None, error: Some(e) }, RawOutcome::default()),
+            Ok(invocation) => match transport.execute(&spec.host, &invocation).await {
+                Ok(raw) => (interpret(spec, &raw), raw),
+                Err(e) => (transport_verdict(e), RawOutcome::default()),
+            },
+        }
+    };
+    let finished_at = Utc::now();
+    let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::debug!(run_id = %spec.run_id, host = %spec.host.name, status = %verdict.status, duration_ms, "run finished");
+    ResultEnvelope {
+        run_id: spec.run_id.clone(),
+        correlation_id: spec.correlation_id.clone(),
+        action: spec.action.clone(),
+        plugin: PluginIdentity {
+            name: spec.plugin.name.clone(),
+            version: spec.plugin.version.to_string(),
+            sha256: spec.plugin.sha256.clone(),
+        },
+        host: spec.host.name.clone(),
+        transport: spec.host.transport,
+        started_at,
+        finished_at,
+        duration_ms,
+        status: verdict.status,
+        exit_code: raw.exit_code,
+        output: verdict.output,
+        error: verdict.error,
+        stderr_tail: String::from_utf8_lossy(&raw.stderr_tail).into_owned(),
+        truncated: raw.stdout_truncated,
+        dry_run: spec.dry_run,
+        operator: spec.operator.clone(),
+    }
+}
+
+fn transport_verdict(e: TransportError) -> Verdict {
+    let status = match &e {
+        TransportError::Unreachable(_) => Status::Unreachable,
+        TransportError::HostKeyUnknown { .. } | TransportError::HostKeyChanged { .. } => Status::HostKeyRejected,
+        TransportError::AuthFailed(_) => Status::AuthFailed,
+        TransportError::Protocol(_) | TransportError::Spawn(_) => Status::Error,
+    };
+    Verdict { status, output: None, error: Some(e.to_string()) }
+}
+
+fn last_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned()
+}
+
+/// Maps what came back into a status, validating the plugin's output against BPCS.
+pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
+    let fail = |status: Status, error: String| Verdict { status, output: None, error: Some(error) };
+    if raw.deadline_hit {
+        return fail(
+            Status::Timeout,
+            format!("no answer within {}s; the run's process group on the host was killed", spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS),
+        );
+    }
+    let Some(code) = raw.exit_code else {
+        let signal = raw.exit_signal.clone().unwrap_or_else(|| "unknown cause".into());
+        return fail(Status::Error, format!("the runner ended without an exit code ({signal})"));
+    };
+    match code {
+        runner_exit::TIMEOUT => {
+            return fail(Status::Timeout, format!("timed out after {}s; the plugin's process group was killed", spec.timeout_secs()));
+        }
+        runner_exit::REQUIRES_MISSING => {
+            let missing = serde_json::from_slice::<Value>(&raw.stdout)
+                .ok()
+                .and_then(|v| v.get("missing").cloned())
+                .and_then(|m| serde_json::from_value::<Vec<String>>(m).ok())
+                .unwrap_or_default();
+            return fail(Status::PreconditionFailed, format!("required commands missing on the host: {}", missing.join(", ")));
+        }
+        runner_exit::NEEDS_ROOT => {
+            return fail(Status::PreconditionFailed, "the plugin needs root and the runner is not root".into());
+        }
+        120..=127 => {
+            return fail(Status::Error, format!("the RUNE runner failed (exit {code}): {}", last_line(&raw.stderr_tail)));
+        }
+        _ => {}
+    }
+    if spec.uses_sudo() && code == 1 && raw.stdout.is_empty() && String::from_utf8_lossy(&raw.stderr_tail).contains("sudo:") {
+        return fail(Status::PreconditionFailed, format!("sudo -n refused: {}", last_line(&raw.stderr_tail)));
+    }
+    if raw.stdout_truncated {
+        return fail(Status::ProtocolError, format!("stdout exceeded {} bytes and was cut", bpcs::MAX_STDOUT_BYTES));
+    }
+    let output = match bpcs::parse_output(&raw.stdout) {
+        Ok(o) => o,
+        Err(e) if code >= 128 => {
+            return fail(Status::Error, format!("the plugin was killed by signal {} ({e})", code - 128));
+        }
+        Err(e) => return fail(Status::ProtocolError, format!("BPCS violation: {e} (exit code {code})")),
+    };
+    let value = serde_json::to_value(&output).ok();
+    if let Err(e) = bpcs::check_exit_code(&output, code) {
+        return Verdict { status: Status::ProtocolError, output: value, error: Some(format!("BPCS violation: {e}")) };
+    }
+    let status = match output.status {
+        PluginStatus::Ok if spec.dry_run => Status::DryRun,
+        PluginStatus::Ok => Status::Ok,
+        PluginStatus::Warn => Status::Warn,
+        PluginStatus::Error => Status::Error,
+        PluginStatus::Skipped => Status::Skipped,
+    };
+    Verdict { status, output: value, error: None }
+}

@@ -1,0 +1,178 @@
+//! The orchestrator: validates a run request (action, arguments, targets) before anything runs, then fans the
+//! plugin out across hosts with bounded parallelism and streams each host's result as it finishes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::bpcs::{self, RawArg};
+use crate::inventory::{Inventory, TransportKind};
+use crate::mediator::{self, RunSpec};
+use crate::plugins::{MAX_TIMEOUT_SECS, Registry, ResolveError};
+use crate::results::ResultEnvelope;
+use crate::transport::Transport;
+use crate::transport::local::LocalTransport;
+use crate::transport::ssh::SshTransport;
+
+static CORRELATION_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$").unwrap_or_else(|_| unreachable!()));
+
+/// Most hosts run at once by default.
+pub const DEFAULT_PARALLEL: usize = 32;
+
+/// A request to run one action on some hosts: from the CLI today, from rules and chatops later.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub action: String,
+    pub args: BTreeMap<String, RawArg>,
+    pub hosts: Vec<String>,
+    pub groups: Vec<String>,
+    pub dry_run: bool,
+    /// Overrides the plugin's declared timeout.
+    pub timeout: Option<Duration>,
+    pub operator: String,
+    /// Accepted from the caller when present, generated otherwise.
+    pub correlation_id: Option<String>,
+    /// What started the run (`{"source":"cli",...}`); passed to the plugin.
+    pub trigger: Value,
+}
+
+/// Why a request was refused before anything ran. Every problem is listed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Refused(pub Vec<String>);
+
+/// A validated request: one spec per host, nothing run yet.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub correlation_id: String,
+    pub specs: Vec<RunSpec>,
+}
+
+/// Holds the registry, the inventory and the transports (with their connection pools).
+#[derive(Clone)]
+pub struct Orchestrator {
+    registry: Arc<Registry>,
+    inventory: Arc<Inventory>,
+    local: Arc<LocalTransport>,
+    ssh: SshTransport,
+}
+
+impl Orchestrator {
+    pub fn new(registry: Arc<Registry>, inventory: Arc<Inventory>, ssh: SshTransport) -> Orchestrator {
+        Orchestrator { registry, inventory, local: Arc::new(LocalTransport), ssh }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    pub fn ssh(&self) -> &SshTransport {
+        &self.ssh
+    }
+
+    /// Validates the request completely; refuses with every problem found. Nothing is run.
+    pub fn plan(&self, request: &RunRequest) -> Result<Plan, Refused> {
+        let mut problems = Vec::new();
+        let plugin = match self.registry.resolve(&request.action) {
+            Ok(p) => Some(p),
+            Err(e @ (ResolveError::Unknown(_) | ResolveError::NoSuchVersion { .. } | ResolveError::Invalid(_))) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+        let args = plugin.as_ref().and_then(|p| match bpcs::check_args(&p.args, &request.args) {
+            Ok(a) => Some(a),
+            Err(errors) => {
+                problems.extend(errors.iter().map(ToString::to_string));
+                None
+            }
+        });
+        let hosts = match self.inventory.select(&request.hosts, &request.groups) {
+            Ok(h) => h,
+            Err(errors) => {
+                problems.extend(errors.iter().map(ToString::to_string));
+                Vec::new()
+            }
+        };
+        if let Some(t) = request.timeout
+            && (t.is_zero() || t.as_secs() > MAX_TIMEOUT_SECS)
+        {
+            problems.push(format!("timeout must be within 1..={MAX_TIMEOUT_SECS} seconds"));
+        }
+        let correlation_id = match &request.correlation_id {
+            Some(c) if CORRELATION_RE.is_match(c) => c.clone(),
+            Some(_) => {
+                problems.push(format!("correlation id must match {}", CORRELATION_RE.as_str()));
+                String::new()
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let (Some(plugin), Some(args), true) = (plugin, args, problems.is_empty()) else {
+            return Err(Refused(problems));
+        };
+        let args = Arc::new(args);
+        let trigger = Arc::new(request.trigger.clone());
+        let timeout = request.timeout.unwrap_or(plugin.timeout);
+        let specs = hosts
+            .into_iter()
+            .map(|host| RunSpec {
+                run_id: uuid::Uuid::now_v7().to_string(),
+                correlation_id: correlation_id.clone(),
+                action: plugin.name.clone(),
+                plugin: plugin.clone(),
+                lib: self.registry.lib().clone(),
+                args: args.clone(),
+                host,
+                dry_run: request.dry_run,
+                timeout,
+                operator: request.operator.clone(),
+                trigger: trigger.clone(),
+            })
+            .collect();
+        Ok(Plan { correlation_id, specs })
+    }
+
+    fn transport(&self, kind: TransportKind) -> Arc<dyn Transport> {
+        match kind {
+            TransportKind::Local => self.local.clone(),
+            TransportKind::Ssh => Arc::new(self.ssh.clone()),
+        }
+    }
+
+    /// Runs a plan with at most `parallel` hosts at once; each result is sent on the returned channel as soon as
+    /// its host finishes. The channel closes when every host has a result.
+    pub fn execute(&self, plan: Plan, parallel: usize) -> mpsc::Receiver<ResultEnvelope> {
+        let (tx, rx) = mpsc::channel(plan.specs.len().max(1));
+        let limit = Arc::new(Semaphore::new(parallel.max(1)));
+        for spec in plan.specs {
+            let tx = tx.clone();
+            let limit = limit.clone();
+            let transport = self.transport(spec.host.transport);
+            tokio::spawn(async move {
+                let Ok(_permit) = limit.acquire_owned().await else { return };
+                let envelope = mediator::run(&spec, transport.as_ref()).await;
+                let _ = tx.send(envelope).await;
+            });
+        }
+        rx
+    }
+
+    /// Runs a plan and collects every result (in completion order).
+    pub async fn run_all(&self, plan: Plan, parallel: usize) -> Vec<ResultEnvelope> {
+        let mut rx = self.execute(plan, parallel);
+        let mut out = Vec::new();
+        while let Some(r) = rx.recv().await {
+            out.push(r);
+        }
+        out
+    }
+}

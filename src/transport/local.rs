@@ -1,0 +1,101 @@
+//! The `local` transport: runs the runner program as a subprocess on the machine running RUNE.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use super::{BoxFuture, Invocation, OutputSink, RawOutcome, Transport, TransportError};
+use crate::inventory::{Host, TransportKind};
+
+/// Runs plugins on this machine. Each run is its own process group, killed whole at the deadline.
+#[derive(Debug, Clone, Default)]
+pub struct LocalTransport;
+
+impl Transport for LocalTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Local
+    }
+
+    fn execute<'a>(&'a self, _host: &'a Host, invocation: &'a Invocation) -> BoxFuture<'a, Result<RawOutcome, TransportError>> {
+        Box::pin(run_local(invocation))
+    }
+}
+
+async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError> {
+    let (program, args) = invocation.argv.split_first().ok_or_else(|| TransportError::Spawn("empty command".into()))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| TransportError::Spawn(format!("{program}: {e}")))?;
+    let pid = child.id();
+    let mut stdin = child.stdin.take().ok_or_else(|| TransportError::Spawn("no stdin pipe".into()))?;
+    let mut stdout = child.stdout.take().ok_or_else(|| TransportError::Spawn("no stdout pipe".into()))?;
+    let mut stderr = child.stderr.take().ok_or_else(|| TransportError::Spawn("no stderr pipe".into()))?;
+    let mut sink = OutputSink::new(invocation.stdout_cap, invocation.stderr_tail);
+    let mut outcome = RawOutcome::default();
+
+    let work = async {
+        let feed = async {
+            // A runner that exits early closes its stdin; that is not an error here.
+            let _ = stdin.write_all(&invocation.stdin).await;
+            drop(stdin);
+        };
+        let drain = async {
+            let mut out_buf = vec![0u8; 16 * 1024];
+            let mut err_buf = vec![0u8; 8 * 1024];
+            let (mut out_open, mut err_open) = (true, true);
+            while out_open || err_open {
+                tokio::select! {
+                    r = stdout.read(&mut out_buf), if out_open => match r {
+                        Ok(0) | Err(_) => out_open = false,
+                        Ok(n) => sink.stdout(&out_buf[..n]),
+                    },
+                    r = stderr.read(&mut err_buf), if err_open => match r {
+                        Ok(0) | Err(_) => err_open = false,
+                        Ok(n) => sink.stderr(&err_buf[..n]),
+                    },
+                }
+            }
+        };
+        tokio::join!(feed, drain);
+        child.wait().await
+    };
+    match tokio::time::timeout(invocation.deadline, work).await {
+        Ok(Ok(status)) => {
+            use std::os::unix::process::ExitStatusExt;
+            outcome.exit_code = status.code();
+            outcome.exit_signal = status.signal().map(|s| format!("signal {s}"));
+        }
+        Ok(Err(e)) => return Err(TransportError::Spawn(format!("wait: {e}"))),
+        Err(_) => {
+            outcome.deadline_hit = true;
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) with a negative pid signals the process group we created with process_group(0).
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+            let _ = run_cleanup(&invocation.cleanup).await;
+        }
+    }
+    sink.finish(&mut outcome);
+    Ok(outcome)
+}
+
+async fn run_cleanup(cleanup: &str) -> std::io::Result<()> {
+    let mut child = Command::new("bash")
+        .args(["--noprofile", "--norc", "-c", cleanup])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+    Ok(())
+}

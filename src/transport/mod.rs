@@ -1,0 +1,130 @@
+//! Transports: how a runner program reaches a host and its output comes back. One trait, several kinds.
+
+pub mod local;
+pub mod ssh;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::inventory::{Host, TransportKind};
+
+/// What the mediator asks a transport to run. Nothing in it comes from an alert or an operator unvalidated:
+/// `argv` and `cleanup` are fixed text built from validated names and numbers; all data travels in `stdin`.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The command to start (joined with spaces for SSH; every word is a constant shell-safe token).
+    pub argv: Vec<String>,
+    /// The runner program, fed on stdin.
+    pub stdin: Vec<u8>,
+    /// Client-side limit for the whole exec; past it the transport gives up and runs `cleanup`.
+    pub deadline: Duration,
+    /// Bytes of stdout to keep; one more marks the output truncated.
+    pub stdout_cap: usize,
+    /// Bytes of stderr tail to keep.
+    pub stderr_tail: usize,
+    /// Fixed command that kills the run's process group and removes its temp dir, for the deadline path.
+    pub cleanup: String,
+}
+
+/// What came back from the host.
+#[derive(Debug, Clone, Default)]
+pub struct RawOutcome {
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<String>,
+    pub stdout: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_tail: Vec<u8>,
+    /// The client-side deadline passed before the command finished.
+    pub deadline_hit: bool,
+}
+
+/// Why a transport could not run the command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("host key for {host} is not in {known_hosts} (strict host key checking)")]
+    HostKeyUnknown { host: String, known_hosts: String },
+    #[error("host key for {host} does not match {known_hosts} line {line}: possible man-in-the-middle")]
+    HostKeyChanged { host: String, known_hosts: String, line: usize },
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
+    #[error("ssh protocol error: {0}")]
+    Protocol(String),
+    #[error("cannot start command: {0}")]
+    Spawn(String),
+}
+
+/// A boxed future, so transports can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A way to run an [`Invocation`] on a [`Host`].
+pub trait Transport: Send + Sync {
+    /// The kind reported in results.
+    fn kind(&self) -> TransportKind;
+    /// Runs the invocation and collects its output.
+    fn execute<'a>(&'a self, host: &'a Host, invocation: &'a Invocation) -> BoxFuture<'a, Result<RawOutcome, TransportError>>;
+}
+
+/// Collects stdout up to a cap and the tail of stderr, as chunks arrive.
+#[derive(Debug)]
+pub struct OutputSink {
+    stdout: Vec<u8>,
+    stdout_cap: usize,
+    truncated: bool,
+    stderr: std::collections::VecDeque<u8>,
+    stderr_tail: usize,
+}
+
+impl OutputSink {
+    pub fn new(stdout_cap: usize, stderr_tail: usize) -> OutputSink {
+        OutputSink {
+            stdout: Vec::new(),
+            stdout_cap,
+            truncated: false,
+            stderr: std::collections::VecDeque::new(),
+            stderr_tail,
+        }
+    }
+
+    pub fn stdout(&mut self, chunk: &[u8]) {
+        let room = self.stdout_cap.saturating_sub(self.stdout.len());
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+        self.stdout.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    pub fn stderr(&mut self, chunk: &[u8]) {
+        let keep = &chunk[chunk.len().saturating_sub(self.stderr_tail)..];
+        let overflow = (self.stderr.len() + keep.len()).saturating_sub(self.stderr_tail);
+        self.stderr.drain(..overflow.min(self.stderr.len()));
+        self.stderr.extend(keep);
+    }
+
+    pub fn finish(self, outcome: &mut RawOutcome) {
+        outcome.stdout = self.stdout;
+        outcome.stdout_truncated = self.truncated;
+        outcome.stderr_tail = self.stderr.into_iter().collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_caps_stdout_and_keeps_stderr_tail() {
+        let mut sink = OutputSink::new(5, 4);
+        sink.stdout(b"abc");
+        sink.stdout(b"defg");
+        sink.stderr(b"12345");
+        sink.stderr(b"67");
+        let mut out = RawOutcome::default();
+        sink.finish(&mut out);
+        assert_eq!(out.stdout, b"abcde");
+        assert!(out.stdout_truncated);
+        assert_eq!(out.stderr_tail, b"4567");
+    }
+}
