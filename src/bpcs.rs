@@ -157,15 +157,12 @@ impl ArgSpec {
         let value = match (self.arg_type, raw) {
             (ArgType::String, RawArg::Text(s)) => ArgValue::String(s.clone()),
             (ArgType::String, RawArg::Json(Value::String(s))) => ArgValue::String(s.clone()),
-            (ArgType::Integer, RawArg::Text(s)) => s
-                .trim()
-                .parse::<i64>()
-                .map(ArgValue::Integer)
-                .map_err(|_| wrong_type(name, "an integer", s))?,
-            (ArgType::Integer, RawArg::Json(Value::Number(n))) => n
-                .as_i64()
-                .map(ArgValue::Integer)
-                .ok_or_else(|| wrong_type(name, "an integer", &n.to_string()))?,
+            (ArgType::Integer, RawArg::Text(s)) => {
+                s.trim().parse::<i64>().map(ArgValue::Integer).map_err(|_| wrong_type(name, "an integer", s))?
+            }
+            (ArgType::Integer, RawArg::Json(Value::Number(n))) => {
+                n.as_i64().map(ArgValue::Integer).ok_or_else(|| wrong_type(name, "an integer", &n.to_string()))?
+            }
             (ArgType::Boolean, RawArg::Text(s)) => match s.as_str() {
                 "true" => ArgValue::Boolean(true),
                 "false" => ArgValue::Boolean(false),
@@ -413,8 +410,10 @@ mod tests {
 
     #[test]
     fn parses_one_object() {
-        let out = parse_output(br#" {"bpcs":"0.1","status":"ok","summary":"s","data":{},"changed":false}
-"#)
+        let out = parse_output(
+            br#" {"bpcs":"0.1","status":"ok","summary":"s","data":{},"changed":false}
+"#,
+        )
         .expect("valid");
         assert_eq!(out.status, PluginStatus::Ok);
     }
@@ -437,8 +436,8 @@ mod tests {
 
     #[test]
     fn exit_code_must_agree() {
-        let mut out = parse_output(br#"{"bpcs":"0.1","status":"ok","summary":"s","data":{},"changed":false}"#)
-            .expect("valid");
+        let mut out =
+            parse_output(br#"{"bpcs":"0.1","status":"ok","summary":"s","data":{},"changed":false}"#).expect("valid");
         assert!(check_exit_code(&out, 0).is_ok());
         assert!(check_exit_code(&out, 1).is_err());
         out.status = PluginStatus::Error;

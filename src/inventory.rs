@@ -162,9 +162,8 @@ impl Inventory {
 
     /// Loads a YAML inventory file. Relative key and known_hosts paths are relative to the file's folder.
     pub fn load(path: &Path) -> Result<Inventory, Vec<InventoryError>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![InventoryError::Read { path: path.display().to_string(), message: e.to_string() }]
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![InventoryError::Read { path: path.display().to_string(), message: e.to_string() }])?;
         Inventory::parse(&text, &path.display().to_string(), path.parent())
     }
 
@@ -203,7 +202,8 @@ impl Inventory {
             }
             let transport = h.transport.or(d.transport).unwrap_or(TransportKind::Ssh);
             let address = h.address.clone().unwrap_or_else(|| name.clone());
-            if address.is_empty() || address.len() > 253 || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if address.is_empty() || address.len() > 253 || address.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 fail("address must be a host name or IP address".into());
                 continue;
             }
@@ -294,7 +294,8 @@ impl Inventory {
             }
         }
         for group in groups {
-            let members: Vec<&Arc<Host>> = self.hosts.values().filter(|h| h.groups.iter().any(|g| g == group)).collect();
+            let members: Vec<&Arc<Host>> =
+                self.hosts.values().filter(|h| h.groups.iter().any(|g| g == group)).collect();
             if members.is_empty() {
                 errors.push(TargetError::UnknownGroup(group.clone()));
             }

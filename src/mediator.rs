@@ -209,7 +209,10 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
     if raw.deadline_hit {
         return fail(
             Status::Timeout,
-            format!("no answer within {}s; the run's process group on the host was killed", spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS),
+            format!(
+                "no answer within {}s; the run's process group on the host was killed",
+                spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS
+            ),
         );
     }
     let Some(code) = raw.exit_code else {
@@ -218,7 +221,10 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
     };
     match code {
         runner_exit::TIMEOUT => {
-            return fail(Status::Timeout, format!("timed out after {}s; the plugin's process group was killed", spec.timeout_secs()));
+            return fail(
+                Status::Timeout,
+                format!("timed out after {}s; the plugin's process group was killed", spec.timeout_secs()),
+            );
         }
         runner_exit::REQUIRES_MISSING => {
             let missing = serde_json::from_slice::<Value>(&raw.stdout)
@@ -226,17 +232,27 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
                 .and_then(|v| v.get("missing").cloned())
                 .and_then(|m| serde_json::from_value::<Vec<String>>(m).ok())
                 .unwrap_or_default();
-            return fail(Status::PreconditionFailed, format!("required commands missing on the host: {}", missing.join(", ")));
+            return fail(
+                Status::PreconditionFailed,
+                format!("required commands missing on the host: {}", missing.join(", ")),
+            );
         }
         runner_exit::NEEDS_ROOT => {
             return fail(Status::PreconditionFailed, "the plugin needs root and the runner is not root".into());
         }
         120..=127 => {
-            return fail(Status::Error, format!("the RUNE runner failed (exit {code}): {}", last_line(&raw.stderr_tail)));
+            return fail(
+                Status::Error,
+                format!("the RUNE runner failed (exit {code}): {}", last_line(&raw.stderr_tail)),
+            );
         }
         _ => {}
     }
-    if spec.uses_sudo() && code == 1 && raw.stdout.is_empty() && String::from_utf8_lossy(&raw.stderr_tail).contains("sudo:") {
+    if spec.uses_sudo()
+        && code == 1
+        && raw.stdout.is_empty()
+        && String::from_utf8_lossy(&raw.stderr_tail).contains("sudo:")
+    {
         return fail(Status::PreconditionFailed, format!("sudo -n refused: {}", last_line(&raw.stderr_tail)));
     }
     if raw.stdout_truncated {

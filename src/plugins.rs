@@ -13,12 +13,14 @@ use sha2::{Digest, Sha256};
 
 use crate::bpcs::{ArgSpec, ArgValue, BPCS_VERSION, HeaderConfig, RawArg, SafetyClass};
 
-static NAME_RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9-]{0,62}$").unwrap_or_else(|_| unreachable!()));
+static NAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9-]{0,62}$").unwrap_or_else(|_| unreachable!()));
 static ARG_NAME_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z][a-z0-9_]{0,62}$").unwrap_or_else(|_| unreachable!()));
 static COMMAND_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$").unwrap_or_else(|_| unreachable!()));
-static TAG_RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9_-]{0,62}$").unwrap_or_else(|_| unreachable!()));
+static TAG_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9_-]{0,62}$").unwrap_or_else(|_| unreachable!()));
 
 /// Longest plugin or helper file accepted.
 pub const MAX_PLUGIN_BYTES: u64 = 512 * 1024;
@@ -240,7 +242,10 @@ fn extract_header(text: &str) -> Result<(String, u64), (u64, String)> {
         return Err((1, "empty file: expected a BPCS header".into()));
     };
     if start.trim_end() != "# ---" {
-        return Err((start_idx as u64 + 1, "expected the BPCS header to open with `# ---` right after the shebang".into()));
+        return Err((
+            start_idx as u64 + 1,
+            "expected the BPCS header to open with `# ---` right after the shebang".into(),
+        ));
     }
     let mut yaml = String::new();
     for (idx, line) in lines {
@@ -277,60 +282,81 @@ pub fn load_plugin(path: &Path) -> Result<Plugin, Vec<PluginLoadError>> {
         let message = e.to_string().lines().next().unwrap_or("invalid header").to_owned();
         vec![err(line, column, format!("invalid BPCS header: {message}"))]
     })?;
-    let header_line = Some(first_line);
+    // Semantic problems point at the line of the key they concern (the header's first line if not found).
+    let at = |key: &str, indent: usize| -> Option<u64> {
+        let wanted = format!("{}{key}:", " ".repeat(indent));
+        let offset = yaml.lines().position(|l| l.starts_with(&wanted));
+        Some(first_line + offset.unwrap_or(0) as u64)
+    };
     let mut errors = Vec::new();
     if header.bpcs != BPCS_VERSION {
-        errors.push(err(header_line, None, format!("bpcs: `{}` is not supported (this RUNE speaks {BPCS_VERSION})", header.bpcs)));
+        errors.push(err(
+            at("bpcs", 0),
+            None,
+            format!("bpcs: `{}` is not supported (this RUNE speaks {BPCS_VERSION})", header.bpcs),
+        ));
     }
     if !NAME_RE.is_match(&header.name) {
-        errors.push(err(header_line, None, format!("name `{}` must match {}", header.name, NAME_RE.as_str())));
+        errors.push(err(at("name", 0), None, format!("name `{}` must match {}", header.name, NAME_RE.as_str())));
     }
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     if stem != header.name {
-        errors.push(err(header_line, None, format!("name `{}` must equal the file name `{stem}`", header.name)));
+        errors.push(err(at("name", 0), None, format!("name `{}` must equal the file name `{stem}`", header.name)));
     }
     let version = semver::Version::parse(&header.version)
-        .map_err(|e| errors.push(err(header_line, None, format!("version `{}` is not semver: {e}", header.version))))
+        .map_err(|e| {
+            errors.push(err(at("version", 0), None, format!("version `{}` is not semver: {e}", header.version)))
+        })
         .ok();
     if header.description.trim().is_empty() {
-        errors.push(err(header_line, None, "description must not be empty".into()));
+        errors.push(err(at("description", 0), None, "description must not be empty".into()));
     }
     for tag in &header.tags {
         if !TAG_RE.is_match(tag) {
-            errors.push(err(header_line, None, format!("tag `{tag}` must match {}", TAG_RE.as_str())));
+            errors.push(err(at("tags", 0), None, format!("tag `{tag}` must match {}", TAG_RE.as_str())));
         }
     }
     if header.timeout == 0 || header.timeout > MAX_TIMEOUT_SECS {
-        errors.push(err(header_line, None, format!("timeout {} must be within 1..={MAX_TIMEOUT_SECS}", header.timeout)));
+        errors.push(err(
+            at("timeout", 0),
+            None,
+            format!("timeout {} must be within 1..={MAX_TIMEOUT_SECS}", header.timeout),
+        ));
     }
     for cmd in &header.requires {
         if !COMMAND_RE.is_match(cmd) {
-            errors.push(err(header_line, None, format!("requires: `{cmd}` is not a plain command name")));
+            errors.push(err(at("requires", 0), None, format!("requires: `{cmd}` is not a plain command name")));
         }
     }
     let mut args = BTreeMap::new();
     for (name, raw) in header.args {
         if !ARG_NAME_RE.is_match(&name) {
-            errors.push(err(header_line, None, format!("argument name `{name}` must match {}", ARG_NAME_RE.as_str())));
+            errors.push(err(at(&name, 2), None, format!("argument name `{name}` must match {}", ARG_NAME_RE.as_str())));
             continue;
         }
         let pattern = match raw.pattern.as_deref().map(|p| Regex::new(&anchor(p))) {
             None => None,
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
-                errors.push(err(header_line, None, format!("argument `{name}`: invalid pattern: {e}")));
+                errors.push(err(at(&name, 2), None, format!("argument `{name}`: invalid pattern: {e}")));
                 continue;
             }
         };
-        let mut spec = ArgSpec { arg_type: raw.arg_type, required: raw.required, default: None, pattern, description: raw.description };
+        let mut spec = ArgSpec {
+            arg_type: raw.arg_type,
+            required: raw.required,
+            default: None,
+            pattern,
+            description: raw.description,
+        };
         if let Some(default) = raw.default {
             match spec.check(&name, &RawArg::Json(default)) {
                 Ok(v) => spec.default = Some(v),
-                Err(e) => errors.push(err(header_line, None, format!("default: {e}"))),
+                Err(e) => errors.push(err(at(&name, 2), None, format!("default: {e}"))),
             }
         }
         if spec.required && spec.default.is_some() {
-            errors.push(err(header_line, None, format!("argument `{name}` is required and has a default; pick one")));
+            errors.push(err(at(&name, 2), None, format!("argument `{name}` is required and has a default; pick one")));
         }
         args.insert(name, spec);
     }
@@ -381,7 +407,11 @@ mod tests {
     fn loads_good_and_reports_bad_with_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "good.sh", GOOD);
-        write(dir.path(), "bad.sh", "#!/usr/bin/env bash\n# ---\n# bpcs: \"0.1\"\n# name: bad\n# version: 1.0.0\n# description: d\n# class: diagnostic\n# colour: red\n# ---\n");
+        write(
+            dir.path(),
+            "bad.sh",
+            "#!/usr/bin/env bash\n# ---\n# bpcs: \"0.1\"\n# name: bad\n# version: 1.0.0\n# description: d\n# class: diagnostic\n# colour: red\n# ---\n",
+        );
         write(dir.path(), "noheader.sh", "#!/bin/bash\necho hi\n");
         let registry = Registry::load(&[dir.path().to_owned()]);
         assert_eq!(registry.latest().count(), 1);

@@ -64,7 +64,10 @@ pub fn info(action: &str, dirs: &PluginDirs, output: OutputFormat) -> i32 {
             println!("  class:      {}", format!("{:?}", plugin.class).to_lowercase());
             println!("  needs root: {}", if plugin.needs_root { "yes" } else { "no" });
             println!("  timeout:    {}s", plugin.timeout.as_secs());
-            println!("  requires:   {}", if plugin.requires.is_empty() { "-".to_owned() } else { plugin.requires.join(", ") });
+            println!(
+                "  requires:   {}",
+                if plugin.requires.is_empty() { "-".to_owned() } else { plugin.requires.join(", ") }
+            );
             println!("  tags:       {}", if plugin.tags.is_empty() { "-".to_owned() } else { plugin.tags.join(", ") });
             println!("  file:       {}", plugin.path.display());
             println!("  sha256:     {}", plugin.sha256);

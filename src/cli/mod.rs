@@ -64,7 +64,7 @@ impl PluginDirs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a plugin on hosts from the inventory.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List the plugins that can be run.
     ListActions {
         #[command(flatten)]
@@ -96,7 +96,8 @@ pub fn load_inventory(path: Option<&PathBuf>) -> Result<Arc<Inventory>, Vec<Stri
 }
 
 fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),
@@ -108,7 +109,7 @@ fn init_logging(cli: &Cli) {
 pub async fn main(cli: Cli) -> i32 {
     init_logging(&cli);
     match cli.command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::ListActions { plugins, output } => actions::list(&plugins, output),
         Command::PluginInfo { action, plugins, output } => actions::info(&action, &plugins, output),
     }

@@ -84,7 +84,8 @@ fn collect_args(args: &RunArgs) -> Result<BTreeMap<String, RawArg>, Vec<String>>
         } else {
             std::fs::read_to_string(path)
         };
-        match text.map_err(|e| e.to_string()).and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| e.to_string())) {
+        match text.map_err(|e| e.to_string()).and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| e.to_string()))
+        {
             Ok(Value::Object(map)) => {
                 for (k, v) in map {
                     out.insert(k, RawArg::Json(v));
@@ -106,8 +107,15 @@ fn collect_args(args: &RunArgs) -> Result<BTreeMap<String, RawArg>, Vec<String>>
 }
 
 fn operator(args: &RunArgs) -> Result<String, String> {
-    let name = args.operator.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
-    let valid = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+    let name = args
+        .operator
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        // SAFETY: getuid(2) has no preconditions and cannot fail.
+        .unwrap_or_else(|| format!("uid-{}", unsafe { libc::getuid() }));
+    let valid =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
     if valid { Ok(name) } else { Err(format!("operator `{name}` must be 1-64 characters of [A-Za-z0-9._@-]")) }
 }
 

@@ -17,7 +17,11 @@ impl Transport for LocalTransport {
         TransportKind::Local
     }
 
-    fn execute<'a>(&'a self, _host: &'a Host, invocation: &'a Invocation) -> BoxFuture<'a, Result<RawOutcome, TransportError>> {
+    fn execute<'a>(
+        &'a self,
+        _host: &'a Host,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<RawOutcome, TransportError>> {
         Box::pin(run_local(invocation))
     }
 }

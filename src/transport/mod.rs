@@ -64,7 +64,11 @@ pub trait Transport: Send + Sync {
     /// The kind reported in results.
     fn kind(&self) -> TransportKind;
     /// Runs the invocation and collects its output.
-    fn execute<'a>(&'a self, host: &'a Host, invocation: &'a Invocation) -> BoxFuture<'a, Result<RawOutcome, TransportError>>;
+    fn execute<'a>(
+        &'a self,
+        host: &'a Host,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<RawOutcome, TransportError>>;
 }
 
 /// Collects stdout up to a cap and the tail of stderr, as chunks arrive.

@@ -161,16 +161,14 @@ impl SshTransport {
             return Ok(conn.clone());
         }
         *guard = None;
-        let conn = tokio::time::timeout(host.connect_timeout, self.connect(host))
-            .await
-            .map_err(|_| {
-                TransportError::Unreachable(format!(
-                    "no SSH session with {}:{} within {}s",
-                    host.address,
-                    host.port,
-                    host.connect_timeout.as_secs()
-                ))
-            })??;
+        let conn = tokio::time::timeout(host.connect_timeout, self.connect(host)).await.map_err(|_| {
+            TransportError::Unreachable(format!(
+                "no SSH session with {}:{} within {}s",
+                host.address,
+                host.port,
+                host.connect_timeout.as_secs()
+            ))
+        })??;
         let conn = Arc::new(conn);
         *guard = Some(conn.clone());
         Ok(conn)
@@ -210,7 +208,10 @@ impl SshTransport {
             }
         };
         self.authenticate(host, &mut handle).await?;
-        Ok(Connection { handle, channels: Arc::new(Semaphore::new(self.inner.settings.max_channels_per_connection.max(1))) })
+        Ok(Connection {
+            handle,
+            channels: Arc::new(Semaphore::new(self.inner.settings.max_channels_per_connection.max(1))),
+        })
     }
 
     fn load_key(&self, path: &Path) -> Result<Arc<PrivateKey>, String> {
@@ -219,7 +220,9 @@ impl SshTransport {
         {
             return Ok(k.clone());
         }
-        let key = Arc::new(keys::load_secret_key(path, None).map_err(|e| format!("cannot load key {}: {e}", path.display()))?);
+        let key = Arc::new(
+            keys::load_secret_key(path, None).map_err(|e| format!("cannot load key {}: {e}", path.display()))?,
+        );
         if let Ok(mut keys) = self.inner.keys.lock() {
             keys.insert(path.to_owned(), key.clone());
         }
@@ -232,7 +235,11 @@ impl SshTransport {
             Some(k) => vec![k.clone()],
             None => {
                 let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-                ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|n| home.join(".ssh").join(n)).filter(|p| p.exists()).collect()
+                ["id_ed25519", "id_ecdsa", "id_rsa"]
+                    .iter()
+                    .map(|n| home.join(".ssh").join(n))
+                    .filter(|p| p.exists())
+                    .collect()
             }
         };
         for path in candidates {
@@ -262,7 +269,8 @@ impl SshTransport {
                         let keys::agent::AgentIdentity::PublicKey { key, .. } = identity else { continue };
                         offered += 1;
                         let hash = rsa_hash(handle, key.algorithm().is_rsa()).await;
-                        if let Ok(r) = handle.authenticate_publickey_with(host.user.clone(), key, hash, &mut agent).await
+                        if let Ok(r) =
+                            handle.authenticate_publickey_with(host.user.clone(), key, hash, &mut agent).await
                             && r.success()
                         {
                             return Ok(());
@@ -302,7 +310,11 @@ impl Transport for SshTransport {
         TransportKind::Ssh
     }
 
-    fn execute<'a>(&'a self, host: &'a Host, invocation: &'a Invocation) -> BoxFuture<'a, Result<RawOutcome, TransportError>> {
+    fn execute<'a>(
+        &'a self,
+        host: &'a Host,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<RawOutcome, TransportError>> {
         Box::pin(self.run(host, invocation))
     }
 }
@@ -314,7 +326,12 @@ impl SshTransport {
         loop {
             attempt += 1;
             let conn = self.connection(host, &slot).await?;
-            let permit = conn.channels.clone().acquire_owned().await.map_err(|_| TransportError::Protocol("pool closed".into()))?;
+            let permit = conn
+                .channels
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| TransportError::Protocol("pool closed".into()))?;
             match conn.handle.channel_open_session().await {
                 Ok(channel) => {
                     let outcome = exec(&conn, channel, invocation).await;
@@ -335,8 +352,13 @@ impl SshTransport {
     }
 }
 
-async fn exec(conn: &Connection, channel: russh::Channel<client::Msg>, invocation: &Invocation) -> Result<RawOutcome, TransportError> {
-    let command = invocation.argv.join(" ");
+async fn exec(
+    conn: &Connection,
+    channel: russh::Channel<client::Msg>,
+    invocation: &Invocation,
+) -> Result<RawOutcome, TransportError> {
+    // `exec` spares one shell process; every word of argv is a constant, shell-safe token.
+    let command = format!("exec {}", invocation.argv.join(" "));
     channel.exec(true, command).await.map_err(|e| TransportError::Unreachable(format!("exec request failed: {e}")))?;
     let (mut read, write) = channel.split();
     let mut sink = OutputSink::new(invocation.stdout_cap, invocation.stderr_tail);
@@ -355,7 +377,9 @@ async fn exec(conn: &Connection, channel: russh::Channel<client::Msg>, invocatio
                     ChannelMsg::Data { data } => sink.stdout(&data),
                     ChannelMsg::ExtendedData { data, ext: 1 } => sink.stderr(&data),
                     ChannelMsg::ExitStatus { exit_status } => outcome.exit_code = i32::try_from(exit_status).ok(),
-                    ChannelMsg::ExitSignal { signal_name, .. } => outcome.exit_signal = Some(format!("{signal_name:?}")),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        outcome.exit_signal = Some(format!("{signal_name:?}"))
+                    }
                     ChannelMsg::Failure => {
                         refused = true;
                         break;
@@ -435,16 +459,18 @@ impl ClientHandler {
                     self.record(KeyVerdict::Unknown);
                     false
                 }
-                HostKeyPolicy::AcceptNew => match keys::known_hosts::learn_known_hosts_path(&self.address, self.port, key, &self.known_hosts) {
-                    Ok(()) => {
-                        tracing::warn!(address = %self.address, port = self.port, known_hosts = %self.known_hosts.display(), "accept-new: recorded a new host key");
-                        true
+                HostKeyPolicy::AcceptNew => {
+                    match keys::known_hosts::learn_known_hosts_path(&self.address, self.port, key, &self.known_hosts) {
+                        Ok(()) => {
+                            tracing::warn!(address = %self.address, port = self.port, known_hosts = %self.known_hosts.display(), "accept-new: recorded a new host key");
+                            true
+                        }
+                        Err(e) => {
+                            self.record(KeyVerdict::Unusable(format!("cannot record new key: {e}")));
+                            false
+                        }
                     }
-                    Err(e) => {
-                        self.record(KeyVerdict::Unusable(format!("cannot record new key: {e}")));
-                        false
-                    }
-                },
+                }
             },
             Err(keys::Error::KeyChanged { line }) => {
                 self.record(KeyVerdict::Changed(line));
@@ -461,7 +487,10 @@ impl ClientHandler {
 impl client::Handler for ClientHandler {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, server_public_key: &keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         match server_public_key {
             keys::PublicKeyOrCertificate::PublicKey { key, .. } => Ok(self.check(key)),
             keys::PublicKeyOrCertificate::Certificate(_) => {
