@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use rune::bpcs::RawArg;
 use rune::inventory::Inventory;
-use rune::mediator;
 use rune::orchestrator::{Orchestrator, RunRequest};
 use rune::plugins::Registry;
 use rune::results::Status;
@@ -54,20 +53,19 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Plain OpenSSH, all hosts in parallel, fresh connections, feeding the same runner program RUNE sends.
-fn openssh_floor(fleet: &SshdFleet, orch: &Orchestrator, hosts: &[String]) -> Duration {
-    let plan = match orch.plan(&request(hosts)) {
-        Ok(p) => p,
-        Err(e) => panic!("plan: {e}"),
-    };
-    let programs: Vec<Vec<u8>> = plan
-        .specs
-        .iter()
-        .map(|s| match mediator::build_invocation(s) {
-            Ok(i) => i.stdin,
-            Err(e) => panic!("invocation: {e}"),
-        })
-        .collect();
+/// Plain OpenSSH, all hosts in parallel, fresh connections: `ssh host bash -s < noop.sh`, with the few variables
+/// noop needs set in front (the hosts are this machine, so the helpers are read from the repo). No RUNE runner,
+/// no temp dir, no timeout wrapper: the floor a bare ssh loop would pay.
+fn openssh_floor(fleet: &SshdFleet, hosts: &[String]) -> Duration {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let plugin = std::fs::read(repo.join("plugins/noop.sh")).unwrap_or_else(|e| panic!("noop.sh: {e}"));
+    let mut program = format!(
+        "export RUNE_LIB={}/plugins/lib RUNE_HOST=bench RUNE_DRY_RUN=0 RUNE_ARG_message=bench\n",
+        repo.display()
+    )
+    .into_bytes();
+    program.extend_from_slice(&plugin);
+    let programs: Vec<Vec<u8>> = hosts.iter().map(|_| program.clone()).collect();
     let start = Instant::now();
     let mut children = Vec::new();
     for (i, program) in programs.into_iter().enumerate() {
@@ -144,12 +142,11 @@ fn main() {
     );
     for &n in &sizes {
         let hosts: Vec<String> = fleet.hosts()[..n].iter().map(|h| h.name.clone()).collect();
-        let probe = Orchestrator::new(registry.clone(), inventory.clone(), SshTransport::default());
         let mut floor = Vec::new();
         let mut cold = Vec::new();
         let mut warm = Vec::new();
         for _ in 0..rounds {
-            floor.push(openssh_floor(&fleet, &probe, &hosts));
+            floor.push(openssh_floor(&fleet, &hosts));
             let orch = Orchestrator::new(registry.clone(), inventory.clone(), SshTransport::default());
             let (c, w) = runtime.block_on(async {
                 let mut times = Vec::new();

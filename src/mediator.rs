@@ -7,8 +7,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use chrono::Utc;
 use serde_json::Value;
 
@@ -79,17 +77,25 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     bpcs::validate_input(&input_value).map_err(|e| format!("input does not match the BPCS input schema: {e}"))?;
     let input_json = serde_json::to_vec(&input_value).map_err(|e| format!("cannot encode input: {e}"))?;
 
-    let mut put = String::new();
+    let mut put = String::with_capacity(plugin.source.len() + input_json.len() + 4096);
     for lib in spec.lib.iter() {
-        // Names were validated by the registry ([A-Za-z0-9._+-]); contents travel as base64.
-        let _ = writeln!(put, "  rune_put 'lib/{}' '{}'", lib.name, B64.encode(&lib.source));
+        // Names were validated by the registry ([A-Za-z0-9._+-]).
+        let _ = write!(put, "  printf '%b' '");
+        push_printf_literal(&mut put, &lib.source);
+        let _ = writeln!(put, "' >\"$rune_dir/lib/{}\" || rune_fail 'cannot write {}'", lib.name, lib.name);
     }
-    let _ = writeln!(put, "  rune_put plugin.sh '{}'", B64.encode(&plugin.source));
-    let _ = write!(put, "  rune_put input.json '{}'", B64.encode(&input_json));
+    for (file, bytes) in [("plugin.sh", &plugin.source[..]), ("input.json", &input_json[..])] {
+        put.push_str("  printf '%b' '");
+        push_printf_literal(&mut put, bytes);
+        let _ = writeln!(put, "' >\"$rune_dir/{file}\" || rune_fail 'cannot write {file}'");
+    }
 
     let mut env = String::new();
     let mut push_env = |name: &str, value: &str| {
-        let _ = writeln!(env, "  rune_env {name} '{}'", B64.encode(value.as_bytes()));
+        // printf -v decodes into the variable without a fork; the name is a validated identifier.
+        let _ = write!(env, "  printf -v {name} '%b' '");
+        push_printf_literal(&mut env, value.as_bytes());
+        let _ = writeln!(env, "' && export {name}");
     };
     push_env("RUNE_HOST", &spec.host.name);
     push_env("RUNE_ACTION", &spec.action);
@@ -101,7 +107,7 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
 
     let timeout = spec.timeout_secs().to_string();
     let program = RUNNER_TEMPLATE
-        .replace("@PUT_FILES@", &put)
+        .replace("@PUT_FILES@", put.trim_end_matches('\n'))
         .replace("@ENV_VARS@", env.trim_end_matches('\n'))
         .replace("@REQUIRES@", &plugin.requires.join(" "))
         .replace("@NEEDS_ROOT@", if plugin.needs_root { "1" } else { "0" })
@@ -131,6 +137,27 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
         stderr_tail: bpcs::STDERR_TAIL_BYTES,
         cleanup,
     })
+}
+
+/// Appends `bytes` as the body of a single-quoted `printf %b` argument: printable ASCII and newlines as they
+/// are, everything else (and `'` and `\\`) as `\xHH`. The result holds no quote and no backslash but those of
+/// the escapes, so the shell takes it literally and only the printf builtin decodes it, byte for byte.
+/// Callers guarantee there is no NUL (bash strings cannot hold one): arguments and plugin files are checked.
+pub fn push_printf_literal(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        match b {
+            b'\'' | b'\\' => push_hex(out, b, HEX),
+            0x20..=0x7e | b'\n' => out.push(char::from(b)),
+            _ => push_hex(out, b, HEX),
+        }
+    }
+}
+
+fn push_hex(out: &mut String, b: u8, hex: &[u8; 16]) {
+    out.push_str("\\x");
+    out.push(char::from(hex[usize::from(b >> 4)]));
+    out.push(char::from(hex[usize::from(b & 0x0f)]));
 }
 
 /// What the mediator concluded from a run.

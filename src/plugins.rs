@@ -226,7 +226,11 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     if meta.len() > MAX_PLUGIN_BYTES {
         return Err(format!("file is {} bytes, the limit is {MAX_PLUGIN_BYTES}", meta.len()));
     }
-    std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.contains(&0) {
+        return Err("file contains a NUL byte: plugins and helpers must be text".into());
+    }
+    Ok(bytes)
 }
 
 /// Extracts the YAML header: the lines between the first two `# ---` lines right after the shebang.

@@ -1,22 +1,17 @@
 # RUNE runner (BPCS v0.1): unpacks one plugin run into a private temp dir on the target and runs it under a timeout.
-# Generated per run by src/mediator.rs: every @PLACEHOLDER@ is replaced with a number, a UUID, a validated name,
-# or base64 text, so no caller data is ever parsed by this shell as code. Read by `bash --noprofile --norc -s`;
-# everything sits in functions, so bash has read the whole program before any of it runs.
-rune_put() { printf '%s' "$2" | base64 -d >"$rune_dir/$1" || rune_fail "cannot decode $1"; }
-rune_env() {
-  local value
-  value=$(printf '%s' "$2" | base64 -d && printf x) || rune_fail "cannot decode $1"
-  export "$1=${value%x}"
-}
+# Generated per run by src/mediator.rs. Every @PLACEHOLDER@ becomes a number, a UUID, a validated name, or a
+# printf %b literal: single-quoted text holding no quote and no backslash other than \xHH escapes, decoded by
+# the printf builtin straight into a file or a variable. No caller data is ever parsed by this shell as code,
+# and decoding forks nothing. Read by `bash --noprofile --norc -s`; everything sits in a function, so bash has
+# read the whole program before any of it runs.
 rune_fail() { printf 'rune-runner: %s\n' "$1" >&2; exit 125; }
 rune_main() {
   set -u
   umask 077
   rune_dir="${TMPDIR:-/tmp}/rune-@RUN_ID@"
-  mkdir -m 700 -- "$rune_dir" 2>/dev/null || rune_fail "cannot create $rune_dir"
+  mkdir -m 700 -- "$rune_dir" "$rune_dir/lib" 2>/dev/null || rune_fail "cannot create $rune_dir"
   trap 'rm -rf -- "$rune_dir"' EXIT
   printf '%s\n' "$$" >"$rune_dir/pid"
-  mkdir -m 700 -- "$rune_dir/lib" || rune_fail "cannot create $rune_dir/lib"
 @PUT_FILES@
   local missing="" c
   for c in @REQUIRES@; do
@@ -27,8 +22,8 @@ rune_main() {
     printf '{"rune_runner":"requires_missing","missing":[%s]}\n' "$missing"
     exit 121
   fi
-  if [ "@NEEDS_ROOT@" = 1 ] && [ "$(id -u)" != 0 ]; then
-    printf 'rune-runner: plugin needs root and runs as uid %s\n' "$(id -u)" >&2
+  if [ "@NEEDS_ROOT@" = 1 ] && [ "$EUID" != 0 ]; then
+    printf 'rune-runner: plugin needs root and runs as uid %s\n' "$EUID" >&2
     exit 122
   fi
   export RUNE_BPCS=0.1 RUNE_RUN_ID=@RUN_ID@ RUNE_DRY_RUN=@DRY_RUN@ RUNE_TIMEOUT=@TIMEOUT@

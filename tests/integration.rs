@@ -14,7 +14,7 @@ use rune::inventory::Inventory;
 use rune::orchestrator::{Orchestrator, RunRequest};
 use rune::plugins::Registry;
 use rune::results::{ResultEnvelope, Status};
-use rune::transport::ssh::SshTransport;
+use rune::transport::ssh::{SshSettings, SshTransport};
 use serde_json::{Value, json};
 use support::sshd::{FleetOptions, LoginUser, SshdFleet};
 
@@ -219,6 +219,36 @@ async fn wrong_client_key_is_auth_failed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticates_with_a_key_held_by_an_ssh_agent() {
+    let fleet = fleet(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).spawn().expect("ssh-agent starts");
+    for _ in 0..50 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added =
+        Command::new("ssh-add").arg(fleet.client_key()).env("SSH_AUTH_SOCK", &socket).output().expect("ssh-add");
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    // The configured key file does not exist: only the agent can authenticate.
+    let inv = inventory_yaml(&fleet, fleet.known_hosts(), "").replace(
+        &format!("key: {}", fleet.client_key().display()),
+        &format!("key: {}", dir.path().join("absent").display()),
+    );
+    let inventory = Inventory::parse(&inv, "test inventory", None).expect("valid");
+    let settings = SshSettings { agent_socket: Some(socket.clone()), ..SshSettings::default() };
+    let orch =
+        Orchestrator::new(Arc::new(Registry::load(&plugin_dirs())), Arc::new(inventory), SshTransport::new(settings));
+    let r = run_one(&orch, "noop", &[]).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(r.status, Status::Ok, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_port_is_unreachable_and_silent_port_times_out() {
     let fleet = fleet(1);
     let closed = support::sshd::closed_port();
@@ -335,7 +365,10 @@ async fn restart_plugins_restart_verify_and_honour_dry_run() {
         let r = run_one(&orch, action, &[("verify_timeout", "5")]).await;
         assert_eq!(r.status, Status::Ok, "{action}: {r:?}");
         assert_eq!(r.output.as_ref().and_then(|o| o.get("changed")), Some(&Value::Bool(true)), "{r:?}");
-        assert!(calls(stubs.path()).contains(&format!("restart -- {service}")), "{action} did not call systemctl restart");
+        assert!(
+            calls(stubs.path()).contains(&format!("restart -- {service}")),
+            "{action} did not call systemctl restart"
+        );
         assert!(data(&r).get("before").is_some() && data(&r).get("after").is_some(), "{r:?}");
     }
     // A service that never comes back healthy is an error, reported as such.

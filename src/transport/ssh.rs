@@ -22,8 +22,8 @@ pub struct SshSettings {
     /// Keepalive probe interval; a connection that misses `keepalive_max` probes is dropped.
     pub keepalive_interval: Duration,
     pub keepalive_max: usize,
-    /// Try keys held by the agent at `SSH_AUTH_SOCK` after the configured key.
-    pub use_agent: bool,
+    /// Agent socket whose keys are tried after the configured key (default: `$SSH_AUTH_SOCK`; `None` disables).
+    pub agent_socket: Option<PathBuf>,
 }
 
 impl Default for SshSettings {
@@ -32,7 +32,7 @@ impl Default for SshSettings {
             max_channels_per_connection: 8,
             keepalive_interval: Duration::from_secs(15),
             keepalive_max: 3,
-            use_agent: true,
+            agent_socket: std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
         }
     }
 }
@@ -260,8 +260,8 @@ impl SshTransport {
             }
             tried.push(format!("key {} refused", path.display()));
         }
-        if self.inner.settings.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some() {
-            match keys::agent::client::AgentClient::connect_env().await {
+        if let Some(socket) = &self.inner.settings.agent_socket {
+            match keys::agent::client::AgentClient::connect_uds(socket).await {
                 Ok(mut agent) => {
                     let identities = agent.request_identities().await.unwrap_or_default();
                     let mut offered = 0;
