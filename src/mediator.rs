@@ -305,3 +305,31 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
     };
     Verdict { status, output: value, error: None }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte but NUL, in every position, survives the shell and printf %b unchanged.
+    #[test]
+    fn printf_literal_round_trips_every_byte() {
+        let mut bytes: Vec<u8> = (1..=255u8).collect();
+        bytes.extend_from_slice(b"\\x41 \\\\ '\\'' $(touch /nonexistent) `id` %s %b \\c after-c\n\n");
+        let mut literal = String::new();
+        push_printf_literal(&mut literal, &bytes);
+        assert!(!literal.contains('\''), "no quote may appear in the literal");
+        let script = format!("printf '%b' '{literal}'");
+        let out = std::process::Command::new("bash")
+            .args(["--noprofile", "--norc", "-c", &script])
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success());
+        assert_eq!(out.stdout, bytes);
+        let script = format!("printf -v v '%b' '{literal}' && printf '%s' \"$v\"");
+        let out = std::process::Command::new("bash")
+            .args(["--noprofile", "--norc", "-c", &script])
+            .output()
+            .expect("bash runs");
+        assert_eq!(out.stdout, bytes, "printf -v keeps every byte, trailing newlines included");
+    }
+}
