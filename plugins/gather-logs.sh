@@ -116,7 +116,8 @@ if bpcs_dry_run; then
   bpcs_finish ok "dry run: would read ${#plan[@]} command(s) of logs since $since" false "$data"
 fi
 
-tmp=$(mktemp -d)
+# Under the run's private directory (the working directory), which the runner removes even after a timeout.
+tmp=$(mktemp -d "$PWD/gather.XXXXXX")
 trap 'rm -rf -- "$tmp"' EXIT
 
 declare -A available=([journal]=0 [dmesg]=0 [docker]=0 [nomad]=0)

@@ -14,8 +14,8 @@
 #     type: string
 #     required: false
 #     default: docker
-#     pattern: "^[A-Za-z0-9@_][A-Za-z0-9@._-]{0,127}$"
-#     description: systemd unit to restart (must not start with "-" or ".")
+#     pattern: "^(docker|docker-ce|snap[.]docker[.]dockerd)([.]service)?$"
+#     description: systemd unit to restart (only the Docker units listed in the pattern; never an arbitrary unit)
 #   verify_timeout:
 #     type: integer
 #     required: false
@@ -48,8 +48,8 @@ reject() {
 
 service=${RUNE_ARG_service-$default_service}
 verify_timeout=${RUNE_ARG_verify_timeout-60}
-if [[ ! $service =~ ^[A-Za-z0-9@_][A-Za-z0-9@._-]{0,127}$ ]]; then
-  reject "invalid service name (allowed: ^[A-Za-z0-9@_][A-Za-z0-9@._-]{0,127}\$)"
+if [[ ! $service =~ ^(docker|docker-ce|snap[.]docker[.]dockerd)([.]service)?$ ]]; then
+  reject "invalid service name (allowed: docker, docker-ce or snap.docker.dockerd; never an arbitrary unit)"
 fi
 if [[ ! $verify_timeout =~ ^(0|[1-9][0-9]{0,3})$ ]]; then
   reject "invalid verify_timeout '$verify_timeout' (an integer 0..9999)"

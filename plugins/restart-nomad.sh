@@ -14,8 +14,8 @@
 #     type: string
 #     required: false
 #     default: nomad
-#     pattern: "^[A-Za-z0-9@_][A-Za-z0-9@._-]{0,127}$"
-#     description: systemd unit to restart (must not start with "-" or ".")
+#     pattern: "^(nomad|nomad-client|nomad-server)([.]service)?$"
+#     description: systemd unit to restart (only the Nomad units listed in the pattern; never an arbitrary unit)
 #   verify_timeout:
 #     type: integer
 #     required: false
@@ -54,8 +54,8 @@ reject() {
 
 service=${RUNE_ARG_service-$default_service}
 verify_timeout=${RUNE_ARG_verify_timeout-60}
-if [[ ! $service =~ ^[A-Za-z0-9@_][A-Za-z0-9@._-]{0,127}$ ]]; then
-  reject "invalid service name (allowed: ^[A-Za-z0-9@_][A-Za-z0-9@._-]{0,127}\$)"
+if [[ ! $service =~ ^(nomad|nomad-client|nomad-server)([.]service)?$ ]]; then
+  reject "invalid service name (allowed: nomad, nomad-client or nomad-server; never an arbitrary unit)"
 fi
 if [[ ! $verify_timeout =~ ^(0|[1-9][0-9]{0,3})$ ]]; then
   reject "invalid verify_timeout '$verify_timeout' (an integer 0..9999)"

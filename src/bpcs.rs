@@ -13,8 +13,10 @@ use serde_json::Value;
 /// The spec version this build speaks.
 pub const BPCS_VERSION: &str = "0.1";
 
-/// Largest stdout a plugin may produce; more is cut on the target and the run is a protocol error.
+/// Largest stdout a plugin may produce; past it RUNE ends the run and reports a protocol error.
 pub const MAX_STDOUT_BYTES: usize = 1024 * 1024;
+/// Most stderr a plugin may write; past it RUNE ends the run (a flood, not logging).
+pub const MAX_STDERR_BYTES: usize = 16 * 1024 * 1024;
 /// How much of a plugin's stderr RUNE keeps (the tail).
 pub const STDERR_TAIL_BYTES: usize = 8 * 1024;
 /// Longest `summary` accepted.
@@ -24,6 +26,8 @@ pub const MAX_ARG_BYTES: usize = 64 * 1024;
 
 /// Exit codes 120..=127 belong to the RUNE runner, not to plugins.
 pub mod runner_exit {
+    /// The plugin itself exited with a code in 120..=127 (reserved), e.g. 127 for a command not found.
+    pub const RESERVED_BY_PLUGIN: i32 = 120;
     /// A command named in `requires` is missing on the target.
     pub const REQUIRES_MISSING: i32 = 121;
     /// The plugin needs root and the runner is not root.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::bpcs::{self, ArgValue, BPCS_VERSION, PluginInput, PluginRef, PluginStatus, runner_exit};
+use crate::bpcs::{self, ArgValue, BPCS_VERSION, PluginInput, PluginRef, PluginStatus, SafetyClass, runner_exit};
 use crate::inventory::{Host, TransportKind};
 use crate::plugins::{LibFile, Plugin};
 use crate::results::{PluginIdentity, ResultEnvelope, Status};
@@ -106,17 +106,19 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     }
 
     let timeout = spec.timeout_secs().to_string();
-    let program = RUNNER_TEMPLATE
-        .replace("@PUT_FILES@", put.trim_end_matches('\n'))
-        .replace("@ENV_VARS@", env.trim_end_matches('\n'))
-        .replace("@REQUIRES@", &plugin.requires.join(" "))
-        .replace("@NEEDS_ROOT@", if plugin.needs_root { "1" } else { "0" })
-        .replace("@DRY_RUN@", if spec.dry_run { "1" } else { "0" })
-        .replace("@TIMEOUT@", &timeout)
-        .replace("@KILL_AFTER@", &KILL_AFTER_SECS.to_string())
-        .replace("@STDOUT_CAP@", &(bpcs::MAX_STDOUT_BYTES + 1).to_string())
-        .replace("@STDERR_CAP@", &bpcs::STDERR_TAIL_BYTES.to_string())
-        .replace("@RUN_ID@", &spec.run_id);
+    let kill_after = KILL_AFTER_SECS.to_string();
+    let requires = plugin.requires.join(" ");
+    let program = render(RUNNER_TEMPLATE, |name| match name {
+        "PUT_FILES" => Some(put.trim_end_matches('\n')),
+        "ENV_VARS" => Some(env.trim_end_matches('\n')),
+        "REQUIRES" => Some(&requires),
+        "NEEDS_ROOT" => Some(if plugin.needs_root { "1" } else { "0" }),
+        "DRY_RUN" => Some(if spec.dry_run { "1" } else { "0" }),
+        "TIMEOUT" => Some(&timeout),
+        "KILL_AFTER" => Some(&kill_after),
+        "RUN_ID" => Some(&spec.run_id),
+        _ => None,
+    })?;
 
     let mut argv: Vec<String> = Vec::new();
     if spec.uses_sudo() {
@@ -135,19 +137,43 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
         deadline: Duration::from_secs(spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS),
         stdout_cap: bpcs::MAX_STDOUT_BYTES,
         stderr_tail: bpcs::STDERR_TAIL_BYTES,
+        stderr_budget: bpcs::MAX_STDERR_BYTES,
         cleanup,
     })
 }
 
+/// Fills `@NAME@` placeholders in one pass over the template: substituted text is never scanned again, so data
+/// that happens to contain `@NAME@` stays data. An unknown placeholder is a build bug, reported as an error.
+fn render<'a>(template: &str, value: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 4096);
+    let mut rest = template;
+    while let Some(start) = rest.find('@') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find('@').map(|end| &after[..end]) {
+            Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') => {
+                out.push_str(value(name).ok_or_else(|| format!("runner template: unknown placeholder @{name}@"))?);
+                rest = &after[name.len() + 1..];
+            }
+            _ => {
+                out.push('@');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Appends `bytes` as the body of a single-quoted `printf %b` argument: printable ASCII and newlines as they
-/// are, everything else (and `'` and `\\`) as `\xHH`. The result holds no quote and no backslash but those of
+/// are, everything else (and `'`, `\\` and `@`) as `\xHH`. The result holds no quote and no backslash but those of
 /// the escapes, so the shell takes it literally and only the printf builtin decodes it, byte for byte.
 /// Callers guarantee there is no NUL (bash strings cannot hold one): arguments and plugin files are checked.
 pub fn push_printf_literal(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for &b in bytes {
         match b {
-            b'\'' | b'\\' => push_hex(out, b, HEX),
+            b'\'' | b'\\' | b'@' => push_hex(out, b, HEX),
             0x20..=0x7e | b'\n' => out.push(char::from(b)),
             _ => push_hex(out, b, HEX),
         }
@@ -208,11 +234,22 @@ pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
         exit_code: raw.exit_code,
         output: verdict.output,
         error: verdict.error,
-        stderr_tail: String::from_utf8_lossy(&raw.stderr_tail).into_owned(),
+        stderr_tail: stderr_tail(&raw),
         truncated: raw.stdout_truncated,
         dry_run: spec.dry_run,
         operator: spec.operator.clone(),
     }
+}
+
+fn stderr_tail(raw: &RawOutcome) -> String {
+    let mut tail = String::from_utf8_lossy(&raw.stderr_tail).into_owned();
+    if raw.output_lingered {
+        if !tail.is_empty() && !tail.ends_with('\n') {
+            tail.push('\n');
+        }
+        tail.push_str("rune: the plugin exited but something it started kept its output open; stopped reading\n");
+    }
+    tail
 }
 
 fn transport_verdict(e: TransportError) -> Verdict {
@@ -220,7 +257,7 @@ fn transport_verdict(e: TransportError) -> Verdict {
         TransportError::Unreachable(_) => Status::Unreachable,
         TransportError::HostKeyUnknown { .. } | TransportError::HostKeyChanged { .. } => Status::HostKeyRejected,
         TransportError::AuthFailed(_) => Status::AuthFailed,
-        TransportError::Protocol(_) | TransportError::Spawn(_) => Status::Error,
+        TransportError::Protocol(_) | TransportError::Spawn(_) | TransportError::LostMidRun(_) => Status::Error,
     };
     Verdict { status, output: None, error: Some(e.to_string()) }
 }
@@ -241,6 +278,15 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
                 spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS
             ),
         );
+    }
+    if raw.stdout_truncated {
+        return fail(
+            Status::ProtocolError,
+            format!("stdout passed {} bytes; the run was ended", bpcs::MAX_STDOUT_BYTES),
+        );
+    }
+    if raw.stderr_flooded {
+        return fail(Status::Error, format!("stderr passed {} bytes; the run was ended", bpcs::MAX_STDERR_BYTES));
     }
     let Some(code) = raw.exit_code else {
         let signal = raw.exit_signal.clone().unwrap_or_else(|| "unknown cause".into());
@@ -282,9 +328,6 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
     {
         return fail(Status::PreconditionFailed, format!("sudo -n refused: {}", last_line(&raw.stderr_tail)));
     }
-    if raw.stdout_truncated {
-        return fail(Status::ProtocolError, format!("stdout exceeded {} bytes and was cut", bpcs::MAX_STDOUT_BYTES));
-    }
     let output = match bpcs::parse_output(&raw.stdout) {
         Ok(o) => o,
         Err(e) if code >= 128 => {
@@ -295,6 +338,11 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
     let value = serde_json::to_value(&output).ok();
     if let Err(e) = bpcs::check_exit_code(&output, code) {
         return Verdict { status: Status::ProtocolError, output: value, error: Some(format!("BPCS violation: {e}")) };
+    }
+    if output.changed && (spec.dry_run || spec.plugin.class == SafetyClass::Diagnostic) {
+        let why = if spec.dry_run { "in a dry run" } else { "from a diagnostic plugin" };
+        let error = format!("BPCS violation: `changed: true` {why}, which must change nothing");
+        return Verdict { status: Status::ProtocolError, output: value, error: Some(error) };
     }
     let status = match output.status {
         PluginStatus::Ok if spec.dry_run => Status::DryRun,

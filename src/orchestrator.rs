@@ -23,6 +23,8 @@ static CORRELATION_RE: LazyLock<Regex> =
 
 /// Most hosts run at once by default.
 pub const DEFAULT_PARALLEL: usize = 32;
+/// Upper bound for `parallel`.
+pub const MAX_PARALLEL: usize = 10_000;
 
 /// A request to run one action on some hosts: from the CLI today, from rules and chatops later.
 #[derive(Debug, Clone, Default)]
@@ -152,7 +154,7 @@ impl Orchestrator {
     /// its host finishes. The channel closes when every host has a result.
     pub fn execute(&self, plan: Plan, parallel: usize) -> mpsc::Receiver<ResultEnvelope> {
         let (tx, rx) = mpsc::channel(plan.specs.len().max(1));
-        let limit = Arc::new(Semaphore::new(parallel.max(1)));
+        let limit = Arc::new(Semaphore::new(parallel.clamp(1, MAX_PARALLEL)));
         for spec in plan.specs {
             let tx = tx.clone();
             let limit = limit.clone();

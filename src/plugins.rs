@@ -385,9 +385,9 @@ pub fn load_plugin(path: &Path) -> Result<Plugin, Vec<PluginLoadError>> {
     })
 }
 
-/// Patterns must match the whole value: wrap them in `^(?:…)$` unless already anchored.
+/// Patterns must match the whole value: always wrapped in `^(?:…)$`, so `^a|b$` cannot match `xb` or `ay`.
 fn anchor(p: &str) -> String {
-    if p.starts_with('^') && p.ends_with('$') { p.to_owned() } else { format!("^(?:{p})$") }
+    format!("^(?:{p})$")
 }
 
 /// The default value of an argument, for display.
@@ -440,6 +440,13 @@ mod tests {
         assert!(matches!(registry.resolve("good@2.0.0"), Err(ResolveError::NoSuchVersion { .. })));
         assert!(matches!(registry.resolve("nope"), Err(ResolveError::Unknown(_))));
         assert!(matches!(registry.resolve("../etc"), Err(ResolveError::Invalid(_))));
+    }
+
+    #[test]
+    fn patterns_are_always_anchored() {
+        let re = Regex::new(&anchor("^a|b$")).expect("valid");
+        assert!(re.is_match("a") && re.is_match("b"));
+        assert!(!re.is_match("a; reboot") && !re.is_match("reboot; b"));
     }
 
     #[test]

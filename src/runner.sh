@@ -1,5 +1,5 @@
 # RUNE runner (BPCS v0.1): unpacks one plugin run into a private temp dir on the target and runs it under a timeout.
-# Generated per run by src/mediator.rs. Every @PLACEHOLDER@ becomes a number, a UUID, a validated name, or a
+# Generated per run by src/mediator.rs. Every placeholder (a name between two at-signs) becomes a number, a UUID, a validated name, or a
 # printf %b literal: single-quoted text holding no quote and no backslash other than \xHH escapes, decoded by
 # the printf builtin straight into a file or a variable. No caller data is ever parsed by this shell as code,
 # and decoding forks nothing. Read by `bash --noprofile --norc -s`; everything sits in a function, so bash has
@@ -31,8 +31,8 @@ rune_main() {
 @ENV_VARS@
   cd -- "$rune_dir" || rune_fail "cannot enter $rune_dir"
   SECONDS=0
-  timeout --kill-after=@KILL_AFTER@ @TIMEOUT@ bash --noprofile --norc "$rune_dir/plugin.sh" <"$rune_dir/input.json" \
-    > >(head -c @STDOUT_CAP@) 2> >(tail -c @STDERR_CAP@ >&2) &
+  # stdout and stderr go straight to RUNE, which caps them and ends the session when a plugin floods.
+  timeout --kill-after=@KILL_AFTER@ @TIMEOUT@ bash --noprofile --norc "$rune_dir/plugin.sh" <"$rune_dir/input.json" &
   local tpid=$! rc
   printf '%s\n' "$tpid" >"$rune_dir/pgid"
   wait "$tpid"
@@ -41,6 +41,9 @@ rune_main() {
   if { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ "$SECONDS" -ge @TIMEOUT@ ]; then
     printf 'rune-runner: timed out after %ss; process group %s killed\n' "$SECONDS" "$tpid" >&2
     rc=124
+  elif [ "$rc" -ge 120 ] && [ "$rc" -le 127 ]; then
+    printf 'rune-runner: the plugin exited with code %s, reserved for the runner (127: a command not found?)\n' "$rc" >&2
+    rc=120
   fi
   exit "$rc"
 }

@@ -97,6 +97,8 @@ fn hostile_values(canary: &Path) -> Vec<String> {
         format!("a\nb\r\nc\ttab \\ backslash \\n not-a-newline ${{HOME}} $HOME %s %n"),
         "non-ASCII: é ü 漢字 🚀 \u{1}\u{1f}".to_owned(),
         "   leading and trailing spaces   ".to_owned(),
+        // Regression: placeholders of the runner template inside data must stay data.
+        format!("@ENV_VARS@ $(touch {c}) @RUN_ID@ x@TIMEOUT@y @PUT_FILES@ @NOPE@ @"),
         String::new(),
     ]
 }
@@ -120,6 +122,7 @@ async fn noop_returns_hostile_messages_byte_for_byte_over_ssh() {
 async fn typed_arguments_and_stdin_input_reach_the_plugin() {
     let fleet = fleet(1);
     let orch = orchestrator(&fleet);
+    // echo-args.sh carries runner placeholders in its body: they must not be substituted.
     let r = run_one(&orch, "echo-args", &[("text", "x y"), ("count", "42"), ("flag", "true")]).await;
     assert_eq!(r.status, Status::Ok, "{r:?}");
     let d = data(&r);
@@ -323,6 +326,31 @@ async fn contract_breaches_are_protocol_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_exit_codes_and_dry_run_changes_are_caught() {
+    let fleet = fleet(1);
+    let orch = orchestrator(&fleet);
+    let r = run_one(&orch, "reserved-exit", &[]).await;
+    assert_eq!(r.status, Status::Error, "{r:?}");
+    assert!(r.error.as_deref().unwrap_or("").contains("reserved for the runner"), "{r:?}");
+    let mut req = request("dry-run-liar", &["host-00"], &[]);
+    req.dry_run = true;
+    let r = run(&orch, req).await.remove(0);
+    assert_eq!(r.status, Status::ProtocolError, "{r:?}");
+    assert!(r.error.as_deref().unwrap_or("").contains("dry run"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_left_holding_stdout_does_not_turn_success_into_timeout() {
+    let fleet = fleet(1);
+    let orch = orchestrator(&fleet);
+    let marker = format!("k{}", std::process::id());
+    let r = run_one(&orch, "lingering-child", &[("marker", &marker)]).await;
+    let _ = Command::new("pkill").args(["-f", &format!("rune-linger-{marker}")]).status();
+    assert_eq!(r.status, Status::Ok, "{r:?}");
+    assert!(r.duration_ms < 10_000, "bounded by the exit grace, not the deadline: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmet_requires_is_precondition_failed() {
     let fleet = fleet(1);
     let orch = orchestrator(&fleet);
@@ -513,6 +541,8 @@ fn cli_refuses_bad_input_with_exit_2_and_runs_nothing() {
         (vec!["run", "no-such-plugin", "--host", "localhost"], "unknown action"),
         (vec!["run", "noop"], "no target"),
         (vec!["run", "noop", "--host", "localhost", "--arg", "novalue"], "KEY=VALUE"),
+        (vec!["run", "noop", "--host", "localhost", "--parallel", "18446744073709551615"], "--parallel"),
+        (vec!["run", "restart-docker", "--host", "localhost", "--arg", "service=reboot.target"], "pattern"),
     ];
     for (args, expect) in cases {
         let mut full = args.clone();
@@ -533,6 +563,22 @@ fn cli_exit_code_is_1_when_a_run_fails() {
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     assert_eq!(v["status"], "protocol_error");
+}
+
+#[test]
+fn cli_local_lingering_child_is_bounded() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let dirs = plugins_arg();
+    let marker = format!("c{}", std::process::id());
+    let arg = format!("marker={marker}");
+    let out = rune(
+        &["run", "lingering-child", "--host", "localhost", "--arg", &arg, "--output", "json", "--plugins-dir", &dirs],
+        cwd.path(),
+    );
+    let _ = Command::new("pkill").args(["-f", &format!("rune-linger-{marker}")]).status();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(v["status"], "ok", "{v}");
 }
 
 #[test]

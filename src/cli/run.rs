@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, OutputFormat, PluginDirs, load_inventory};
 use crate::bpcs::RawArg;
-use crate::orchestrator::{DEFAULT_PARALLEL, Orchestrator, RunRequest};
+use crate::orchestrator::{DEFAULT_PARALLEL, MAX_PARALLEL, Orchestrator, RunRequest};
 use crate::results::{ResultEnvelope, Status};
 use crate::transport::ssh::SshTransport;
 
@@ -146,8 +146,8 @@ pub async fn run(args: RunArgs) -> i32 {
         problems.push(e);
         String::new()
     });
-    if args.parallel == 0 {
-        problems.push("--parallel must be at least 1".into());
+    if args.parallel == 0 || args.parallel > MAX_PARALLEL {
+        problems.push(format!("--parallel must be within 1..={MAX_PARALLEL}"));
     }
     let registry = args.plugins.load();
     for p in registry.problems() {
@@ -231,6 +231,7 @@ fn pretty_line(e: &ResultEnvelope) -> String {
         .map(str::to_owned)
         .or_else(|| e.error.clone())
         .unwrap_or_default();
+    let summary = printable(&summary);
     let mut line = format!("{mark} {:<24} {:<19} {:>7}ms  {summary}", e.host, e.status.as_str(), e.duration_ms);
     if e.truncated {
         line.push_str(" [output truncated]");
@@ -239,10 +240,15 @@ fn pretty_line(e: &ResultEnvelope) -> String {
         let tail: Vec<&str> = e.stderr_tail.lines().rev().take(3).collect();
         for l in tail.into_iter().rev() {
             line.push_str("\n    │ ");
-            line.push_str(l);
+            line.push_str(&printable(l));
         }
     }
     line
+}
+
+/// Plugin text shown on a terminal: control characters (escape sequences included) become `�`.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
 }
 
 #[cfg(test)]

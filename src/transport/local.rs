@@ -8,6 +8,9 @@ use tokio::process::Command;
 use super::{BoxFuture, Invocation, OutputSink, RawOutcome, Transport, TransportError};
 use crate::inventory::{Host, TransportKind};
 
+/// The only variables a local run inherits from RUNE's environment.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
 /// Runs plugins on this machine. Each run is its own process group, killed whole at the deadline.
 #[derive(Debug, Clone, Default)]
 pub struct LocalTransport;
@@ -28,7 +31,15 @@ impl Transport for LocalTransport {
 
 async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError> {
     let (program, args) = invocation.argv.split_first().ok_or_else(|| TransportError::Spawn("empty command".into()))?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    // Plugins get a clean environment: RUNE's own (agent socket, future credentials) is not theirs to read.
+    command.env_clear();
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -41,7 +52,7 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
     let mut stdin = child.stdin.take().ok_or_else(|| TransportError::Spawn("no stdin pipe".into()))?;
     let mut stdout = child.stdout.take().ok_or_else(|| TransportError::Spawn("no stdout pipe".into()))?;
     let mut stderr = child.stderr.take().ok_or_else(|| TransportError::Spawn("no stderr pipe".into()))?;
-    let mut sink = OutputSink::new(invocation.stdout_cap, invocation.stderr_tail);
+    let mut sink = OutputSink::new(invocation);
     let mut outcome = RawOutcome::default();
 
     let work = async {
@@ -50,11 +61,12 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
             let _ = stdin.write_all(&invocation.stdin).await;
             drop(stdin);
         };
+        // Returns true when the output overflowed its caps and the run must be ended.
         let drain = async {
             let mut out_buf = vec![0u8; 16 * 1024];
             let mut err_buf = vec![0u8; 8 * 1024];
             let (mut out_open, mut err_open) = (true, true);
-            while out_open || err_open {
+            while (out_open || err_open) && !sink.overflowed() {
                 tokio::select! {
                     r = stdout.read(&mut out_buf), if out_open => match r {
                         Ok(0) | Err(_) => out_open = false,
@@ -66,30 +78,68 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
                     },
                 }
             }
+            sink.overflowed()
         };
-        tokio::join!(feed, drain);
-        child.wait().await
+        let waiter = child.wait();
+        tokio::pin!(feed);
+        tokio::pin!(drain);
+        tokio::pin!(waiter);
+        let (mut fed, mut status, mut lingered) = (false, None, false);
+        let far = tokio::time::Instant::now() + invocation.deadline;
+        let mut grace_until = far;
+        loop {
+            tokio::select! {
+                _ = &mut feed, if !fed => fed = true,
+                r = &mut waiter, if status.is_none() => {
+                    status = Some(r);
+                    // Output held open by something the plugin left behind gets a short grace, not the deadline.
+                    grace_until = tokio::time::Instant::now() + super::EXIT_DRAIN_GRACE;
+                }
+                overflowed = &mut drain => {
+                    if overflowed {
+                        kill_group(pid);
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep_until(grace_until), if status.is_some() => {
+                    lingered = true;
+                    break;
+                }
+            }
+        }
+        let status = match status {
+            Some(s) => s,
+            None => waiter.await,
+        };
+        (status, lingered)
     };
-    match tokio::time::timeout(invocation.deadline, work).await {
-        Ok(Ok(status)) => {
+    let finished = tokio::time::timeout(invocation.deadline, work).await;
+    // The runner leads its own process group (process_group(0)); whatever is left in it goes now.
+    kill_group(pid);
+    match finished {
+        Ok((Ok(status), lingered)) => {
+            outcome.output_lingered = lingered;
             use std::os::unix::process::ExitStatusExt;
             outcome.exit_code = status.code();
             outcome.exit_signal = status.signal().map(|s| format!("signal {s}"));
         }
-        Ok(Err(e)) => return Err(TransportError::Spawn(format!("wait: {e}"))),
+        Ok((Err(e), _)) => return Err(TransportError::Spawn(format!("wait: {e}"))),
         Err(_) => {
             outcome.deadline_hit = true;
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) with a negative pid signals the process group we created with process_group(0).
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
             let _ = run_cleanup(&invocation.cleanup).await;
         }
     }
     sink.finish(&mut outcome);
     Ok(outcome)
+}
+
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a negative pid signals that process group; it has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
 }
 
 async fn run_cleanup(cleanup: &str) -> std::io::Result<()> {

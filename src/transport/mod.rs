@@ -19,10 +19,12 @@ pub struct Invocation {
     pub stdin: Vec<u8>,
     /// Client-side limit for the whole exec; past it the transport gives up and runs `cleanup`.
     pub deadline: Duration,
-    /// Bytes of stdout to keep; one more marks the output truncated.
+    /// Bytes of stdout to keep; one more marks the output truncated and ends the run.
     pub stdout_cap: usize,
     /// Bytes of stderr tail to keep.
     pub stderr_tail: usize,
+    /// Total stderr bytes accepted; past it the run is ended as a flood.
+    pub stderr_budget: usize,
     /// Fixed command that kills the run's process group and removes its temp dir, for the deadline path.
     pub cleanup: String,
 }
@@ -37,7 +39,14 @@ pub struct RawOutcome {
     pub stderr_tail: Vec<u8>,
     /// The client-side deadline passed before the command finished.
     pub deadline_hit: bool,
+    /// stderr passed its budget and the run was ended.
+    pub stderr_flooded: bool,
+    /// The runner exited but something on the host kept its output open past [`EXIT_DRAIN_GRACE`].
+    pub output_lingered: bool,
 }
+
+/// How long output may keep flowing after the runner's exit status arrived.
+pub const EXIT_DRAIN_GRACE: Duration = Duration::from_secs(3);
 
 /// Why a transport could not run the command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +59,9 @@ pub enum TransportError {
     HostKeyChanged { host: String, known_hosts: String, line: usize },
     #[error("authentication failed: {0}")]
     AuthFailed(String),
+    /// The session died after the command started: the plugin may or may not have run to the end.
+    #[error("{0}")]
+    LostMidRun(String),
     #[error("ssh protocol error: {0}")]
     Protocol(String),
     #[error("cannot start command: {0}")]
@@ -79,17 +91,26 @@ pub struct OutputSink {
     truncated: bool,
     stderr: std::collections::VecDeque<u8>,
     stderr_tail: usize,
+    stderr_seen: usize,
+    stderr_budget: usize,
 }
 
 impl OutputSink {
-    pub fn new(stdout_cap: usize, stderr_tail: usize) -> OutputSink {
+    pub fn new(invocation: &Invocation) -> OutputSink {
         OutputSink {
             stdout: Vec::new(),
-            stdout_cap,
+            stdout_cap: invocation.stdout_cap,
             truncated: false,
             stderr: std::collections::VecDeque::new(),
-            stderr_tail,
+            stderr_tail: invocation.stderr_tail,
+            stderr_seen: 0,
+            stderr_budget: invocation.stderr_budget,
         }
+    }
+
+    /// True once stdout passed its cap or stderr its budget: the transport should end the run.
+    pub fn overflowed(&self) -> bool {
+        self.truncated || self.stderr_seen > self.stderr_budget
     }
 
     pub fn stdout(&mut self, chunk: &[u8]) {
@@ -101,6 +122,7 @@ impl OutputSink {
     }
 
     pub fn stderr(&mut self, chunk: &[u8]) {
+        self.stderr_seen = self.stderr_seen.saturating_add(chunk.len());
         let keep = &chunk[chunk.len().saturating_sub(self.stderr_tail)..];
         let overflow = (self.stderr.len() + keep.len()).saturating_sub(self.stderr_tail);
         self.stderr.drain(..overflow.min(self.stderr.len()));
@@ -110,6 +132,7 @@ impl OutputSink {
     pub fn finish(self, outcome: &mut RawOutcome) {
         outcome.stdout = self.stdout;
         outcome.stdout_truncated = self.truncated;
+        outcome.stderr_flooded = self.stderr_seen > self.stderr_budget;
         outcome.stderr_tail = self.stderr.into_iter().collect();
     }
 }
@@ -120,7 +143,16 @@ mod tests {
 
     #[test]
     fn sink_caps_stdout_and_keeps_stderr_tail() {
-        let mut sink = OutputSink::new(5, 4);
+        let invocation = Invocation {
+            argv: Vec::new(),
+            stdin: Vec::new(),
+            deadline: Duration::from_secs(1),
+            stdout_cap: 5,
+            stderr_tail: 4,
+            stderr_budget: 6,
+            cleanup: String::new(),
+        };
+        let mut sink = OutputSink::new(&invocation);
         sink.stdout(b"abc");
         sink.stdout(b"defg");
         sink.stderr(b"12345");
@@ -130,5 +162,6 @@ mod tests {
         assert_eq!(out.stdout, b"abcde");
         assert!(out.stdout_truncated);
         assert_eq!(out.stderr_tail, b"4567");
+        assert!(out.stderr_flooded, "7 bytes of stderr passed the budget of 6");
     }
 }

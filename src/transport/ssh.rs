@@ -361,7 +361,7 @@ async fn exec(
     let command = format!("exec {}", invocation.argv.join(" "));
     channel.exec(true, command).await.map_err(|e| TransportError::Unreachable(format!("exec request failed: {e}")))?;
     let (mut read, write) = channel.split();
-    let mut sink = OutputSink::new(invocation.stdout_cap, invocation.stderr_tail);
+    let mut sink = OutputSink::new(invocation);
     let mut outcome = RawOutcome::default();
     let mut refused = false;
     let mut closed_cleanly = false;
@@ -372,7 +372,21 @@ async fn exec(
             let _ = write.eof().await;
         };
         let drain = async {
-            while let Some(msg) = read.wait().await {
+            loop {
+                // Once the runner has exited, whatever still holds its output (a daemon a plugin left behind)
+                // gets a short grace, not the whole deadline: the exit code is what the result rests on.
+                let next = if outcome.exit_code.is_some() || outcome.exit_signal.is_some() {
+                    match tokio::time::timeout(super::EXIT_DRAIN_GRACE, read.wait()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            outcome.output_lingered = true;
+                            break;
+                        }
+                    }
+                } else {
+                    read.wait().await
+                };
+                let Some(msg) = next else { break };
                 match msg {
                     ChannelMsg::Data { data } => sink.stdout(&data),
                     ChannelMsg::ExtendedData { data, ext: 1 } => sink.stderr(&data),
@@ -390,11 +404,26 @@ async fn exec(
                     }
                     _ => {}
                 }
+                if sink.overflowed() {
+                    // A flood: stop here; closing the channel closes the plugin's pipes on the host.
+                    break;
+                }
             }
         };
-        tokio::join!(feed, drain);
+        // When the channel closes first (the runner exited without reading all its input), stop feeding:
+        // waiting for window space that will never come would only run into the deadline.
+        tokio::pin!(feed);
+        tokio::pin!(drain);
+        let mut fed = false;
+        loop {
+            tokio::select! {
+                _ = &mut feed, if !fed => fed = true,
+                _ = &mut drain => break,
+            }
+        }
     };
     let deadline_hit = tokio::time::timeout(invocation.deadline, work).await.is_err();
+    let _ = write.close().await;
     drop(write);
     drop(read);
     if refused {
@@ -403,8 +432,10 @@ async fn exec(
     if deadline_hit {
         outcome.deadline_hit = true;
         cleanup(conn, &invocation.cleanup).await;
-    } else if !closed_cleanly && outcome.exit_code.is_none() && outcome.exit_signal.is_none() {
-        return Err(TransportError::Unreachable("connection lost while the plugin ran".into()));
+    } else if !closed_cleanly && outcome.exit_code.is_none() && outcome.exit_signal.is_none() && !sink.overflowed() {
+        return Err(TransportError::LostMidRun(
+            "connection lost while the plugin ran; it may have changed the host".into(),
+        ));
     }
     sink.finish(&mut outcome);
     Ok(outcome)
