@@ -120,19 +120,21 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
         _ => None,
     })?;
 
-    let mut argv: Vec<String> = Vec::new();
-    if spec.uses_sudo() {
-        argv.extend(["sudo", "-n"].map(String::from));
-    }
-    argv.extend(["bash", "--noprofile", "--norc", "-s"].map(String::from));
-    // Only the run id (a UUID we generated) varies in this text.
-    let kill = format!(
-        "d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; if [ -d \"$d\" ]; then kill -KILL -- \"-$(cat \"$d/pgid\" 2>/dev/null)\" \"$(cat \"$d/pid\" 2>/dev/null)\" 2>/dev/null; rm -rf -- \"$d\"; fi",
+    // Only the run id (a UUID we generated) varies in these two texts; neither holds a single quote.
+    // The runner is first stored in a file: bash reads a script on a pipe one byte per read(2), a file in blocks.
+    let boot = format!(
+        "umask 077; f=\"${{TMPDIR:-/tmp}}/rune-{id}.sh\"; cat >\"$f\" || exit 125; exec bash --noprofile --norc \"$f\"",
         id = spec.run_id
     );
-    let cleanup = if spec.uses_sudo() { format!("sudo -n bash --noprofile --norc -c '{kill}'") } else { kill };
+    let kill = format!(
+        "d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; rm -f -- \"$d.sh\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then kill -KILL -- \"-$(cat \"$d/pgid\" 2>/dev/null)\" \"-$(cat \"$d/pid\" 2>/dev/null)\" 2>/dev/null; rm -rf -- \"$d\"; fi",
+        id = spec.run_id
+    );
+    let sudo = if spec.uses_sudo() { "sudo -n " } else { "" };
+    let command = format!("{sudo}bash --noprofile --norc -c '{boot}'");
+    let cleanup = format!("{sudo}bash --noprofile --norc -c '{kill}'");
     Ok(Invocation {
-        argv,
+        command,
         stdin: program.into_bytes(),
         deadline: Duration::from_secs(spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS),
         stdout_cap: bpcs::MAX_STDOUT_BYTES,

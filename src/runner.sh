@@ -9,8 +9,9 @@ rune_main() {
   set -u
   umask 077
   rune_dir="${TMPDIR:-/tmp}/rune-@RUN_ID@"
+  trap 'rm -f -- "$0"' EXIT
   mkdir -m 700 -- "$rune_dir" "$rune_dir/lib" 2>/dev/null || rune_fail "cannot create $rune_dir"
-  trap 'rm -rf -- "$rune_dir"' EXIT
+  trap 'rm -rf -- "$rune_dir" "$0"' EXIT
   printf '%s\n' "$$" >"$rune_dir/pid"
 @PUT_FILES@
   local missing="" c

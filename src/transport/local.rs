@@ -30,8 +30,7 @@ impl Transport for LocalTransport {
 }
 
 async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError> {
-    let (program, args) = invocation.argv.split_first().ok_or_else(|| TransportError::Spawn("empty command".into()))?;
-    let mut command = Command::new(program);
+    let mut command = Command::new("bash");
     // Plugins get a clean environment: RUNE's own (agent socket, future credentials) is not theirs to read.
     command.env_clear();
     for name in INHERITED_ENV {
@@ -40,14 +39,14 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
         }
     }
     let mut child = command
-        .args(args)
+        .args(["--noprofile", "--norc", "-c", &format!("exec {}", invocation.command)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| TransportError::Spawn(format!("{program}: {e}")))?;
+        .map_err(|e| TransportError::Spawn(format!("bash: {e}")))?;
     let pid = child.id();
     let mut stdin = child.stdin.take().ok_or_else(|| TransportError::Spawn("no stdin pipe".into()))?;
     let mut stdout = child.stdout.take().ok_or_else(|| TransportError::Spawn("no stdout pipe".into()))?;

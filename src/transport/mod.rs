@@ -10,11 +10,11 @@ use std::time::Duration;
 use crate::inventory::{Host, TransportKind};
 
 /// What the mediator asks a transport to run. Nothing in it comes from an alert or an operator unvalidated:
-/// `argv` and `cleanup` are fixed text built from validated names and numbers; all data travels in `stdin`.
+/// `command` and `cleanup` are fixed text built from validated names and numbers; all data travels in `stdin`.
 #[derive(Debug, Clone)]
 pub struct Invocation {
-    /// The command to start (joined with spaces for SSH; every word is a constant shell-safe token).
-    pub argv: Vec<String>,
+    /// The shell command line that starts the runner (SSH: given to the login shell; local: `bash -c`).
+    pub command: String,
     /// The runner program, fed on stdin.
     pub stdin: Vec<u8>,
     /// Client-side limit for the whole exec; past it the transport gives up and runs `cleanup`.
@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn sink_caps_stdout_and_keeps_stderr_tail() {
         let invocation = Invocation {
-            argv: Vec::new(),
+            command: String::new(),
             stdin: Vec::new(),
             deadline: Duration::from_secs(1),
             stdout_cap: 5,

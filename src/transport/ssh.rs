@@ -357,8 +357,8 @@ async fn exec(
     channel: russh::Channel<client::Msg>,
     invocation: &Invocation,
 ) -> Result<RawOutcome, TransportError> {
-    // `exec` spares one shell process; every word of argv is a constant, shell-safe token.
-    let command = format!("exec {}", invocation.argv.join(" "));
+    // `exec` spares the login shell's process; the command holds no caller data.
+    let command = format!("exec {}", invocation.command);
     channel.exec(true, command).await.map_err(|e| TransportError::Unreachable(format!("exec request failed: {e}")))?;
     let (mut read, write) = channel.split();
     let mut sink = OutputSink::new(invocation);
