@@ -13,6 +13,9 @@ static HOST_NAME_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$").unwrap_or_else(|_| unreachable!()));
 static GROUP_NAME_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$").unwrap_or_else(|_| unreachable!()));
+/// Host names and IPv4/IPv6 literals: no brackets, commas, wildcards or spaces (they would corrupt known_hosts).
+static ADDRESS_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9:][A-Za-z0-9.:-]{0,252}$").unwrap_or_else(|_| unreachable!()));
 static USER_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z_][a-z0-9_.-]{0,31}\$?$").unwrap_or_else(|_| unreachable!()));
 
@@ -202,15 +205,20 @@ impl Inventory {
             }
             let transport = h.transport.or(d.transport).unwrap_or(TransportKind::Ssh);
             let address = h.address.clone().unwrap_or_else(|| name.clone());
-            if address.is_empty() || address.len() > 253 || address.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                fail("address must be a host name or IP address".into());
+            if !ADDRESS_RE.is_match(&address) {
+                fail(format!("address `{address}` must be a host name or an IP address ({})", ADDRESS_RE.as_str()));
                 continue;
             }
-            let user = h.user.clone().or_else(|| d.user.clone()).unwrap_or_else(|| {
-                std::env::var("USER").ok().filter(|u| USER_RE.is_match(u)).unwrap_or_else(|| "root".into())
-            });
-            if !USER_RE.is_match(&user) {
+            // Explicit beats magic: with no user in the file, the operator's own login name, never a guessed `root`.
+            let user = match h.user.clone().or_else(|| d.user.clone()).or_else(|| std::env::var("USER").ok()) {
+                Some(u) => u,
+                None if transport == TransportKind::Ssh => {
+                    fail("no `user` set (here or in defaults) and $USER is unset".into());
+                    continue;
+                }
+                None => String::from("-"),
+            };
+            if transport == TransportKind::Ssh && !USER_RE.is_match(&user) {
                 fail(format!("user `{user}` is not a valid login name"));
                 continue;
             }
@@ -355,6 +363,16 @@ hosts:
         let err = inv.select(&["db-1".into(), "evil.example".into()], &["nope".into()]).expect_err("refused");
         assert_eq!(err.len(), 2);
         assert_eq!(inv.select(&[], &[]).expect_err("empty"), vec![TargetError::Empty]);
+    }
+
+    #[test]
+    fn addresses_that_could_corrupt_known_hosts_are_refused() {
+        for bad in ["a,b", "*.example.com", "[::1]:22", "host name", "-oProxyCommand=x"] {
+            let text = format!("hosts:\n  h:\n    address: \"{bad}\"\n    user: ops\n");
+            assert!(Inventory::parse(&text, "inv.yaml", None).is_err(), "{bad} must be refused");
+        }
+        let ok = "hosts:\n  h:\n    address: \"::1\"\n    user: ops\n";
+        assert!(Inventory::parse(ok, "inv.yaml", None).is_ok());
     }
 
     #[test]

@@ -338,6 +338,12 @@ impl SshTransport {
                     drop(permit);
                     return outcome;
                 }
+                // The server refused one more channel (its MaxSessions): the connection itself is fine.
+                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                    return Err(TransportError::Unreachable(format!(
+                        "the server refused a session channel ({reason:?}); lower --parallel or raise sshd MaxSessions"
+                    )));
+                }
                 // A pooled connection can die between runs (server restart, idle timeout): reconnect once.
                 Err(e) if attempt == 1 => {
                     tracing::debug!(host = %host.name, error = %e, "pooled connection unusable; reconnecting");
@@ -476,6 +482,16 @@ struct ClientHandler {
 }
 
 impl ClientHandler {
+    fn clone_for_check(&self) -> ClientHandler {
+        ClientHandler {
+            address: self.address.clone(),
+            port: self.port,
+            known_hosts: self.known_hosts.clone(),
+            policy: self.policy,
+            verdict: self.verdict.clone(),
+        }
+    }
+
     fn record(&self, v: KeyVerdict) {
         if let Ok(mut slot) = self.verdict.lock() {
             *slot = Some(v);
@@ -523,7 +539,12 @@ impl client::Handler for ClientHandler {
         server_public_key: &keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         match server_public_key {
-            keys::PublicKeyOrCertificate::PublicKey { key, .. } => Ok(self.check(key)),
+            keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                // Reading known_hosts (and hashing its hashed entries) is file I/O: keep it off the runtime threads.
+                let checker = self.clone_for_check();
+                let key = key.clone();
+                Ok(tokio::task::spawn_blocking(move || checker.check(&key)).await.unwrap_or(false))
+            }
             keys::PublicKeyOrCertificate::Certificate(_) => {
                 self.record(KeyVerdict::Unusable("host certificates are not supported".into()));
                 Ok(false)
