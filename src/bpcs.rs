@@ -108,16 +108,12 @@ pub struct ArgSpec {
     pub arg_type: ArgType,
     pub required: bool,
     pub default: Option<ArgValue>,
-    #[serde(serialize_with = "serialize_regex")]
-    pub pattern: Option<Regex>,
+    /// The pattern as written in the header (shown to users).
+    pub pattern: Option<String>,
+    /// The same pattern, anchored to match the whole value.
+    #[serde(skip)]
+    pub pattern_re: Option<Regex>,
     pub description: Option<String>,
-}
-
-fn serialize_regex<S: serde::Serializer>(r: &Option<Regex>, s: S) -> Result<S::Ok, S::Error> {
-    match r {
-        Some(r) => s.serialize_some(r.as_str()),
-        None => s.serialize_none(),
-    }
 }
 
 /// A typed argument value.
@@ -192,10 +188,11 @@ impl ArgSpec {
         if text.contains('\0') {
             return Err(ArgError::Invalid { name: name.to_owned(), reason: "value contains a NUL byte".into() });
         }
-        if let Some(pattern) = &self.pattern
-            && !pattern.is_match(&text)
+        if let Some(re) = &self.pattern_re
+            && !re.is_match(&text)
         {
-            return Err(ArgError::Pattern { name: name.to_owned(), pattern: pattern.as_str().to_owned() });
+            let pattern = self.pattern.clone().unwrap_or_else(|| re.as_str().to_owned());
+            return Err(ArgError::Pattern { name: name.to_owned(), pattern });
         }
         Ok(value)
     }
@@ -454,7 +451,8 @@ mod tests {
             arg_type: t,
             required: false,
             default: None,
-            pattern: pattern.map(|p| Regex::new(p).expect("test regex")),
+            pattern: pattern.map(str::to_owned),
+            pattern_re: pattern.map(|p| Regex::new(p).expect("test regex")),
             description: None,
         }
     }

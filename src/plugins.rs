@@ -338,7 +338,7 @@ pub fn load_plugin(path: &Path) -> Result<Plugin, Vec<PluginLoadError>> {
             errors.push(err(at(&name, 2), None, format!("argument name `{name}` must match {}", ARG_NAME_RE.as_str())));
             continue;
         }
-        let pattern = match raw.pattern.as_deref().map(|p| Regex::new(&anchor(p))) {
+        let pattern_re = match raw.pattern.as_deref().map(|p| Regex::new(&anchor(p))) {
             None => None,
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
@@ -350,7 +350,8 @@ pub fn load_plugin(path: &Path) -> Result<Plugin, Vec<PluginLoadError>> {
             arg_type: raw.arg_type,
             required: raw.required,
             default: None,
-            pattern,
+            pattern: raw.pattern,
+            pattern_re,
             description: raw.description,
         };
         if let Some(default) = raw.default {

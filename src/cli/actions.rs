@@ -85,7 +85,7 @@ pub fn info(action: &str, dirs: &PluginDirs, output: OutputFormat) -> i32 {
                         facts.push(format!("default {:?}", default_display(&spec.default)));
                     }
                     if let Some(p) = &spec.pattern {
-                        facts.push(format!("pattern {}", p.as_str()));
+                        facts.push(format!("pattern {p}"));
                     }
                     println!("    {name} ({})", facts.join(", "));
                     if let Some(d) = &spec.description {
