@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain: installs what is absent
-# (OpenSSH server and client, shellcheck, procps), then runs every unit and integration test.
+# (OpenSSH server and client, shellcheck, procps, sudo), then runs every unit and integration test.
 # Tests start their own sshd daemons on loopback and stop them by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,8 @@ command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
+command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)
+command -v ssh-agent >/dev/null 2>&1 || need_apt+=(openssh-client)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   sudo=()
   [ "$(id -u)" = 0 ] || sudo=(sudo -n)

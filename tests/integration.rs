@@ -414,6 +414,47 @@ async fn root_plugin_without_root_or_sudo_is_refused_before_connecting() {
     assert!(r.error.as_deref().unwrap_or("").contains("needs root"), "{r:?}");
 }
 
+/// Grants the test user passwordless sudo for bash while alive; removes the grant on drop (also on panic).
+struct SudoGrant(PathBuf);
+
+impl SudoGrant {
+    fn install() -> SudoGrant {
+        let path = PathBuf::from("/etc/sudoers.d/rune-integration-test");
+        let rule = format!("{} ALL=(root) NOPASSWD: /usr/bin/bash, /bin/bash\n", support::sshd::TEST_USER);
+        std::fs::write(&path, rule).expect("write sudoers drop-in (tests run as root)");
+        let mut perms = std::fs::metadata(&path).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o440);
+        std::fs::set_permissions(&path, perms).expect("chmod 0440");
+        let ok = Command::new("visudo").args(["-cf"]).arg(&path).output().map(|o| o.status.success()).unwrap_or(false);
+        assert!(ok, "visudo rejected the test rule");
+        SudoGrant(path)
+    }
+}
+
+impl Drop for SudoGrant {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_plugin_runs_through_sudo_n_and_a_refusal_is_precondition_failed() {
+    support::sshd::ensure_prerequisites();
+    assert!(which("sudo"), "sudo is missing: scripts/test.sh installs it");
+    let fleet = fleet(1);
+    let inv = inventory_yaml(&fleet, fleet.known_hosts(), "    sudo: true\n");
+    let orch = orchestrator_with(&inv);
+    {
+        let _grant = SudoGrant::install();
+        let r = run_one(&orch, "whoami-root", &[]).await;
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        assert_eq!(data(&r)["uid"], 0, "ran as root through sudo -n: {r:?}");
+    }
+    let r = run_one(&orch, "whoami-root", &[]).await;
+    assert_eq!(r.status, Status::PreconditionFailed, "{r:?}");
+    assert!(r.error.as_deref().unwrap_or("").contains("sudo -n refused"), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_plugin_reports_missing_commands() {
     // Root login but no stubs: systemctl may exist on this machine, docker/nomad must not be required to.
