@@ -286,7 +286,8 @@ async fn hanging_plugin_times_out_and_its_process_tree_is_gone() {
     req.timeout = Some(Duration::from_secs(2));
     let r = run(&orch, req).await.remove(0);
     assert_eq!(r.status, Status::Timeout, "{r:?}");
-    assert!(r.duration_ms < 15_000, "the remote timeout ended it, not the client deadline: {r:?}");
+    // The runner's own timeout ended it (not the client-side deadline, whose message is "no answer within").
+    assert!(r.error.as_deref().unwrap_or("").contains("process group was killed"), "{r:?}");
     // The plugin and its child ran on this machine (loopback sshd): neither may survive.
     let mut left = String::new();
     for _ in 0..20 {
@@ -347,7 +348,6 @@ async fn a_child_left_holding_stdout_does_not_turn_success_into_timeout() {
     let r = run_one(&orch, "lingering-child", &[("marker", &marker)]).await;
     let _ = Command::new("pkill").args(["-f", &format!("rune-linger-{marker}")]).status();
     assert_eq!(r.status, Status::Ok, "{r:?}");
-    assert!(r.duration_ms < 10_000, "bounded by the exit grace, not the deadline: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
