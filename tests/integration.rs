@@ -457,16 +457,17 @@ async fn root_plugin_runs_through_sudo_n_and_a_refusal_is_precondition_failed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_plugin_reports_missing_commands() {
-    // Root login but no stubs: systemctl may exist on this machine, docker/nomad must not be required to.
+    // Root login, stubs on PATH except nomad, which this machine does not have either.
     let (fleet, stubs) = stub_fleet();
-    std::fs::remove_file(stubs.path().join("docker")).expect("remove docker stub");
+    std::fs::remove_file(stubs.path().join("nomad")).expect("remove nomad stub");
     let orch = orchestrator(&fleet);
-    let r = run_one(&orch, "restart-docker", &[]).await;
-    if which("docker") {
-        eprintln!("docker is installed on this machine; skipping the missing-command assertion");
+    let r = run_one(&orch, "restart-nomad", &[("verify_timeout", "1")]).await;
+    if which("nomad") {
+        eprintln!("nomad is installed on this machine; skipping the missing-command assertion");
     } else {
         assert_eq!(r.status, Status::PreconditionFailed, "{r:?}");
-        assert!(r.error.as_deref().unwrap_or("").contains("docker"), "{r:?}");
+        assert!(r.error.as_deref().unwrap_or("").contains("nomad"), "{r:?}");
+        assert!(!calls(stubs.path()).contains("restart"), "nothing may run when a required command is missing");
     }
 }
 
