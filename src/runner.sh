@@ -5,6 +5,24 @@
 # and decoding forks nothing. Read by `bash --noprofile --norc -s`; everything sits in a function, so bash has
 # read the whole program before any of it runs.
 rune_fail() { printf 'rune-runner: %s\n' "$1" >&2; exit 125; }
+# rune_sweep: kill what is left of this run in the session after a timeout, including processes that moved to
+# another process group (a nested `timeout` without --foreground, `set -m`). The runner leads its own session
+# (sshd starts each channel as one; the local transport uses setsid); it spares itself and its parent.
+rune_sweep() {
+  local sid stat p pid fields
+  read -r stat </proc/$$/stat || return 0
+  read -ra fields <<<"${stat##*) }"
+  sid=${fields[3]}
+  [ "$sid" = "$$" ] || [ "$sid" = "$PPID" ] || return 0
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = "$$" ] || [ "$pid" = "$PPID" ] && continue
+    read -r stat <"$p/stat" 2>/dev/null || continue
+    read -ra fields <<<"${stat##*) }"
+    [ "${fields[3]}" = "$sid" ] && kill -KILL "$pid" 2>/dev/null
+  done
+  return 0
+}
 rune_main() {
   set -u
   umask 077
@@ -40,7 +58,8 @@ rune_main() {
   rc=$?
   kill -KILL -- "-$tpid" 2>/dev/null
   if { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ "$SECONDS" -ge @TIMEOUT@ ]; then
-    printf 'rune-runner: timed out after %ss; process group %s killed\n' "$SECONDS" "$tpid" >&2
+    rune_sweep
+    printf 'rune-runner: timed out after %ss; process group %s and the rest of the session killed\n' "$SECONDS" "$tpid" >&2
     rc=124
   elif [ "$rc" -ge 120 ] && [ "$rc" -le 127 ]; then
     printf 'rune-runner: the plugin exited with code %s, reserved for the runner (127: a command not found?)\n' "$rc" >&2

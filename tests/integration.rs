@@ -277,27 +277,34 @@ fn processes_matching(pattern: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hanging_plugin_times_out_and_its_process_tree_is_gone() {
-    let fleet = fleet(1);
-    let orch = orchestrator(&fleet);
-    let marker = format!("m{}", std::process::id());
-    let mut req = request("hang", &["host-00"], &[("marker", &marker)]);
-    req.timeout = Some(Duration::from_secs(2));
-    let r = run(&orch, req).await.remove(0);
-    assert_eq!(r.status, Status::Timeout, "{r:?}");
-    // The runner's own timeout ended it (not the client-side deadline, whose message is "no answer within").
-    assert!(r.error.as_deref().unwrap_or("").contains("process group was killed"), "{r:?}");
-    // The plugin and its child ran on this machine (loopback sshd): neither may survive.
+async fn wait_until_gone(pattern: &str) -> String {
     let mut left = String::new();
     for _ in 0..20 {
-        left = processes_matching(&format!("rune-hang-.*{marker}"));
+        left = processes_matching(pattern);
         if left.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(left.is_empty(), "processes survived the timeout:\n{left}");
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_plugin_times_out_and_its_process_tree_is_gone() {
+    let fleet = fleet(1);
+    let orch = orchestrator(&fleet);
+    for (action, prefix) in [("hang", "rune-hang-"), ("hang-nested", "rune-nested-")] {
+        let marker = format!("m{}", std::process::id());
+        let mut req = request(action, &["host-00"], &[("marker", &marker)]);
+        req.timeout = Some(Duration::from_secs(2));
+        let r = run(&orch, req).await.remove(0);
+        assert_eq!(r.status, Status::Timeout, "{action}: {r:?}");
+        // The runner's own timeout ended it (not the client-side deadline, whose message is "no answer within").
+        assert!(r.error.as_deref().unwrap_or("").contains("process group was killed"), "{action}: {r:?}");
+        // The plugin and its children ran on this machine (loopback sshd): none may survive.
+        let left = wait_until_gone(&format!("{prefix}.*{marker}")).await;
+        assert!(left.is_empty(), "{action}: processes survived the timeout:\n{left}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,10 +636,10 @@ fn cli_local_timeout_kills_the_process_tree() {
     let dirs = plugins_arg();
     let marker = format!("l{}", std::process::id());
     let arg = format!("marker={marker}");
-    let out = rune(
-        &[
+    for (action, prefix) in [("hang", "rune-hang-"), ("hang-nested", "rune-nested-")] {
+        let args = [
             "run",
-            "hang",
+            action,
             "--host",
             "localhost",
             "--arg",
@@ -643,15 +650,21 @@ fn cli_local_timeout_kills_the_process_tree() {
             "json",
             "--plugins-dir",
             &dirs,
-        ],
-        cwd.path(),
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
-    assert_eq!(v["status"], "timeout", "{v}");
-    std::thread::sleep(Duration::from_millis(300));
-    let left = processes_matching(&format!("rune-hang-.*{marker}"));
-    assert!(left.is_empty(), "processes survived:\n{left}");
+        ];
+        let out = rune(&args, cwd.path());
+        assert_eq!(out.status.code(), Some(1), "{action}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+        assert_eq!(v["status"], "timeout", "{action}: {v}");
+        let mut left = String::new();
+        for _ in 0..20 {
+            left = processes_matching(&format!("{prefix}.*{marker}"));
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(left.is_empty(), "{action}: processes survived:\n{left}");
+    }
 }
 
 #[test]

@@ -38,12 +38,18 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
             command.env(name, value);
         }
     }
+    // The runner leads a new session (and so its own process group): killing the group, or the runner's
+    // session sweep after a timeout, can never reach RUNE itself.
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of this process; nothing else runs in the
+    // child between fork and exec.
+    unsafe {
+        command.pre_exec(|| if libc::setsid() == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
     let mut child = command
         .args(["--noprofile", "--norc", "-c", &format!("exec {}", invocation.command)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| TransportError::Spawn(format!("bash: {e}")))?;
@@ -113,7 +119,7 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
         (status, lingered)
     };
     let finished = tokio::time::timeout(invocation.deadline, work).await;
-    // The runner leads its own process group (process_group(0)); whatever is left in it goes now.
+    // The runner leads its own session and process group (setsid); whatever is left in the group goes now.
     kill_group(pid);
     match finished {
         Ok((Ok(status), lingered)) => {
