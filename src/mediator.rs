@@ -257,7 +257,9 @@ fn stderr_tail(raw: &RawOutcome) -> String {
 fn transport_verdict(e: TransportError) -> Verdict {
     let status = match &e {
         TransportError::Unreachable(_) => Status::Unreachable,
-        TransportError::HostKeyUnknown { .. } | TransportError::HostKeyChanged { .. } => Status::HostKeyRejected,
+        TransportError::HostKeyUnknown { .. }
+        | TransportError::HostKeyChanged { .. }
+        | TransportError::HostKeyUnverifiable { .. } => Status::HostKeyRejected,
         TransportError::AuthFailed(_) => Status::AuthFailed,
         TransportError::Protocol(_) | TransportError::Spawn(_) | TransportError::LostMidRun(_) => Status::Error,
     };

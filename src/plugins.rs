@@ -222,11 +222,14 @@ impl Registry {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() > MAX_PLUGIN_BYTES {
-        return Err(format!("file is {} bytes, the limit is {MAX_PLUGIN_BYTES}", meta.len()));
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    // Read at most one byte past the limit, so a file growing between a size check and the read cannot pass.
+    let mut bytes = Vec::new();
+    file.take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_PLUGIN_BYTES {
+        return Err(format!("file is larger than the limit of {MAX_PLUGIN_BYTES} bytes"));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     if bytes.contains(&0) {
         return Err("file contains a NUL byte: plugins and helpers must be text".into());
     }

@@ -171,6 +171,12 @@ async fn unknown_host_key_is_refused() {
     assert_eq!(r.status, Status::HostKeyRejected, "{r:?}");
     assert!(r.error.as_deref().unwrap_or("").contains("is not in"), "{r:?}");
     assert!(r.output.is_none());
+    // A known_hosts file that is missing is said to be missing, not taken as empty.
+    let missing = dir.path().join("no-such-known_hosts");
+    let orch = orchestrator_with(&inventory_yaml(&fleet, &missing, ""));
+    let r = run_one(&orch, "noop", &[]).await;
+    assert_eq!(r.status, Status::HostKeyRejected, "{r:?}");
+    assert!(r.error.as_deref().unwrap_or("").contains("cannot read it"), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

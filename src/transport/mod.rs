@@ -57,6 +57,8 @@ pub enum TransportError {
     HostKeyUnknown { host: String, known_hosts: String },
     #[error("host key for {host} does not match {known_hosts} line {line}: possible man-in-the-middle")]
     HostKeyChanged { host: String, known_hosts: String, line: usize },
+    #[error("cannot check the host key of {host}: {message}")]
+    HostKeyUnverifiable { host: String, message: String },
     #[error("authentication failed: {0}")]
     AuthFailed(String),
     /// The session died after the command started: the plugin may or may not have run to the end.

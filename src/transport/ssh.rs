@@ -199,9 +199,9 @@ impl SshTransport {
                         known_hosts: host.known_hosts.display().to_string(),
                         line,
                     },
-                    Some(KeyVerdict::Unusable(message)) => TransportError::HostKeyUnknown {
+                    Some(KeyVerdict::Unusable(message)) => TransportError::HostKeyUnverifiable {
                         host: format!("{}:{}", host.address, host.port),
-                        known_hosts: format!("{} ({message})", host.known_hosts.display()),
+                        message: format!("{} ({message})", host.known_hosts.display()),
                     },
                     None => map_connect_error(e),
                 });
@@ -499,6 +499,13 @@ impl ClientHandler {
     }
 
     fn check(&self, key: &PublicKey) -> bool {
+        // russh treats an unreadable known_hosts as empty; say what is really wrong instead.
+        if let Err(e) = std::fs::File::open(&self.known_hosts)
+            && (e.kind() != std::io::ErrorKind::NotFound || self.policy == HostKeyPolicy::Strict)
+        {
+            self.record(KeyVerdict::Unusable(format!("cannot read it: {e}")));
+            return false;
+        }
         match keys::check_known_hosts_path(&self.address, self.port, key, &self.known_hosts) {
             Ok(true) => true,
             Ok(false) => match self.policy {
