@@ -251,10 +251,18 @@ impl SshTransport {
                 }
             };
             let hash = rsa_hash(handle, key.algorithm().is_rsa()).await;
-            let result = handle
-                .authenticate_publickey(host.user.clone(), PrivateKeyWithHashAlg::new(key, hash))
-                .await
-                .map_err(|e| TransportError::Unreachable(format!("connection lost during authentication: {e}")))?;
+            let result =
+                match handle.authenticate_publickey(host.user.clone(), PrivateKeyWithHashAlg::new(key, hash)).await {
+                    Ok(r) => r,
+                    // sshd drops the connection after MaxAuthTries refusals: that is a refusal, not an outage.
+                    Err(e) if !tried.is_empty() => {
+                        tried.push(format!("then the server closed the connection ({e})"));
+                        return Err(TransportError::AuthFailed(format!("user {}: {}", host.user, tried.join("; "))));
+                    }
+                    Err(e) => {
+                        return Err(TransportError::Unreachable(format!("connection lost during authentication: {e}")));
+                    }
+                };
             if result.success() {
                 return Ok(());
             }
@@ -269,11 +277,12 @@ impl SshTransport {
                         let keys::agent::AgentIdentity::PublicKey { key, .. } = identity else { continue };
                         offered += 1;
                         let hash = rsa_hash(handle, key.algorithm().is_rsa()).await;
-                        if let Ok(r) =
-                            handle.authenticate_publickey_with(host.user.clone(), key, hash, &mut agent).await
-                            && r.success()
-                        {
-                            return Ok(());
+                        match handle.authenticate_publickey_with(host.user.clone(), key, hash, &mut agent).await {
+                            Ok(r) if r.success() => return Ok(()),
+                            Ok(_) => {}
+                            // The server gave up on us (MaxAuthTries) or the agent failed: stop offering keys.
+                            Err(_) if handle.is_closed() => break,
+                            Err(_) => {}
                         }
                     }
                     tried.push(format!("{offered} agent key(s) refused"));
