@@ -23,6 +23,19 @@ rune_sweep() {
   done
   return 0
 }
+# rune_sweep_stale: remove run dirs of ours left by runners that were killed (their pid is gone). Builtins
+# only unless there is something to remove; dirs without a pid file (a run just starting) are left alone.
+rune_sweep_stale() {
+  local d pid
+  for d in "${TMPDIR:-/tmp}"/rune-*/; do
+    d=${d%/}
+    [ -O "$d" ] && [ -f "$d/pid" ] || continue
+    read -r pid <"$d/pid" 2>/dev/null || continue
+    [[ $pid =~ ^[0-9]+$ ]] || continue
+    kill -0 "$pid" 2>/dev/null || rm -rf -- "$d"
+  done
+  return 0
+}
 rune_main() {
   set -u
   umask 077
@@ -31,6 +44,7 @@ rune_main() {
   mkdir -m 700 -- "$rune_dir" "$rune_dir/lib" 2>/dev/null || rune_fail "cannot create $rune_dir"
   trap 'rm -rf -- "$rune_dir" "$0"' EXIT
   printf '%s\n' "$$" >"$rune_dir/pid"
+  rune_sweep_stale
 @PUT_FILES@
   local missing="" c
   for c in @REQUIRES@; do

@@ -119,6 +119,35 @@ async fn noop_returns_hostile_messages_byte_for_byte_over_ssh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_dirs_of_killed_runners_are_swept_by_the_next_run() {
+    let fleet = fleet(1);
+    let orch = orchestrator(&fleet);
+    // A run dir as a SIGKILLed runner leaves it: owned by the login user, its pid long gone.
+    let mut child = Command::new("true").spawn().expect("true runs");
+    let dead_pid = child.id();
+    child.wait().expect("true exits");
+    let stale = PathBuf::from(format!("/tmp/rune-stale-test-{}", std::process::id()));
+    let fresh = PathBuf::from(format!("/tmp/rune-starting-test-{}", std::process::id()));
+    for dir in [&stale, &fresh] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(stale.join("pid"), format!("{dead_pid}\n")).expect("pid file");
+    let uid = Command::new("id").args(["-u", fleet.user()]).output().expect("id");
+    let uid: u32 = String::from_utf8_lossy(&uid.stdout).trim().parse().expect("uid");
+    for path in [stale.clone(), stale.join("pid"), fresh.clone()] {
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown");
+    }
+    let r = run_one(&orch, "noop", &[]).await;
+    assert_eq!(r.status, Status::Ok, "{r:?}");
+    let stale_left = stale.exists();
+    let fresh_left = fresh.exists();
+    let _ = std::fs::remove_dir_all(&stale);
+    let _ = std::fs::remove_dir_all(&fresh);
+    assert!(!stale_left, "the stale run dir was swept");
+    assert!(fresh_left, "a dir without a pid file (a run just starting) is left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_arguments_and_stdin_input_reach_the_plugin() {
     let fleet = fleet(1);
     let orch = orchestrator(&fleet);
