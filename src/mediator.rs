@@ -140,6 +140,7 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
         stdout_cap: bpcs::MAX_STDOUT_BYTES,
         stderr_tail: bpcs::STDERR_TAIL_BYTES,
         stderr_budget: bpcs::MAX_STDERR_BYTES,
+        start_marker: format!("rune-runner-start {}\n", spec.run_id).into_bytes(),
         cleanup,
     })
 }
@@ -283,6 +284,14 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
             ),
         );
     }
+    if !raw.runner_started {
+        let why = last_line(&raw.stderr_tail);
+        return if spec.uses_sudo() {
+            fail(Status::PreconditionFailed, format!("sudo -n refused: {why}"))
+        } else {
+            fail(Status::Error, format!("the RUNE runner did not start on the host (no bash?): {why}"))
+        };
+    }
     if raw.stdout_truncated {
         return fail(
             Status::ProtocolError,
@@ -317,6 +326,9 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
         runner_exit::NEEDS_ROOT => {
             return fail(Status::PreconditionFailed, "the plugin needs root and the runner is not root".into());
         }
+        runner_exit::RESERVED_BY_PLUGIN => {
+            return fail(Status::Error, format!("the plugin broke BPCS: {}", last_line(&raw.stderr_tail)));
+        }
         120..=127 => {
             return fail(
                 Status::Error,
@@ -324,13 +336,6 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
             );
         }
         _ => {}
-    }
-    if spec.uses_sudo()
-        && code == 1
-        && raw.stdout.is_empty()
-        && String::from_utf8_lossy(&raw.stderr_tail).contains("sudo:")
-    {
-        return fail(Status::PreconditionFailed, format!("sudo -n refused: {}", last_line(&raw.stderr_tail)));
     }
     let output = match bpcs::parse_output(&raw.stdout) {
         Ok(o) => o,

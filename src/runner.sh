@@ -37,6 +37,8 @@ rune_sweep_stale() {
   return 0
 }
 rune_main() {
+  # First line on stdout: RUNE drops anything a login shell printed before it, and knows the runner started.
+  printf 'rune-runner-start @RUN_ID@\n'
   set -u
   umask 077
   rune_dir="${TMPDIR:-/tmp}/rune-@RUN_ID@"
@@ -59,6 +61,8 @@ rune_main() {
     printf 'rune-runner: plugin needs root and runs as uid %s\n' "$EUID" >&2
     exit 122
   fi
+  # The plugin's bash must not source a start-up file chosen by the host's environment.
+  unset BASH_ENV ENV
   export RUNE_BPCS=0.1 RUNE_RUN_ID=@RUN_ID@ RUNE_DRY_RUN=@DRY_RUN@ RUNE_TIMEOUT=@TIMEOUT@
   export RUNE_LIB="$rune_dir/lib" RUNE_INPUT="$rune_dir/input.json"
 @ENV_VARS@

@@ -148,6 +148,24 @@ async fn run_dirs_of_killed_runners_are_swept_by_the_next_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_from_the_hosts_shell_start_up_does_not_break_runs() {
+    support::sshd::ensure_prerequisites();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let noise = dir.path().join("noise.sh");
+    std::fs::write(&noise, "echo 'Welcome to prod! {\"not\": \"json\"}'\necho 'stderr noise' >&2\n").expect("noise");
+    let mut perms = std::fs::metadata(dir.path()).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(dir.path(), perms).expect("chmod");
+    let opts =
+        FleetOptions { extra_config: vec![format!("SetEnv BASH_ENV={}", noise.display())], ..FleetOptions::default() };
+    let fleet = SshdFleet::start(1, &opts);
+    let orch = orchestrator(&fleet);
+    let r = run_one(&orch, "noop", &[("message", "clean")]).await;
+    assert_eq!(r.status, Status::Ok, "{r:?}");
+    assert_eq!(data(&r)["message"], "clean");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_arguments_and_stdin_input_reach_the_plugin() {
     let fleet = fleet(1);
     let orch = orchestrator(&fleet);
@@ -237,6 +255,22 @@ async fn accept_new_records_an_unknown_key_only_when_opted_in() {
     // Now strict checking accepts the learnt key.
     let strict = orchestrator_with(&inventory_yaml(&fleet, &known, ""));
     assert_eq!(run_one(&strict, "noop", &[]).await.status, Status::Ok);
+
+    // A host already known by a key of another type is not "new": accept-new must not add the presented key.
+    let other = dir.path().join("ecdsa");
+    let made = Command::new("ssh-keygen").args(["-q", "-t", "ecdsa", "-N", "", "-f"]).arg(&other).status();
+    assert!(made.is_ok_and(|s| s.success()));
+    let ecdsa_pub = std::fs::read_to_string(other.with_extension("pub")).expect("ecdsa pub");
+    let ecdsa_only = dir.path().join("known_hosts_ecdsa");
+    let h = &fleet.hosts()[0];
+    let fields: Vec<&str> = ecdsa_pub.split_whitespace().take(2).collect();
+    std::fs::write(&ecdsa_only, format!("[{}]:{} {}\n", h.addr, h.port, fields.join(" "))).expect("write");
+    let orch = orchestrator_with(&inventory_yaml(&fleet, &ecdsa_only, "    host_key_policy: accept-new\n"));
+    let r = run_one(&orch, "noop", &[]).await;
+    assert_eq!(r.status, Status::HostKeyRejected, "{r:?}");
+    assert!(r.error.as_deref().unwrap_or("").contains("another type"), "{r:?}");
+    let after = std::fs::read_to_string(&ecdsa_only).expect("read");
+    assert_eq!(after.lines().count(), 1, "nothing was added: {after}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

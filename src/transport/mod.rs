@@ -25,6 +25,8 @@ pub struct Invocation {
     pub stderr_tail: usize,
     /// Total stderr bytes accepted; past it the run is ended as a flood.
     pub stderr_budget: usize,
+    /// The line the runner prints on stdout before anything else (empty: none expected).
+    pub start_marker: Vec<u8>,
     /// Fixed command that kills the run's process group and removes its temp dir, for the deadline path.
     pub cleanup: String,
 }
@@ -39,11 +41,16 @@ pub struct RawOutcome {
     pub stderr_tail: Vec<u8>,
     /// The client-side deadline passed before the command finished.
     pub deadline_hit: bool,
+    /// The runner's start marker arrived: the runner itself started (sudo, the shell and bash worked).
+    pub runner_started: bool,
     /// stderr passed its budget and the run was ended.
     pub stderr_flooded: bool,
     /// The runner exited but something on the host kept its output open past [`EXIT_DRAIN_GRACE`].
     pub output_lingered: bool,
 }
+
+/// Most stdout accepted before the runner's start marker (a login shell's rc files may print).
+pub const MAX_PRELUDE_BYTES: usize = 64 * 1024;
 
 /// How long output may keep flowing after the runner's exit status arrived.
 pub const EXIT_DRAIN_GRACE: Duration = Duration::from_secs(3);
@@ -88,6 +95,11 @@ pub trait Transport: Send + Sync {
 /// Collects stdout up to a cap and the tail of stderr, as chunks arrive.
 #[derive(Debug)]
 pub struct OutputSink {
+    /// The line the runner prints first; stdout before it (login-shell noise) is dropped.
+    start_marker: Vec<u8>,
+    started: bool,
+    /// stdout seen before the marker, bounded by [`MAX_PRELUDE_BYTES`].
+    prelude: Vec<u8>,
     stdout: Vec<u8>,
     stdout_cap: usize,
     truncated: bool,
@@ -100,6 +112,9 @@ pub struct OutputSink {
 impl OutputSink {
     pub fn new(invocation: &Invocation) -> OutputSink {
         OutputSink {
+            start_marker: invocation.start_marker.clone(),
+            started: invocation.start_marker.is_empty(),
+            prelude: Vec::new(),
             stdout: Vec::new(),
             stdout_cap: invocation.stdout_cap,
             truncated: false,
@@ -116,6 +131,25 @@ impl OutputSink {
     }
 
     pub fn stdout(&mut self, chunk: &[u8]) {
+        if self.started {
+            self.push_stdout(chunk);
+            return;
+        }
+        self.prelude.extend_from_slice(chunk);
+        let marker = &self.start_marker;
+        if let Some(pos) = self.prelude.windows(marker.len()).position(|w| w == marker.as_slice()) {
+            self.started = true;
+            let rest = self.prelude.split_off(pos + marker.len());
+            self.prelude.clear();
+            self.push_stdout(&rest);
+        } else if self.prelude.len() > MAX_PRELUDE_BYTES {
+            // Keep only what could still be the start of a marker split across chunks.
+            let keep = self.prelude.len() - marker.len();
+            self.prelude.drain(..keep);
+        }
+    }
+
+    fn push_stdout(&mut self, chunk: &[u8]) {
         let room = self.stdout_cap.saturating_sub(self.stdout.len());
         if chunk.len() > room {
             self.truncated = true;
@@ -132,6 +166,7 @@ impl OutputSink {
     }
 
     pub fn finish(self, outcome: &mut RawOutcome) {
+        outcome.runner_started = self.started;
         outcome.stdout = self.stdout;
         outcome.stdout_truncated = self.truncated;
         outcome.stderr_flooded = self.stderr_seen > self.stderr_budget;
@@ -152,9 +187,12 @@ mod tests {
             stdout_cap: 5,
             stderr_tail: 4,
             stderr_budget: 6,
+            start_marker: b"<go>\n".to_vec(),
             cleanup: String::new(),
         };
         let mut sink = OutputSink::new(&invocation);
+        sink.stdout(b"motd noise<g");
+        sink.stdout(b"o>\n");
         sink.stdout(b"abc");
         sink.stdout(b"defg");
         sink.stderr(b"12345");
@@ -165,5 +203,6 @@ mod tests {
         assert!(out.stdout_truncated);
         assert_eq!(out.stderr_tail, b"4567");
         assert!(out.stderr_flooded, "7 bytes of stderr passed the budget of 6");
+        assert!(out.runner_started, "the marker split across two chunks was found");
     }
 }

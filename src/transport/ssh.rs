@@ -522,6 +522,18 @@ impl ClientHandler {
                     self.record(KeyVerdict::Unknown);
                     false
                 }
+                // A host already known by a key of another type is not "new": learning this key would let a
+                // man in the middle in, just by presenting a different algorithm.
+                HostKeyPolicy::AcceptNew
+                    if keys::known_hosts::known_host_keys_path(&self.address, self.port, &self.known_hosts)
+                        .map(|k| !k.is_empty())
+                        .unwrap_or(true) =>
+                {
+                    self.record(KeyVerdict::Unusable(
+                        "known_hosts holds a key of another type for this host; accept-new refuses to add one".into(),
+                    ));
+                    false
+                }
                 HostKeyPolicy::AcceptNew => {
                     match keys::known_hosts::learn_known_hosts_path(&self.address, self.port, key, &self.known_hosts) {
                         Ok(()) => {
