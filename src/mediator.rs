@@ -326,13 +326,15 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
         runner_exit::NEEDS_ROOT => {
             return fail(Status::PreconditionFailed, "the plugin needs root and the runner is not root".into());
         }
-        runner_exit::RESERVED_BY_PLUGIN => {
-            return fail(Status::Error, format!("the plugin broke BPCS: {}", last_line(&raw.stderr_tail)));
-        }
         120..=127 => {
+            let why = last_line(&raw.stderr_tail);
             return fail(
                 Status::Error,
-                format!("the RUNE runner failed (exit {code}): {}", last_line(&raw.stderr_tail)),
+                if code == runner_exit::RESERVED_BY_PLUGIN {
+                    format!("the plugin broke BPCS: {why}")
+                } else {
+                    format!("the RUNE runner failed (exit {code}): {why}")
+                },
             );
         }
         _ => {}
