@@ -674,6 +674,17 @@ fn cli_refuses_bad_input_with_exit_2_and_runs_nothing() {
 }
 
 #[test]
+fn cli_local_flood_is_capped() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let dirs = plugins_arg();
+    let out = rune(&["run", "flood", "--host", "localhost", "--output", "json", "--plugins-dir", &dirs], cwd.path());
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(v["status"], "protocol_error", "{v}");
+    assert_eq!(v["truncated"], true, "{v}");
+}
+
+#[test]
 fn cli_exit_code_is_1_when_a_run_fails() {
     let cwd = tempfile::tempdir().expect("tempdir");
     let dirs = plugins_arg();

@@ -90,8 +90,7 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
         tokio::pin!(drain);
         tokio::pin!(waiter);
         let (mut fed, mut status, mut lingered) = (false, None, false);
-        let far = tokio::time::Instant::now() + invocation.deadline;
-        let mut grace_until = far;
+        let mut grace_until = tokio::time::Instant::now() + invocation.deadline;
         loop {
             tokio::select! {
                 _ = &mut feed, if !fed => fed = true,
@@ -101,7 +100,8 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
                     grace_until = tokio::time::Instant::now() + super::EXIT_DRAIN_GRACE;
                 }
                 overflowed = &mut drain => {
-                    if overflowed {
+                    // Only before the runner is reaped: afterwards its pid could belong to someone else.
+                    if overflowed && status.is_none() {
                         kill_group(pid);
                     }
                     break;
@@ -119,8 +119,6 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
         (status, lingered)
     };
     let finished = tokio::time::timeout(invocation.deadline, work).await;
-    // The runner leads its own session and process group (setsid); whatever is left in the group goes now.
-    kill_group(pid);
     match finished {
         Ok((Ok(status), lingered)) => {
             outcome.output_lingered = lingered;
@@ -131,6 +129,8 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
         Ok((Err(e), _)) => return Err(TransportError::Spawn(format!("wait: {e}"))),
         Err(_) => {
             outcome.deadline_hit = true;
+            // The runner has not been reaped yet, so its pid (= its group's id) cannot have been reused.
+            kill_group(pid);
             let _ = run_cleanup(&invocation.cleanup).await;
         }
     }
