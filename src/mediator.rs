@@ -121,13 +121,16 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     })?;
 
     // Only the run id (a UUID we generated) varies in these two texts; neither holds a single quote.
-    // The runner is first stored in a file: bash reads a script on a pipe one byte per read(2), a file in blocks.
+    // The boot makes the private run dir (mkdir fails on an existing path, so nobody can plant one), records its
+    // pid (which becomes the runner's through exec), stores the runner there and runs it: bash reads a script on
+    // a pipe one byte per read(2), a file in blocks.
     let boot = format!(
-        "umask 077; f=\"${{TMPDIR:-/tmp}}/rune-{id}.sh\"; cat >\"$f\" || exit 125; exec bash --noprofile --norc \"$f\"",
+        "umask 077; d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; mkdir -m 700 -- \"$d\" || exit 125; echo $$ >\"$d/pid\"; cat >\"$d/runner.sh\" || exit 125; exec bash --noprofile --norc \"$d/runner.sh\"",
         id = spec.run_id
     );
+    // Kills the plugin's group (timeout's), the runner and its group, then removes the dir.
     let kill = format!(
-        "d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; rm -f -- \"$d.sh\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then kill -KILL -- \"-$(cat \"$d/pgid\" 2>/dev/null)\" \"-$(cat \"$d/pid\" 2>/dev/null)\" 2>/dev/null; rm -rf -- \"$d\"; fi",
+        "d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then g=$(cat \"$d/pgid\" 2>/dev/null); p=$(cat \"$d/pid\" 2>/dev/null); kill -KILL -- ${{g:+\"-$g\"}} ${{p:+\"$p\" \"-$p\"}} 2>/dev/null; rm -rf -- \"$d\"; fi",
         id = spec.run_id
     );
     let sudo = if spec.uses_sudo() { "sudo -n " } else { "" };
@@ -275,7 +278,9 @@ fn last_line(bytes: &[u8]) -> String {
 /// Maps what came back into a status, validating the plugin's output against BPCS.
 pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
     let fail = |status: Status, error: String| Verdict { status, output: None, error: Some(error) };
-    if raw.deadline_hit {
+    // A deadline that passed after the runner reported its exit code only cut off output held open by a
+    // leftover: the run itself finished, so it is judged on its exit code and output.
+    if raw.deadline_hit && raw.exit_code.is_none() {
         return fail(
             Status::Timeout,
             format!(
@@ -286,7 +291,7 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
     }
     if !raw.runner_started {
         let why = last_line(&raw.stderr_tail);
-        return if spec.uses_sudo() {
+        return if spec.uses_sudo() && why.starts_with("sudo:") {
             fail(Status::PreconditionFailed, format!("sudo -n refused: {why}"))
         } else {
             fail(Status::Error, format!("the RUNE runner did not start on the host (no bash?): {why}"))

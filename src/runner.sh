@@ -2,24 +2,28 @@
 # Generated per run by src/mediator.rs. Every placeholder (a name between two at-signs) becomes a number, a UUID, a validated name, or a
 # printf %b literal: single-quoted text holding no quote and no backslash other than \xHH escapes, decoded by
 # the printf builtin straight into a file or a variable. No caller data is ever parsed by this shell as code,
-# and decoding forks nothing. Read by `bash --noprofile --norc -s`; everything sits in a function, so bash has
-# read the whole program before any of it runs.
+# and decoding forks nothing. The boot command (src/mediator.rs) creates the private run dir
+# $TMPDIR/rune-<run id> (mkdir fails if the path exists: nobody can plant it), writes its pid there, stores this
+# program as runner.sh in it and execs bash on it. Everything sits in a function, so bash has parsed the whole
+# program before any of it runs.
 rune_fail() { printf 'rune-runner: %s\n' "$1" >&2; exit 125; }
 # rune_sweep: kill what is left of this run in the session after a timeout, including processes that moved to
 # another process group (a nested `timeout` without --foreground, `set -m`). The runner leads its own session
 # (sshd starts each channel as one; the local transport uses setsid); it spares itself and its parent.
 rune_sweep() {
   local sid stat p pid fields
-  read -r stat </proc/$$/stat || return 0
+  # Whole file (-d ''): a process name may hold a newline. read returns 1 at EOF, hence the -n test.
+  read -r -d '' stat </proc/$$/stat || [ -n "$stat" ] || return 0
   read -ra fields <<<"${stat##*) }"
-  sid=${fields[3]}
+  sid=${fields[3]-}
   [ "$sid" = "$$" ] || [ "$sid" = "$PPID" ] || return 0
   for p in /proc/[0-9]*; do
     pid=${p#/proc/}
     [ "$pid" = "$$" ] || [ "$pid" = "$PPID" ] && continue
-    read -r stat <"$p/stat" 2>/dev/null || continue
+    stat=''
+    read -r -d '' stat <"$p/stat" 2>/dev/null || [ -n "$stat" ] || continue
     read -ra fields <<<"${stat##*) }"
-    [ "${fields[3]}" = "$sid" ] && kill -KILL "$pid" 2>/dev/null
+    [ "${fields[3]-}" = "$sid" ] && kill -KILL "$pid" 2>/dev/null
   done
   return 0
 }
@@ -42,14 +46,13 @@ rune_main() {
   set -u
   umask 077
   rune_dir="${TMPDIR:-/tmp}/rune-@RUN_ID@"
-  trap 'rm -f -- "$0"' EXIT
-  mkdir -m 700 -- "$rune_dir" "$rune_dir/lib" 2>/dev/null || rune_fail "cannot create $rune_dir"
-  trap 'rm -rf -- "$rune_dir" "$0"' EXIT
-  printf '%s\n' "$$" >"$rune_dir/pid"
+  [ -d "$rune_dir" ] && [ -O "$rune_dir" ] && [ "$0" = "$rune_dir/runner.sh" ] || rune_fail "not started by the RUNE boot command"
+  trap 'rm -rf -- "$rune_dir"' EXIT
+  mkdir -m 700 -- "$rune_dir/lib" || rune_fail "cannot create $rune_dir/lib"
   rune_sweep_stale
 @PUT_FILES@
   local missing="" c
-  for c in @REQUIRES@; do
+  for c in timeout @REQUIRES@; do
     command -v -- "$c" >/dev/null 2>&1 || missing="$missing${missing:+,}\"$c\""
   done
   if [ -n "$missing" ]; then

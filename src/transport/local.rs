@@ -102,6 +102,9 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
                 overflowed = &mut drain => {
                     // Only before the runner is reaped: afterwards its pid could belong to someone else.
                     if overflowed && status.is_none() {
+                        // The plugin runs in timeout's own group: the cleanup command kills that group too and
+                        // removes the run dir; then the runner's group.
+                        let _ = run_cleanup(&invocation.cleanup).await;
                         kill_group(pid);
                     }
                     break;

@@ -387,11 +387,16 @@ async fn exec(
             let _ = write.eof().await;
         };
         let drain = async {
+            let mut grace_end: Option<tokio::time::Instant> = None;
             loop {
                 // Once the runner has exited, whatever still holds its output (a daemon a plugin left behind)
-                // gets a short grace, not the whole deadline: the exit code is what the result rests on.
-                let next = if outcome.exit_code.is_some() || outcome.exit_signal.is_some() {
-                    match tokio::time::timeout(super::EXIT_DRAIN_GRACE, read.wait()).await {
+                // gets one short grace from that moment, not the whole deadline: the exit code is what the
+                // result rests on. The grace is not renewed by further output.
+                if grace_end.is_none() && (outcome.exit_code.is_some() || outcome.exit_signal.is_some()) {
+                    grace_end = Some(tokio::time::Instant::now() + super::EXIT_DRAIN_GRACE);
+                }
+                let next = if let Some(end) = grace_end {
+                    match tokio::time::timeout_at(end, read.wait()).await {
                         Ok(m) => m,
                         Err(_) => {
                             outcome.output_lingered = true;
@@ -444,9 +449,12 @@ async fn exec(
     if refused {
         return Err(TransportError::Protocol("the server refused to execute the command".into()));
     }
+    if deadline_hit || sink.overflowed() || outcome.output_lingered {
+        // Kill what is left of the run on the host (a flooding plugin, a stuck runner, a lingering child).
+        cleanup(conn, &invocation.cleanup).await;
+    }
     if deadline_hit {
         outcome.deadline_hit = true;
-        cleanup(conn, &invocation.cleanup).await;
     } else if !closed_cleanly && outcome.exit_code.is_none() && outcome.exit_signal.is_none() && !sink.overflowed() {
         return Err(TransportError::LostMidRun(
             "connection lost while the plugin ran; it may have changed the host".into(),
