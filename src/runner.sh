@@ -30,13 +30,18 @@ rune_sweep() {
 # rune_sweep_stale: remove run dirs of ours left by runners that were killed (their pid is gone). Builtins
 # only unless there is something to remove; dirs without a pid file (a run just starting) are left alone.
 rune_sweep_stale() {
-  local d pid
+  local d pid pgid
   for d in "${TMPDIR:-/tmp}"/rune-*/; do
     d=${d%/}
     [ -O "$d" ] && [ -f "$d/pid" ] || continue
     read -r pid <"$d/pid" 2>/dev/null || continue
     [[ $pid =~ ^[0-9]+$ ]] || continue
-    kill -0 "$pid" 2>/dev/null || rm -rf -- "$d"
+    kill -0 "$pid" 2>/dev/null && continue
+    # The runner is gone; its plugin may not be (the runner was SIGKILLed): leave the dir while that group lives.
+    pgid=''
+    [ -f "$d/pgid" ] && read -r pgid <"$d/pgid" 2>/dev/null
+    [[ $pgid =~ ^[0-9]+$ ]] && kill -0 -- "-$pgid" 2>/dev/null && continue
+    rm -rf -- "$d"
   done
   return 0
 }

@@ -135,17 +135,19 @@ impl OutputSink {
             self.push_stdout(chunk);
             return;
         }
+        // Only the new bytes (and the tail that could hold the start of a split marker) are searched.
+        let from = self.prelude.len().saturating_sub(self.start_marker.len().saturating_sub(1));
         self.prelude.extend_from_slice(chunk);
         let marker = &self.start_marker;
-        if let Some(pos) = self.prelude.windows(marker.len()).position(|w| w == marker.as_slice()) {
+        if let Some(pos) = self.prelude[from..].windows(marker.len()).position(|w| w == marker.as_slice()) {
             self.started = true;
-            let rest = self.prelude.split_off(pos + marker.len());
+            let rest = self.prelude.split_off(from + pos + marker.len());
             self.prelude.clear();
             self.push_stdout(&rest);
         } else if self.prelude.len() > MAX_PRELUDE_BYTES {
-            // Keep only what could still be the start of a marker split across chunks.
-            let keep = self.prelude.len() - marker.len();
-            self.prelude.drain(..keep);
+            // Drop all but what could still be the start of a marker split across chunks.
+            let drop = self.prelude.len().saturating_sub(marker.len());
+            self.prelude.drain(..drop);
         }
     }
 
@@ -204,5 +206,30 @@ mod tests {
         assert_eq!(out.stderr_tail, b"4567");
         assert!(out.stderr_flooded, "7 bytes of stderr passed the budget of 6");
         assert!(out.runner_started, "the marker split across two chunks was found");
+    }
+
+    #[test]
+    fn marker_is_found_after_more_noise_than_the_prelude_keeps() {
+        let invocation = Invocation {
+            command: String::new(),
+            stdin: Vec::new(),
+            deadline: Duration::from_secs(1),
+            stdout_cap: 100,
+            stderr_tail: 10,
+            stderr_budget: 100,
+            start_marker: b"rune-runner-start x\n".to_vec(),
+            cleanup: String::new(),
+        };
+        let mut sink = OutputSink::new(&invocation);
+        let noise = vec![b'n'; 1000];
+        for _ in 0..(MAX_PRELUDE_BYTES / 1000 + 5) {
+            sink.stdout(&noise);
+        }
+        sink.stdout(b"nnrune-runner-st");
+        sink.stdout(b"art x\n{\"a\":1}");
+        let mut out = RawOutcome::default();
+        sink.finish(&mut out);
+        assert!(out.runner_started);
+        assert_eq!(out.stdout, b"{\"a\":1}");
     }
 }
