@@ -62,11 +62,14 @@ pub struct Orchestrator {
     inventory: Arc<Inventory>,
     local: Arc<LocalTransport>,
     ssh: SshTransport,
+    /// Hosts whose stale run dirs the first run from this orchestrator sweeps; later runs skip the scan,
+    /// whose cost grows with the number of run dirs on the host.
+    swept: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Orchestrator {
     pub fn new(registry: Arc<Registry>, inventory: Arc<Inventory>, ssh: SshTransport) -> Orchestrator {
-        Orchestrator { registry, inventory, local: Arc::new(LocalTransport), ssh }
+        Orchestrator { registry, inventory, local: Arc::new(LocalTransport), ssh, swept: Arc::default() }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -133,14 +136,23 @@ impl Orchestrator {
                 plugin: plugin.clone(),
                 lib: self.registry.lib().clone(),
                 args: args.clone(),
-                host,
                 dry_run: request.dry_run,
                 timeout,
                 operator: request.operator.clone(),
                 trigger: trigger.clone(),
+                sweep_stale: self.first_run_on(&host.name),
+                host,
             })
             .collect();
         Ok(Plan { correlation_id, specs })
+    }
+
+    /// True the first time it is asked for a host.
+    fn first_run_on(&self, host: &str) -> bool {
+        match self.swept.lock() {
+            Ok(mut swept) => swept.insert(host.to_owned()),
+            Err(poisoned) => poisoned.into_inner().insert(host.to_owned()),
+        }
     }
 
     fn transport(&self, kind: TransportKind) -> Arc<dyn Transport> {

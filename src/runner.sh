@@ -53,8 +53,7 @@ rune_main() {
   rune_dir="${TMPDIR:-/tmp}/rune-@RUN_ID@"
   [ -d "$rune_dir" ] && [ -O "$rune_dir" ] && [ "$0" = "$rune_dir/runner.sh" ] || rune_fail "not started by the RUNE boot command"
   trap 'rm -rf -- "$rune_dir"' EXIT
-  mkdir -m 700 -- "$rune_dir/lib" || rune_fail "cannot create $rune_dir/lib"
-  rune_sweep_stale
+  [ "@SWEEP_STALE@" = 1 ] && rune_sweep_stale
 @PUT_FILES@
   local missing="" c
   for c in timeout @REQUIRES@; do
