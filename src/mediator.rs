@@ -37,6 +37,8 @@ pub struct RunSpec {
     pub timeout: Duration,
     pub operator: String,
     pub trigger: Arc<Value>,
+    /// Sweep run dirs left by killed runners on this host first (the orchestrator asks once per host).
+    pub sweep_stale: bool,
 }
 
 impl RunSpec {
@@ -117,6 +119,7 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
         "TIMEOUT" => Some(&timeout),
         "KILL_AFTER" => Some(&kill_after),
         "RUN_ID" => Some(&spec.run_id),
+        "SWEEP_STALE" => Some(if spec.sweep_stale { "1" } else { "0" }),
         _ => None,
     })?;
 
@@ -125,7 +128,7 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     // pid (which becomes the runner's through exec), stores the runner there and runs it: bash reads a script on
     // a pipe one byte per read(2), a file in blocks.
     let boot = format!(
-        "umask 077; d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; mkdir -m 700 -- \"$d\" || exit 125; echo $$ >\"$d/pid\"; cat >\"$d/runner.sh\" || exit 125; exec bash --noprofile --norc \"$d/runner.sh\"",
+        "umask 077; d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; mkdir -m 700 -- \"$d\" \"$d/lib\" || exit 125; echo $$ >\"$d/pid\"; cat >\"$d/runner.sh\" || exit 125; exec bash --noprofile --norc \"$d/runner.sh\"",
         id = spec.run_id
     );
     // Kills the plugin's group (timeout's), the runner and its group, then removes the dir.
