@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::bpcs::{self, RawArg};
 use crate::inventory::{Inventory, TransportKind};
 use crate::mediator::{self, RunSpec};
-use crate::plugins::{MAX_TIMEOUT_SECS, Registry, ResolveError};
+use crate::plugins::{MAX_TIMEOUT_SECS, Registry};
 use crate::results::ResultEnvelope;
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
@@ -89,7 +89,7 @@ impl Orchestrator {
         let mut problems = Vec::new();
         let plugin = match self.registry.resolve(&request.action) {
             Ok(p) => Some(p),
-            Err(e @ (ResolveError::Unknown(_) | ResolveError::NoSuchVersion { .. } | ResolveError::Invalid(_))) => {
+            Err(e) => {
                 problems.push(e.to_string());
                 None
             }

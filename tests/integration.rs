@@ -80,6 +80,12 @@ fn data(e: &ResultEnvelope) -> &Value {
     e.output.as_ref().and_then(|o| o.get("data")).unwrap_or(&Value::Null)
 }
 
+/// Asserts a run ended with `status` and an `error` that mentions `text` (`context` names the case).
+fn expect_failure(r: &ResultEnvelope, status: Status, text: &str, context: &str) {
+    assert_eq!(r.status, status, "{context}: {r:?}");
+    assert!(r.error.as_deref().unwrap_or("").contains(text), "{context}: {r:?}");
+}
+
 fn fleet(n: usize) -> SshdFleet {
     support::sshd::ensure_prerequisites();
     SshdFleet::start(n, &FleetOptions::default())
@@ -215,15 +221,13 @@ async fn unknown_host_key_is_refused() {
     fleet.write_empty_known_hosts(&empty);
     let orch = orchestrator_with(&inventory_yaml(&fleet, &empty, ""));
     let r = run_one(&orch, "noop", &[]).await;
-    assert_eq!(r.status, Status::HostKeyRejected, "{r:?}");
-    assert!(r.error.as_deref().unwrap_or("").contains("is not in"), "{r:?}");
+    expect_failure(&r, Status::HostKeyRejected, "is not in", "");
     assert!(r.output.is_none());
     // A known_hosts file that is missing is said to be missing, not taken as empty.
     let missing = dir.path().join("no-such-known_hosts");
     let orch = orchestrator_with(&inventory_yaml(&fleet, &missing, ""));
     let r = run_one(&orch, "noop", &[]).await;
-    assert_eq!(r.status, Status::HostKeyRejected, "{r:?}");
-    assert!(r.error.as_deref().unwrap_or("").contains("cannot read it"), "{r:?}");
+    expect_failure(&r, Status::HostKeyRejected, "cannot read it", "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,8 +239,7 @@ async fn changed_host_key_is_refused_even_with_accept_new() {
     for extra in ["", "    host_key_policy: accept-new\n"] {
         let orch = orchestrator_with(&inventory_yaml(&fleet, &wrong, extra));
         let r = run_one(&orch, "noop", &[]).await;
-        assert_eq!(r.status, Status::HostKeyRejected, "{r:?}");
-        assert!(r.error.as_deref().unwrap_or("").contains("does not match"), "{r:?}");
+        expect_failure(&r, Status::HostKeyRejected, "does not match", "");
     }
 }
 
@@ -267,8 +270,7 @@ async fn accept_new_records_an_unknown_key_only_when_opted_in() {
     std::fs::write(&ecdsa_only, format!("[{}]:{} {}\n", h.addr, h.port, fields.join(" "))).expect("write");
     let orch = orchestrator_with(&inventory_yaml(&fleet, &ecdsa_only, "    host_key_policy: accept-new\n"));
     let r = run_one(&orch, "noop", &[]).await;
-    assert_eq!(r.status, Status::HostKeyRejected, "{r:?}");
-    assert!(r.error.as_deref().unwrap_or("").contains("another type"), "{r:?}");
+    expect_failure(&r, Status::HostKeyRejected, "another type", "");
     let after = std::fs::read_to_string(&ecdsa_only).expect("read");
     assert_eq!(after.lines().count(), 1, "nothing was added: {after}");
 }
@@ -346,14 +348,15 @@ fn processes_matching(pattern: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn wait_until_gone(pattern: &str) -> String {
+/// Processes matching `pattern` still alive after up to 2 s of waiting (empty when all are gone).
+fn processes_left(pattern: &str) -> String {
     let mut left = String::new();
     for _ in 0..20 {
         left = processes_matching(pattern);
         if left.is_empty() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(100));
     }
     left
 }
@@ -371,7 +374,7 @@ async fn hanging_plugin_times_out_and_its_process_tree_is_gone() {
         // The runner's own timeout ended it (not the client-side deadline, whose message is "no answer within").
         assert!(r.error.as_deref().unwrap_or("").contains("process group was killed"), "{action}: {r:?}");
         // The plugin and its children ran on this machine (loopback sshd): none may survive.
-        let left = wait_until_gone(&format!("{prefix}.*{marker}")).await;
+        let left = processes_left(&format!("{prefix}.*{marker}"));
         assert!(left.is_empty(), "{action}: processes survived the timeout:\n{left}");
     }
 }
@@ -397,8 +400,7 @@ async fn contract_breaches_are_protocol_errors() {
         ("exit-mismatch", "disagrees with status"),
     ] {
         let r = run_one(&orch, action, &[]).await;
-        assert_eq!(r.status, Status::ProtocolError, "{action}: {r:?}");
-        assert!(r.error.as_deref().unwrap_or("").contains(expect), "{action}: {r:?}");
+        expect_failure(&r, Status::ProtocolError, expect, action);
     }
 }
 
@@ -407,13 +409,11 @@ async fn reserved_exit_codes_and_dry_run_changes_are_caught() {
     let fleet = fleet(1);
     let orch = orchestrator(&fleet);
     let r = run_one(&orch, "reserved-exit", &[]).await;
-    assert_eq!(r.status, Status::Error, "{r:?}");
-    assert!(r.error.as_deref().unwrap_or("").contains("reserved for the runner"), "{r:?}");
+    expect_failure(&r, Status::Error, "reserved for the runner", "");
     let mut req = request("dry-run-liar", &["host-00"], &[]);
     req.dry_run = true;
     let r = run(&orch, req).await.remove(0);
-    assert_eq!(r.status, Status::ProtocolError, "{r:?}");
-    assert!(r.error.as_deref().unwrap_or("").contains("dry run"), "{r:?}");
+    expect_failure(&r, Status::ProtocolError, "dry run", "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,8 +431,7 @@ async fn unmet_requires_is_precondition_failed() {
     let fleet = fleet(1);
     let orch = orchestrator(&fleet);
     let r = run_one(&orch, "needs-tool", &[]).await;
-    assert_eq!(r.status, Status::PreconditionFailed, "{r:?}");
-    assert!(r.error.as_deref().unwrap_or("").contains("rune-definitely-missing-tool"), "{r:?}");
+    expect_failure(&r, Status::PreconditionFailed, "rune-definitely-missing-tool", "");
 }
 
 /// A fleet logged in as root with stub systemctl/docker/nomad first on PATH, each host its own stub state.
@@ -486,8 +485,7 @@ async fn root_plugin_without_root_or_sudo_is_refused_before_connecting() {
     let fleet = fleet(1);
     let orch = orchestrator(&fleet);
     let r = run_one(&orch, "restart-docker", &[]).await;
-    assert_eq!(r.status, Status::PreconditionFailed, "{r:?}");
-    assert!(r.error.as_deref().unwrap_or("").contains("needs root"), "{r:?}");
+    expect_failure(&r, Status::PreconditionFailed, "needs root", "");
 }
 
 /// Grants the test user passwordless sudo for bash while alive; removes the grant on drop (also on panic).
@@ -527,8 +525,7 @@ async fn root_plugin_runs_through_sudo_n_and_a_refusal_is_precondition_failed() 
         assert_eq!(data(&r)["uid"], 0, "ran as root through sudo -n: {r:?}");
     }
     let r = run_one(&orch, "whoami-root", &[]).await;
-    assert_eq!(r.status, Status::PreconditionFailed, "{r:?}");
-    assert!(r.error.as_deref().unwrap_or("").contains("sudo -n refused"), "{r:?}");
+    expect_failure(&r, Status::PreconditionFailed, "sudo -n refused", "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,8 +538,7 @@ async fn restart_plugin_reports_missing_commands() {
     if which("nomad") {
         eprintln!("nomad is installed on this machine; skipping the missing-command assertion");
     } else {
-        assert_eq!(r.status, Status::PreconditionFailed, "{r:?}");
-        assert!(r.error.as_deref().unwrap_or("").contains("nomad"), "{r:?}");
+        expect_failure(&r, Status::PreconditionFailed, "nomad", "");
         assert!(!calls(stubs.path()).contains("restart"), "nothing may run when a required command is missing");
     }
 }
@@ -735,14 +731,7 @@ fn cli_local_timeout_kills_the_process_tree() {
         assert_eq!(out.status.code(), Some(1), "{action}");
         let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
         assert_eq!(v["status"], "timeout", "{action}: {v}");
-        let mut left = String::new();
-        for _ in 0..20 {
-            left = processes_matching(&format!("{prefix}.*{marker}"));
-            if left.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let left = processes_left(&format!("{prefix}.*{marker}"));
         assert!(left.is_empty(), "{action}: processes survived:\n{left}");
     }
 }
