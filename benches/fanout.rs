@@ -114,6 +114,39 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time used so far by this process (all threads; the sshd hosts are other processes).
+fn own_cpu() -> Duration {
+    // SAFETY: getrusage(2) only writes the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time used so far by the whole machine (all cores, every process), from /proc/stat.
+fn machine_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .map(|cpu| {
+            // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+            cpu.split_whitespace()
+                .skip(1)
+                .take(8)
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4)
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let sizes: Vec<usize> = std::env::var("RUNE_BENCH_SIZES")
@@ -137,27 +170,40 @@ fn main() {
         "fan-out benchmark: noop over loopback sshd, {rounds} rounds per figure (median), RUNE kex {PREFERRED_KEX}"
     );
     println!(
-        "{:>5} {:>12} {:>12} {:>12} {:>11} {:>11} {:>10}",
-        "N", "openssh_ms", "rune_cold_ms", "rune_warm_ms", "cold/floor", "floor/warm", "rss_MiB"
+        "{:>5} {:>12} {:>12} {:>12} {:>11} {:>11} {:>10} {:>16} {:>16}",
+        "N",
+        "openssh_ms",
+        "rune_cold_ms",
+        "rune_warm_ms",
+        "cold/floor",
+        "floor/warm",
+        "rss_MiB",
+        "warm_cpu_rune_ms",
+        "warm_cpu_all_ms"
     );
     for &n in &sizes {
         let hosts: Vec<String> = fleet.hosts()[..n].iter().map(|h| h.name.clone()).collect();
         let mut floor = Vec::new();
         let mut cold = Vec::new();
         let mut warm = Vec::new();
+        let mut warm_cpu_rune = Vec::new();
+        let mut warm_cpu_all = Vec::new();
         for _ in 0..rounds {
             floor.push(openssh_floor(&fleet, &hosts));
             let orch = Orchestrator::new(registry.clone(), inventory.clone(), SshTransport::default());
-            let (c, w) = runtime.block_on(async {
+            let (c, w, cpu) = runtime.block_on(async {
                 let mut times = Vec::new();
+                let mut cpu = (Duration::ZERO, Duration::ZERO);
                 for _ in 0..2 {
                     let plan = match orch.plan(&request(&hosts)) {
                         Ok(p) => p,
                         Err(e) => panic!("plan: {e}"),
                     };
+                    let (own, all) = (own_cpu(), machine_cpu());
                     let t = Instant::now();
                     let results = orch.run_all(plan, n).await;
                     times.push(t.elapsed());
+                    cpu = (own_cpu().saturating_sub(own), machine_cpu().saturating_sub(all));
                     let bad: Vec<_> = results.iter().filter(|r| r.status != Status::Ok).collect();
                     if !bad.is_empty() {
                         eprintln!(
@@ -169,20 +215,24 @@ fn main() {
                     }
                 }
                 orch.ssh().close_all().await;
-                (times[0], times[1])
+                (times[0], times[1], cpu)
             });
             cold.push(c);
             warm.push(w);
+            warm_cpu_rune.push(cpu.0);
+            warm_cpu_all.push(cpu.1);
         }
         let (f, c, w) = (median(floor), median(cold), median(warm));
         println!(
-            "{n:>5} {:>12.1} {:>12.1} {:>12.1} {:>11.2} {:>11.1} {:>10.1}",
+            "{n:>5} {:>12.1} {:>12.1} {:>12.1} {:>11.2} {:>11.1} {:>10.1} {:>16.1} {:>16.1}",
             f.as_secs_f64() * 1e3,
             c.as_secs_f64() * 1e3,
             w.as_secs_f64() * 1e3,
             c.as_secs_f64() / f.as_secs_f64(),
             f.as_secs_f64() / w.as_secs_f64(),
-            rss_kib("VmHWM:") as f64 / 1024.0
+            rss_kib("VmHWM:") as f64 / 1024.0,
+            median(warm_cpu_rune).as_secs_f64() * 1e3,
+            median(warm_cpu_all).as_secs_f64() * 1e3
         );
     }
     println!(

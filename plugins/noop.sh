@@ -29,9 +29,11 @@ host=${RUNE_HOST-}
 dry_run=0
 if bpcs_dry_run; then dry_run=1; fi
 
-data=$(bpcs_obj \
-  message "$(bpcs_json_str "$message")" \
-  host "$(bpcs_json_str "$host")" \
-  dry_run "$(bpcs_bool "$dry_run")")
+# -v assigns instead of printing: no $(...) subshell per value.
+message_json='' host_json='' dry_run_json='' data=''
+bpcs_json_str -v message_json "$message"
+bpcs_json_str -v host_json "$host"
+bpcs_bool -v dry_run_json "$dry_run"
+bpcs_obj -v data message "$message_json" host "$host_json" dry_run "$dry_run_json"
 
 bpcs_finish ok "noop on ${host:-unknown host}: nothing to do" false "$data"

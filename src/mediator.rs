@@ -14,7 +14,9 @@ use crate::bpcs::{self, ArgValue, BPCS_VERSION, PluginInput, PluginRef, PluginSt
 use crate::inventory::{Host, TransportKind};
 use crate::plugins::{LibFile, Plugin};
 use crate::results::{PluginIdentity, ResultEnvelope, Status};
-use crate::transport::{Invocation, RawOutcome, Transport, TransportError};
+use crate::transport::{
+    Invocation, RawOutcome, SessionFile, SessionRun, Transport, TransportError, push_printf_literal,
+};
 
 const RUNNER_TEMPLATE: &str = include_str!("runner.sh");
 
@@ -78,6 +80,23 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     let input_value = serde_json::to_value(&input).map_err(|e| format!("cannot encode input: {e}"))?;
     bpcs::validate_input(&input_value).map_err(|e| format!("input does not match the BPCS input schema: {e}"))?;
     let input_json = serde_json::to_vec(&input_value).map_err(|e| format!("cannot encode input: {e}"))?;
+    let deadline = Duration::from_secs(spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS);
+
+    // Over SSH a run goes to a session shell, except through sudo: the session shell runs as the login user and
+    // could not end a root plugin's process group, so such a run gets a session (and the runner) of its own.
+    if spec.host.transport == TransportKind::Ssh && !spec.uses_sudo() {
+        return Ok(Invocation {
+            command: String::new(),
+            stdin: Vec::new(),
+            deadline,
+            stdout_cap: bpcs::MAX_STDOUT_BYTES,
+            stderr_tail: bpcs::STDERR_TAIL_BYTES,
+            stderr_budget: bpcs::MAX_STDERR_BYTES,
+            start_marker: Vec::new(),
+            cleanup: String::new(),
+            session: Some(session_run(spec, input_json)),
+        });
+    }
 
     let mut put = String::with_capacity(plugin.source.len() + input_json.len() + 4096);
     for lib in spec.lib.iter() {
@@ -142,13 +161,49 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     Ok(Invocation {
         command,
         stdin: program.into_bytes(),
-        deadline: Duration::from_secs(spec.timeout_secs() + KILL_AFTER_SECS + CLIENT_GRACE_SECS),
+        deadline,
         stdout_cap: bpcs::MAX_STDOUT_BYTES,
         stderr_tail: bpcs::STDERR_TAIL_BYTES,
         stderr_budget: bpcs::MAX_STDERR_BYTES,
         start_marker: format!("rune-runner-start {}\n", spec.run_id).into_bytes(),
         cleanup,
+        session: None,
     })
+}
+
+/// The same run as a request to a session shell (`src/session.sh`).
+fn session_run(spec: &RunSpec, input_json: Vec<u8>) -> SessionRun {
+    let plugin = &spec.plugin;
+    let plugin_file = format!("p-{}.sh", plugin.sha256);
+    let mut files: Vec<SessionFile> = spec
+        .lib
+        .iter()
+        .map(|lib| SessionFile { path: format!("lib/{}", lib.name), contents: lib.source.clone() })
+        .collect();
+    files.push(SessionFile { path: plugin_file.clone(), contents: plugin.source.clone() });
+    let mut vars: Vec<(String, Vec<u8>)> = vec![
+        ("RUNE_HOST".into(), spec.host.name.clone().into_bytes()),
+        ("RUNE_ACTION".into(), spec.action.clone().into_bytes()),
+        ("RUNE_CORRELATION_ID".into(), spec.correlation_id.clone().into_bytes()),
+        ("RUNE_DRY_RUN".into(), if spec.dry_run { b"1".to_vec() } else { b"0".to_vec() }),
+    ];
+    for (name, value) in spec.args.iter() {
+        // Arg names were validated against ^[a-z][a-z0-9_]{0,62}$ when the header loaded.
+        vars.push((format!("RUNE_ARG_{name}"), value.as_env_string().into_bytes()));
+    }
+    SessionRun {
+        run_id: spec.run_id.clone(),
+        nonce: uuid::Uuid::new_v4().simple().to_string(),
+        files,
+        plugin_file,
+        input_json,
+        vars,
+        timeout_secs: spec.timeout_secs(),
+        kill_after_secs: KILL_AFTER_SECS,
+        needs_root: plugin.needs_root,
+        sweep_stale: spec.sweep_stale,
+        requires: plugin.requires.clone(),
+    }
 }
 
 /// Fills `@NAME@` placeholders in one pass over the template: substituted text is never scanned again, so data
@@ -172,27 +227,6 @@ fn render<'a>(template: &str, value: impl Fn(&str) -> Option<&'a str>) -> Result
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// Appends `bytes` as the body of a single-quoted `printf %b` argument: printable ASCII and newlines as they
-/// are, everything else (and `'`, `\\` and `@`) as `\xHH`. The result holds no quote and no backslash but those of
-/// the escapes, so the shell takes it literally and only the printf builtin decodes it, byte for byte.
-/// Callers guarantee there is no NUL (bash strings cannot hold one): arguments and plugin files are checked.
-pub fn push_printf_literal(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        match b {
-            b'\'' | b'\\' | b'@' => push_hex(out, b, HEX),
-            0x20..=0x7e | b'\n' => out.push(char::from(b)),
-            _ => push_hex(out, b, HEX),
-        }
-    }
-}
-
-fn push_hex(out: &mut String, b: u8, hex: &[u8; 16]) {
-    out.push_str("\\x");
-    out.push(char::from(hex[usize::from(b >> 4)]));
-    out.push(char::from(hex[usize::from(b & 0x0f)]));
 }
 
 /// What the mediator concluded from a run.

@@ -183,7 +183,35 @@ async fn typed_arguments_and_stdin_input_reach_the_plugin() {
     assert_eq!(d["count"], 42);
     assert_eq!(d["flag"], true);
     assert!(d["stdin_bytes"].as_u64().unwrap_or(0) > 100, "input JSON on stdin: {d}");
-    assert!(d["cwd"].as_str().unwrap_or("").contains(&r.run_id), "runs in its private dir: {d}");
+    // Over SSH the run goes to a session shell: the private dir is the shell's, its `work` emptied for each run.
+    let cwd = d["cwd"].as_str().unwrap_or("");
+    assert!(cwd.contains("/rune-s-") && cwd.ends_with("/work"), "runs in its private dir: {d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_sharing_a_session_shell_are_isolated_and_survive_a_timeout() {
+    let fleet = fleet(1);
+    let orch = orchestrator(&fleet);
+    let first = run_one(&orch, "session-probe", &[("extra", "one")]).await;
+    assert_eq!(first.status, Status::Ok, "{first:?}");
+    assert_eq!(data(&first)["extra"], "one");
+    // The same shell serves the next runs: nothing of the previous run or of the shell itself is left for them.
+    let second = run_one(&orch, "session-probe", &[]).await;
+    assert_eq!(second.status, Status::Ok, "{second:?}");
+    let d = data(&second);
+    assert_eq!(d["extra"], "<unset>", "an argument of the previous run leaked: {d}");
+    assert_eq!(d["leaked"], "", "session shell variables (the nonce among them) reached the plugin: {d}");
+    assert_eq!(d["files_at_start"], 0, "the working dir was not emptied between runs: {d}");
+    assert!(!d["options"].as_str().unwrap_or("m").contains('m'), "job control leaked into the plugin: {d}");
+    // A run that times out on the shell does not take the shell (or its watchdog) down with it.
+    let mut req = request("hang", &["host-00"], &[("marker", "session-shell")]);
+    req.timeout = Some(Duration::from_secs(1));
+    let hung = run(&orch, req).await.remove(0);
+    expect_failure(&hung, Status::Timeout, "timed out", "hang on a session shell");
+    let after = run_one(&orch, "session-probe", &[("extra", "three")]).await;
+    assert_eq!(after.status, Status::Ok, "{after:?}");
+    assert_eq!(data(&after)["extra"], "three");
+    assert_eq!(orch.ssh().open_connections().await, 1, "one pooled connection served every run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

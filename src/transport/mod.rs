@@ -1,6 +1,7 @@
 //! Transports: how a runner program reaches a host and its output comes back. One trait, several kinds.
 
 pub mod local;
+pub mod session;
 pub mod ssh;
 
 use std::future::Future;
@@ -14,8 +15,9 @@ use crate::inventory::{Host, TransportKind};
 #[derive(Debug, Clone)]
 pub struct Invocation {
     /// The shell command line that starts the runner (SSH: given to the login shell; local: `bash -c`).
+    /// Empty when the run is a `session` request.
     pub command: String,
-    /// The runner program, fed on stdin.
+    /// The runner program, fed on stdin. Empty when the run is a `session` request.
     pub stdin: Vec<u8>,
     /// Client-side limit for the whole exec; past it the transport gives up and runs `cleanup`.
     pub deadline: Duration,
@@ -29,6 +31,60 @@ pub struct Invocation {
     pub start_marker: Vec<u8>,
     /// Fixed command that kills the run's process group and removes its temp dir, for the deadline path.
     pub cleanup: String,
+    /// The run as a request to a session shell (see [`session`]): set for SSH runs that do not go through
+    /// `sudo -n`; the SSH transport then uses it instead of `command`, `stdin`, `start_marker` and `cleanup`.
+    pub session: Option<SessionRun>,
+}
+
+/// One run as a request to a session shell: data only; [`session`] renders it as shell text.
+#[derive(Debug, Clone)]
+pub struct SessionRun {
+    pub run_id: String,
+    /// Random per run; ends the run's output on both streams. Never shown to the plugin.
+    pub nonce: String,
+    /// Files the run needs, relative to the session dir (`lib/<name>`, `p-<sha256>.sh`); a shell that already
+    /// holds a file with the same contents is not sent it again.
+    pub files: Vec<SessionFile>,
+    /// Session-dir name of the plugin among `files`.
+    pub plugin_file: String,
+    pub input_json: Vec<u8>,
+    /// `RUNE_*` variables of the run (names are validated identifiers), besides the fixed ones the shell sets.
+    pub vars: Vec<(String, Vec<u8>)>,
+    pub timeout_secs: u64,
+    pub kill_after_secs: u64,
+    pub needs_root: bool,
+    pub sweep_stale: bool,
+    /// Commands that must exist on the host (validated plain names).
+    pub requires: Vec<String>,
+}
+
+/// A file a session run needs on the host.
+#[derive(Debug, Clone)]
+pub struct SessionFile {
+    /// Relative to the session dir; built from validated names and hex digests only.
+    pub path: String,
+    pub contents: std::sync::Arc<[u8]>,
+}
+
+/// Appends `bytes` as the body of a single-quoted `printf %b` argument: printable ASCII and newlines as they
+/// are, everything else (and `'`, `\\` and `@`) as `\xHH`. The result holds no quote and no backslash but those of
+/// the escapes, so the shell takes it literally and only the printf builtin decodes it, byte for byte.
+/// Callers guarantee there is no NUL (bash strings cannot hold one): arguments and plugin files are checked.
+pub fn push_printf_literal(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        match b {
+            b'\'' | b'\\' | b'@' => push_hex(out, b, HEX),
+            0x20..=0x7e | b'\n' => out.push(char::from(b)),
+            _ => push_hex(out, b, HEX),
+        }
+    }
+}
+
+fn push_hex(out: &mut String, b: u8, hex: &[u8; 16]) {
+    out.push_str("\\x");
+    out.push(char::from(hex[usize::from(b >> 4)]));
+    out.push(char::from(hex[usize::from(b & 0x0f)]));
 }
 
 /// What came back from the host.
@@ -100,6 +156,8 @@ pub struct OutputSink {
     started: bool,
     /// stdout seen before the marker, bounded by [`MAX_PRELUDE_BYTES`].
     prelude: Vec<u8>,
+    /// How many stdout bytes came before the marker (and were dropped).
+    skipped: usize,
     stdout: Vec<u8>,
     stdout_cap: usize,
     truncated: bool,
@@ -111,10 +169,16 @@ pub struct OutputSink {
 
 impl OutputSink {
     pub fn new(invocation: &Invocation) -> OutputSink {
+        OutputSink::with_marker(invocation, invocation.start_marker.clone())
+    }
+
+    /// A sink for `invocation` whose stdout starts after `start_marker` instead of the invocation's own.
+    pub fn with_marker(invocation: &Invocation, start_marker: Vec<u8>) -> OutputSink {
         OutputSink {
-            start_marker: invocation.start_marker.clone(),
-            started: invocation.start_marker.is_empty(),
+            started: start_marker.is_empty(),
+            start_marker,
             prelude: Vec::new(),
+            skipped: 0,
             stdout: Vec::new(),
             stdout_cap: invocation.stdout_cap,
             truncated: false,
@@ -130,11 +194,22 @@ impl OutputSink {
         self.truncated || self.stderr_seen > self.stderr_budget
     }
 
+    /// The start marker arrived.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Bytes of stdout that came before the start marker.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
     pub fn stdout(&mut self, chunk: &[u8]) {
         if self.started {
             self.push_stdout(chunk);
             return;
         }
+        self.skipped += chunk.len();
         // Only the new bytes (and the tail that could hold the start of a split marker) are searched.
         let from = self.prelude.len().saturating_sub(self.start_marker.len().saturating_sub(1));
         self.prelude.extend_from_slice(chunk);
@@ -142,6 +217,7 @@ impl OutputSink {
         if let Some(pos) = self.prelude[from..].windows(marker.len()).position(|w| w == marker.as_slice()) {
             self.started = true;
             let rest = self.prelude.split_off(from + pos + marker.len());
+            self.skipped -= rest.len() + marker.len();
             self.prelude.clear();
             self.push_stdout(&rest);
         } else if self.prelude.len() > MAX_PRELUDE_BYTES {
@@ -191,6 +267,7 @@ mod tests {
             stderr_budget: 6,
             start_marker: b"<go>\n".to_vec(),
             cleanup: String::new(),
+            session: None,
         };
         let mut sink = OutputSink::new(&invocation);
         sink.stdout(b"motd noise<g");
@@ -219,6 +296,7 @@ mod tests {
             stderr_budget: 100,
             start_marker: b"rune-runner-start x\n".to_vec(),
             cleanup: String::new(),
+            session: None,
         };
         let mut sink = OutputSink::new(&invocation);
         let noise = vec![b'n'; 1000];

@@ -11,6 +11,7 @@ use russh::keys::{self, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, kex};
 use tokio::sync::{Mutex, Semaphore};
 
+use super::session::{self, Shell};
 use super::{BoxFuture, Invocation, OutputSink, RawOutcome, Transport, TransportError};
 use crate::inventory::{Host, HostKeyPolicy, TransportKind};
 
@@ -63,8 +64,24 @@ struct PoolKey {
 /// One authenticated connection; cloneable handle, channels capped by a semaphore.
 struct Connection {
     handle: Handle<ClientHandler>,
-    /// Caps concurrent channels on this connection below the server's MaxSessions; permits end with each run.
+    /// Caps concurrent runs on this connection below the server's MaxSessions; permits end with each run.
+    /// Idle session shells hold a channel without a permit: there are never more shells than runs were at
+    /// once, and a run that needs a channel of its own closes an idle shell first.
     channels: Arc<Semaphore>,
+    /// Session shells waiting for the next run.
+    idle_shells: StdMutex<Vec<Shell>>,
+}
+
+impl Connection {
+    fn take_idle_shell(&self) -> Option<Shell> {
+        self.idle_shells.lock().ok().and_then(|mut shells| shells.pop())
+    }
+
+    fn put_idle_shell(&self, shell: Shell) {
+        if let Ok(mut shells) = self.idle_shells.lock() {
+            shells.push(shell);
+        }
+    }
 }
 
 /// The pool entry for one host: the lock serialises connecting, so concurrent runs share one handshake.
@@ -211,6 +228,7 @@ impl SshTransport {
         Ok(Connection {
             handle,
             channels: Arc::new(Semaphore::new(self.inner.settings.max_channels_per_connection.max(1))),
+            idle_shells: StdMutex::new(Vec::new()),
         })
     }
 
@@ -332,6 +350,8 @@ impl SshTransport {
     async fn run(&self, host: &Host, invocation: &Invocation) -> Result<RawOutcome, TransportError> {
         let slot = self.slot(host);
         let mut attempt = 0;
+        // Pooled shells found dead (their connection or process went away while idle) before one worked.
+        let mut dead_shells = 0;
         loop {
             attempt += 1;
             let conn = self.connection(host, &slot).await?;
@@ -341,6 +361,47 @@ impl SshTransport {
                 .acquire_owned()
                 .await
                 .map_err(|_| TransportError::Protocol("pool closed".into()))?;
+            if let Some(request) = &invocation.session {
+                let shell = match conn.take_idle_shell() {
+                    Some(shell) => Ok(shell),
+                    None => Shell::open(&conn.handle).await,
+                };
+                let mut shell = match shell {
+                    Ok(shell) => shell,
+                    Err(russh::Error::ChannelOpenFailure(reason)) => {
+                        return Err(TransportError::Unreachable(format!(
+                            "the server refused a session channel ({reason:?}); lower --parallel or raise sshd MaxSessions"
+                        )));
+                    }
+                    Err(e) if attempt == 1 => {
+                        tracing::debug!(host = %host.name, error = %e, "pooled connection unusable; reconnecting");
+                        forget(&slot, &conn).await;
+                        continue;
+                    }
+                    Err(e) => return Err(TransportError::Unreachable(format!("cannot start a session shell: {e}"))),
+                };
+                let ran = shell.run(invocation, request).await;
+                if ran.needs_cleanup {
+                    // Kill what is left of the run and the shell on the host (a flood, a stuck plugin).
+                    cleanup(&conn, &session::cleanup_command(&shell.sid)).await;
+                }
+                if ran.reusable {
+                    conn.put_idle_shell(shell);
+                } else {
+                    shell.close().await;
+                }
+                drop(permit);
+                if ran.never_started && dead_shells < self.inner.settings.max_channels_per_connection {
+                    dead_shells += 1;
+                    attempt = 0;
+                    continue;
+                }
+                return ran.result;
+            }
+            // This run needs a channel of its own: keep the connection's channels within sshd's MaxSessions.
+            if let Some(shell) = conn.take_idle_shell() {
+                shell.close().await;
+            }
             match conn.handle.channel_open_session().await {
                 Ok(channel) => {
                     let outcome = exec(&conn, channel, invocation).await;
@@ -356,14 +417,19 @@ impl SshTransport {
                 // A pooled connection can die between runs (server restart, idle timeout): reconnect once.
                 Err(e) if attempt == 1 => {
                     tracing::debug!(host = %host.name, error = %e, "pooled connection unusable; reconnecting");
-                    let mut guard = slot.conn.lock().await;
-                    if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
-                        *guard = None;
-                    }
+                    forget(&slot, &conn).await;
                 }
                 Err(e) => return Err(TransportError::Unreachable(format!("cannot open a session channel: {e}"))),
             }
         }
+    }
+}
+
+/// Drops `conn` from its slot (if still there), so the next run connects afresh.
+async fn forget(slot: &Slot, conn: &Arc<Connection>) {
+    let mut guard = slot.conn.lock().await;
+    if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+        *guard = None;
     }
 }
 
