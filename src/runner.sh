@@ -71,7 +71,7 @@ rune_main() {
   # The plugin's bash must not source a start-up file chosen by the host's environment.
   unset BASH_ENV ENV
   export RUNE_BPCS=0.1 RUNE_RUN_ID=@RUN_ID@ RUNE_DRY_RUN=@DRY_RUN@ RUNE_TIMEOUT=@TIMEOUT@
-  export RUNE_LIB="$rune_dir/lib" RUNE_INPUT="$rune_dir/input.json"
+  export RUNE_LIB="$rune_dir/lib" RUNE_INPUT="$rune_dir/input.json" RUNE_PLUGIN="$rune_dir/plugin.sh"
 @ENV_VARS@
   cd -- "$rune_dir" || rune_fail "cannot enter $rune_dir"
   SECONDS=0
