@@ -18,7 +18,8 @@ use crate::transport::{
     Invocation, RawOutcome, SessionFile, SessionRun, Transport, TransportError, push_printf_literal,
 };
 
-const RUNNER_TEMPLATE: &str = include_str!("runner.sh");
+/// The runner template, after the sweeps it shares with the session shell.
+const RUNNER_TEMPLATE: &str = concat!(include_str!("sweep.sh"), include_str!("runner.sh"));
 
 /// Seconds between the polite TERM at the timeout and the KILL of the plugin's process group.
 pub const KILL_AFTER_SECS: u64 = 5;

@@ -7,44 +7,6 @@
 # program as runner.sh in it and execs bash on it. Everything sits in a function, so bash has parsed the whole
 # program before any of it runs.
 rune_fail() { printf 'rune-runner: %s\n' "$1" >&2; exit 125; }
-# rune_sweep: kill what is left of this run in the session after a timeout, including processes that moved to
-# another process group (a nested `timeout` without --foreground, `set -m`). The runner leads its own session
-# (sshd starts each channel as one; the local transport uses setsid); it spares itself and its parent.
-rune_sweep() {
-  local sid stat p pid fields
-  # Whole file (-d ''): a process name may hold a newline. read returns 1 at EOF, hence the -n test.
-  read -r -d '' stat </proc/$$/stat || [ -n "$stat" ] || return 0
-  read -ra fields <<<"${stat##*) }"
-  sid=${fields[3]-}
-  [ "$sid" = "$$" ] || [ "$sid" = "$PPID" ] || return 0
-  for p in /proc/[0-9]*; do
-    pid=${p#/proc/}
-    [ "$pid" = "$$" ] || [ "$pid" = "$PPID" ] && continue
-    stat=''
-    read -r -d '' stat <"$p/stat" 2>/dev/null || [ -n "$stat" ] || continue
-    read -ra fields <<<"${stat##*) }"
-    [ "${fields[3]-}" = "$sid" ] && kill -KILL "$pid" 2>/dev/null
-  done
-  return 0
-}
-# rune_sweep_stale: remove run dirs of ours left by runners that were killed (their pid is gone). Builtins
-# only unless there is something to remove; dirs without a pid file (a run just starting) are left alone.
-rune_sweep_stale() {
-  local d pid pgid
-  for d in "${TMPDIR:-/tmp}"/rune-*/; do
-    d=${d%/}
-    [ -O "$d" ] && [ -f "$d/pid" ] || continue
-    read -r pid <"$d/pid" 2>/dev/null || continue
-    [[ $pid =~ ^[0-9]+$ ]] || continue
-    kill -0 "$pid" 2>/dev/null && continue
-    # The runner is gone; its plugin may not be (the runner was SIGKILLed): leave the dir while that group lives.
-    pgid=''
-    [ -f "$d/pgid" ] && read -r pgid <"$d/pgid" 2>/dev/null
-    [[ $pgid =~ ^[0-9]+$ ]] && kill -0 -- "-$pgid" 2>/dev/null && continue
-    rm -rf -- "$d"
-  done
-  return 0
-}
 rune_main() {
   # First line on stdout: RUNE drops anything a login shell printed before it, and knows the runner started.
   printf 'rune-runner-start @RUN_ID@\n'

@@ -17,44 +17,6 @@
 # stderr pass straight through (RUNE caps them), then `rune-run-end <nonce> <exit code, 3 digits>` ends both
 # streams. The nonce is random per run and only in this shell's memory, never in the plugin's environment.
 rune_fail() { printf 'rune-session: %s\n' "$1" >&2; exit 125; }
-# rune_sweep: kill every process left in this session but this shell and its watchdog (after a timeout): catches
-# processes that moved to another process group (a nested `timeout` without --foreground, `set -m`). sshd makes
-# each channel a session and this shell its leader.
-rune_sweep() {
-  local sid stat p pid fields
-  # Whole file (-d ''): a process name may hold a newline. read returns 1 at EOF, hence the -n test.
-  read -r -d '' stat </proc/$$/stat || [ -n "$stat" ] || return 0
-  read -ra fields <<<"${stat##*) }"
-  sid=${fields[3]-}
-  [ "$sid" = "$$" ] || return 0
-  for p in /proc/[0-9]*; do
-    pid=${p#/proc/}
-    [ "$pid" = "$$" ] || [ "$pid" = "$rune_wd" ] && continue
-    stat=''
-    read -r -d '' stat <"$p/stat" 2>/dev/null || [ -n "$stat" ] || continue
-    read -ra fields <<<"${stat##*) }"
-    [ "${fields[3]-}" = "$sid" ] && kill -KILL "$pid" 2>/dev/null
-  done
-  return 0
-}
-# rune_sweep_stale: remove dirs of ours (runs and sessions) whose shell is gone (killed); builtins only unless
-# there is something to remove; dirs without a pid file (just starting) and dirs whose plugin group still lives
-# are left alone.
-rune_sweep_stale() {
-  local d pid pgid
-  for d in "${TMPDIR:-/tmp}"/rune-*/; do
-    d=${d%/}
-    [ -O "$d" ] && [ -f "$d/pid" ] || continue
-    read -r pid <"$d/pid" 2>/dev/null || continue
-    [[ $pid =~ ^[0-9]+$ ]] || continue
-    kill -0 "$pid" 2>/dev/null && continue
-    pgid=''
-    [ -f "$d/pgid" ] && read -r pgid <"$d/pgid" 2>/dev/null
-    [[ $pgid =~ ^[0-9]+$ ]] && kill -0 -- "-$pgid" 2>/dev/null && continue
-    rm -rf -- "$d"
-  done
-  return 0
-}
 # rune_put PATH LITERAL: a file of the session dir (PATH is a validated relative name). The BPCS helpers are
 # loaded here once (they change no option, trap or fd), so each run's fork has them and the plugin's own
 # `. "$RUNE_LIB/bpcs.sh"` returns at once (bpcs.sh checks that it was loaded from that same path).

@@ -17,8 +17,8 @@ use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 
 use super::{Invocation, OutputSink, RawOutcome, SessionRun, TransportError, push_printf_literal};
 
-/// The session shell program.
-const PROGRAM: &str = include_str!("../session.sh");
+/// The session shell program, after the sweeps it shares with the runner.
+const PROGRAM: &str = concat!(include_str!("../sweep.sh"), include_str!("../session.sh"));
 
 /// Fixed-width tail of an end marker after its prefix: three digits and a newline.
 const END_CODE_LEN: usize = 4;

@@ -368,17 +368,11 @@ impl SshTransport {
                 };
                 let mut shell = match shell {
                     Ok(shell) => shell,
-                    Err(russh::Error::ChannelOpenFailure(reason)) => {
-                        return Err(TransportError::Unreachable(format!(
-                            "the server refused a session channel ({reason:?}); lower --parallel or raise sshd MaxSessions"
-                        )));
-                    }
-                    Err(e) if attempt == 1 => {
-                        tracing::debug!(host = %host.name, error = %e, "pooled connection unusable; reconnecting");
+                    Err(e) => {
+                        channel_failed(host, e, attempt, "cannot start a session shell")?;
                         forget(&slot, &conn).await;
                         continue;
                     }
-                    Err(e) => return Err(TransportError::Unreachable(format!("cannot start a session shell: {e}"))),
                 };
                 let ran = shell.run(invocation, request).await;
                 if ran.needs_cleanup {
@@ -408,20 +402,29 @@ impl SshTransport {
                     drop(permit);
                     return outcome;
                 }
-                // The server refused one more channel (its MaxSessions): the connection itself is fine.
-                Err(russh::Error::ChannelOpenFailure(reason)) => {
-                    return Err(TransportError::Unreachable(format!(
-                        "the server refused a session channel ({reason:?}); lower --parallel or raise sshd MaxSessions"
-                    )));
-                }
-                // A pooled connection can die between runs (server restart, idle timeout): reconnect once.
-                Err(e) if attempt == 1 => {
-                    tracing::debug!(host = %host.name, error = %e, "pooled connection unusable; reconnecting");
+                Err(e) => {
+                    channel_failed(host, e, attempt, "cannot open a session channel")?;
                     forget(&slot, &conn).await;
                 }
-                Err(e) => return Err(TransportError::Unreachable(format!("cannot open a session channel: {e}"))),
             }
         }
+    }
+}
+
+/// Judges a failure to open a channel (or start a session shell on it) on a pooled connection: `Ok` means the
+/// connection is unusable and worth one reconnect; `Err` is the run's error.
+fn channel_failed(host: &Host, e: russh::Error, attempt: u32, what: &str) -> Result<(), TransportError> {
+    match e {
+        // The server refused one more channel (its MaxSessions): the connection itself is fine.
+        russh::Error::ChannelOpenFailure(reason) => Err(TransportError::Unreachable(format!(
+            "the server refused a session channel ({reason:?}); lower --parallel or raise sshd MaxSessions"
+        ))),
+        // A pooled connection can die between runs (server restart, idle timeout): reconnect once.
+        e if attempt == 1 => {
+            tracing::debug!(host = %host.name, error = %e, "pooled connection unusable; reconnecting");
+            Ok(())
+        }
+        e => Err(TransportError::Unreachable(format!("{what}: {e}"))),
     }
 }
 
