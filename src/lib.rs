@@ -21,6 +21,7 @@
 
 pub mod bpcs;
 pub mod cli;
+pub mod event;
 pub mod inventory;
 pub mod mediator;
 pub mod orchestrator;
