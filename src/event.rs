@@ -12,7 +12,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// Where an event came from: the payload format, not the wire (a Grafana payload may arrive by webhook or NATS).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Prometheus Alertmanager webhook, payload version 4.

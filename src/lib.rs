@@ -27,4 +27,5 @@ pub mod mediator;
 pub mod orchestrator;
 pub mod plugins;
 pub mod results;
+pub mod rules;
 pub mod transport;

@@ -1,0 +1,702 @@
+//! Loading and validating rule files into a [`RuleSet`]: every problem of every file is reported at once, each
+//! with file, line and column; nothing half-valid is ever returned.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use regex::{Regex, RegexBuilder};
+use serde_saphyr::{Location, Spanned};
+
+use crate::bpcs::{RawArg, SafetyClass};
+use crate::event::Source;
+use crate::inventory::Inventory;
+use crate::plugins::Registry;
+
+use super::matcher::{CompiledMatch, Condition, Index, IndexKey, SubjectPattern, source_bit};
+use super::model::{
+    ArgConfig, BlastRadiusConfig, BreakerConfig, ConditionConfig, ConditionOp, PolicyConfig, RateConfig, RuleConfig,
+    RuleFileConfig, TargetConfig,
+};
+use super::template::{ProbeContext, Templates};
+use super::{ArgSource, BlastRadius, Breaker, Dedup, Origin, Policy, Rate, Rule, RuleDiagnostic, RuleSet, Target};
+
+/// Largest rule file read.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Most rules in one set.
+pub const MAX_RULES: usize = 100_000;
+/// Longest duration anywhere in a rule file.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+/// Longest regular expression, and the compiled-size cap that keeps a hostile one from eating memory.
+const MAX_REGEX_BYTES: usize = 1024;
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+static RULE_NAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9_-]{0,63}$").unwrap_or_else(|_| unreachable!()));
+static FIELD_NAME_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$").unwrap_or_else(|_| unreachable!()));
+
+/// Reads every `*.yaml` / `*.yml` file of `dir` (not recursive), in name order.
+pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, Vec<RuleDiagnostic>> {
+    let at = |path: &Path, message: String| RuleDiagnostic {
+        file: path.display().to_string(),
+        line: 0,
+        column: 0,
+        rule: None,
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| vec![at(dir, format!("cannot read the rules folder: {e}"))])?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml") && p.is_file())
+        .collect();
+    paths.sort();
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        match read_bounded(&path) {
+            Ok(text) => files.push((path, text)),
+            Err(message) => errors.push(at(&path, message)),
+        }
+    }
+    if errors.is_empty() { Ok(files) } else { Err(errors) }
+}
+
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("file is larger than the limit of {MAX_FILE_BYTES} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
+}
+
+/// Parses and validates rule files (path, text) into one rule set.
+pub fn parse_files(
+    files: &[(PathBuf, String)],
+    registry: &Registry,
+    inventory: &Inventory,
+) -> Result<RuleSet, Vec<RuleDiagnostic>> {
+    let mut c = Compiler {
+        registry,
+        inventory,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        templates: Templates::new(),
+        file: Arc::from(""),
+        rule: None,
+    };
+    let mut parsed = Vec::new();
+    for (path, text) in files {
+        c.file = Arc::from(path.display().to_string());
+        match parse_file(text) {
+            Ok(f) => parsed.push((c.file.clone(), f)),
+            Err(d) => c.errors.extend(d.into_iter().map(|(line, column, message)| RuleDiagnostic {
+                file: c.file.to_string(),
+                line,
+                column,
+                rule: None,
+                message,
+            })),
+        }
+    }
+    let mut policy = None;
+    let mut policy_at: Option<(Arc<str>, Location)> = None;
+    let mut raw_rules = Vec::new();
+    for (file, f) in parsed {
+        if let Some(p) = f.policy {
+            c.file = file.clone();
+            match &policy_at {
+                Some((first_file, first)) => c.error(
+                    p.referenced,
+                    format!(
+                        "a second `policy` section (the first is at {first_file}:{}:{}); only one is allowed",
+                        first.line(),
+                        first.column()
+                    ),
+                ),
+                None => {
+                    policy_at = Some((file.clone(), p.referenced));
+                    policy = Some(p.value);
+                }
+            }
+        }
+        for r in f.rules {
+            raw_rules.push((file.clone(), r));
+        }
+    }
+    if raw_rules.len() > MAX_RULES {
+        c.errors.push(RuleDiagnostic {
+            file: String::new(),
+            line: 0,
+            column: 0,
+            rule: None,
+            message: format!("{} rules; the limit is {MAX_RULES}", raw_rules.len()),
+        });
+        return Err(c.errors);
+    }
+    let policy_file = policy_at.as_ref().map(|(f, _)| f.clone()).unwrap_or_else(|| Arc::from("<default policy>"));
+    c.file = policy_file;
+    let policy = c.policy(policy.unwrap_or_default());
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    let mut names: HashMap<String, Origin> = HashMap::new();
+    let mut index = Index::default();
+    for (file, raw) in raw_rules {
+        c.file = file.clone();
+        let at = raw.referenced;
+        let name = raw.value.name.value.clone();
+        c.rule = Some(name.clone());
+        if let Some(first) = names.get(&name) {
+            c.error(
+                raw.value.name.referenced,
+                format!("duplicate rule name (first defined at {}:{}:{})", first.file, first.line, first.column),
+            );
+            continue;
+        }
+        let origin = Origin { file: file.clone(), line: at.line(), column: at.column() };
+        names.insert(name, origin.clone());
+        let number = rules.len() as u32;
+        if let Some(rule) = c.rule(number, raw.value, origin, &policy) {
+            if rule.enabled {
+                index.insert(number, &IndexKey::choose(&rule.matcher));
+            }
+            rules.push(rule);
+        }
+        c.rule = None;
+    }
+    c.file = policy_at.as_ref().map(|(f, _)| f.clone()).unwrap_or_else(|| Arc::from("<default policy>"));
+    let at = policy_at.as_ref().map(|(_, l)| *l).unwrap_or(Location::UNKNOWN);
+    if let Some(allowed) = &policy.remediation_allowed_rules {
+        for name in allowed {
+            if !names.contains_key(name) {
+                c.error(at, format!("policy.remediation.allowed_rules names `{name}`, which is not a rule"));
+            }
+        }
+    }
+    for rule in &rules {
+        let allowed = policy.remediation_allowed_rules.as_ref().is_none_or(|a| a.contains(&*rule.name));
+        if rule.plugin.class == SafetyClass::Remediation && !allowed {
+            c.warnings.push(RuleDiagnostic {
+                file: rule.origin.file.to_string(),
+                line: rule.origin.line,
+                column: rule.origin.column,
+                rule: Some(rule.name.to_string()),
+                message: format!(
+                    "runs remediation plugin `{}` but is not in policy.remediation.allowed_rules: \
+                     every decision will be suppressed (safety_class)",
+                    rule.plugin.name
+                ),
+            });
+        }
+    }
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    Ok(RuleSet {
+        rules,
+        policy,
+        warnings: c.warnings,
+        files: files.iter().map(|(p, _)| p.clone()).collect(),
+        index,
+        templates: c.templates,
+    })
+}
+
+/// Parses one file; on a shape error, also tries each rule on its own so that one file can report several.
+fn parse_file(text: &str) -> Result<RuleFileConfig, Vec<(u64, u64, String)>> {
+    let options = serde_saphyr::options! { strict_booleans: true };
+    match serde_saphyr::from_str_with_options::<RuleFileConfig>(text, options) {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let first = (line, column, first_line(&e.to_string()));
+            let mut all = per_rule_errors(text);
+            if !all.iter().any(|(l, c, _)| (*l, *c) == (line, column)) {
+                all.push(first);
+            }
+            all.sort();
+            all.dedup();
+            Err(all)
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("invalid rule file").to_owned()
+}
+
+/// Best effort: the shape errors of each item of a block-style `rules:` list, parsed one by one.
+fn per_rule_errors(text: &str) -> Vec<(u64, u64, String)> {
+    #[derive(serde::Deserialize)]
+    struct Outline {
+        #[serde(default)]
+        rules: Vec<Spanned<serde::de::IgnoredAny>>,
+    }
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let Ok(outline) = serde_saphyr::from_str_with_options::<Outline>(text, options.clone()) else {
+        return Vec::new();
+    };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let starts: Vec<usize> = outline.rules.iter().map(|r| r.referenced.line() as usize).collect();
+    let mut out = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        if start == 0 {
+            continue;
+        }
+        let end = starts.get(i + 1).copied().unwrap_or(lines.len() + 1);
+        if end <= start {
+            continue;
+        }
+        let Some(chunk) = lines.get(start - 1..end - 1) else { continue };
+        // Blank out everything before the item's `- ` so the slice parses as a one-item list at the same columns.
+        let mut slice = String::from("rules:\n");
+        for (n, line) in chunk.iter().enumerate() {
+            if n == 0 {
+                match line.find("- ") {
+                    Some(dash) => {
+                        slice.push_str(&" ".repeat(dash));
+                        slice.push_str(&line[dash..]);
+                    }
+                    None => return Vec::new(),
+                }
+            } else {
+                slice.push_str(line);
+            }
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct One {
+            #[allow(dead_code)]
+            rules: Vec<RuleConfig>,
+        }
+        if let Err(e) = serde_saphyr::from_str_with_options::<One>(&slice, options.clone()) {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            // The slice has one extra line (`rules:`) in front of the item's first line.
+            out.push((line + start as u64 - 2, column, first_line(&e.to_string())));
+        }
+    }
+    out
+}
+
+struct Compiler<'a> {
+    registry: &'a Registry,
+    inventory: &'a Inventory,
+    errors: Vec<RuleDiagnostic>,
+    warnings: Vec<RuleDiagnostic>,
+    templates: Templates,
+    file: Arc<str>,
+    rule: Option<String>,
+}
+
+impl Compiler<'_> {
+    fn diagnostic(&self, at: Location, message: String) -> RuleDiagnostic {
+        RuleDiagnostic {
+            file: self.file.to_string(),
+            line: at.line(),
+            column: at.column(),
+            rule: self.rule.clone(),
+            message,
+        }
+    }
+
+    fn error(&mut self, at: Location, message: String) {
+        let d = self.diagnostic(at, message);
+        self.errors.push(d);
+    }
+
+    fn warn(&mut self, at: Location, message: String) {
+        let d = self.diagnostic(at, message);
+        self.warnings.push(d);
+    }
+
+    fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+        match humantime::parse_duration(s.value.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.error(s.referenced, format!("{what} must be longer than zero"));
+                None
+            }
+            Ok(d) if d > MAX_DURATION => {
+                self.error(s.referenced, format!("{what} `{}` is longer than 30 days", s.value));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(s.referenced, format!("{what} `{}` is not a duration such as 30s, 10m, 1h: {e}", s.value));
+                None
+            }
+        }
+    }
+
+    fn rate(&mut self, r: &RateConfig, what: &str) -> Option<Rate> {
+        let per = self.duration(&r.per, &format!("{what}.per"));
+        if r.count == 0 {
+            self.error(r.per.referenced, format!("{what}.count must be at least 1"));
+            return None;
+        }
+        let burst = r.burst.unwrap_or(r.count);
+        if burst == 0 {
+            self.error(r.per.referenced, format!("{what}.burst must be at least 1"));
+            return None;
+        }
+        Some(Rate { count: r.count, per: per?, burst })
+    }
+
+    fn blast(&mut self, b: &BlastRadiusConfig, what: &str) -> Option<BlastRadius> {
+        let window = self.duration(&b.window, &format!("{what}.window"));
+        if b.max_hosts == 0 {
+            self.error(b.window.referenced, format!("{what}.max_hosts must be at least 1"));
+            return None;
+        }
+        Some(BlastRadius { max_hosts: b.max_hosts, window: window? })
+    }
+
+    fn breaker(&mut self, b: &BreakerConfig, what: &str) -> Option<Breaker> {
+        let cool_down = self.duration(&b.cool_down, &format!("{what}.cool_down"));
+        if b.failures == 0 || b.failures > b.of_last || b.of_last > 1000 {
+            self.error(b.cool_down.referenced, format!("{what}: need 1 <= failures <= of_last <= 1000"));
+            return None;
+        }
+        Some(Breaker { failures: b.failures, of_last: b.of_last, cool_down: cool_down? })
+    }
+
+    fn policy(&mut self, p: PolicyConfig) -> Policy {
+        let mut policy = Policy::default();
+        if let Some(r) = &p.rate_limit.global
+            && let Some(r) = self.rate(r, "policy.rate_limit.global")
+        {
+            policy.global = r;
+        }
+        if let Some(r) = &p.rate_limit.host
+            && let Some(r) = self.rate(r, "policy.rate_limit.host")
+        {
+            policy.host = r;
+        }
+        if let Some(w) = &p.defaults.dedup_window
+            && let Some(d) = self.duration(w, "policy.defaults.dedup_window")
+        {
+            policy.default_dedup_window = d;
+        }
+        if let Some(b) = &p.defaults.blast_radius
+            && let Some(b) = self.blast(b, "policy.defaults.blast_radius")
+        {
+            policy.default_blast_radius = b;
+        }
+        if let Some(b) = &p.defaults.breaker
+            && let Some(b) = self.breaker(b, "policy.defaults.breaker")
+        {
+            policy.default_breaker = b;
+        }
+        if let Some(r) = &p.chatops.rate_limit
+            && let Some(r) = self.rate(r, "policy.chatops.rate_limit")
+        {
+            policy.chatops_rate = r;
+        }
+        policy.remediation_allowed_rules = p.remediation.allowed_rules.map(|v| v.into_iter().collect());
+        if let Some(actions) = p.chatops.allowed_actions {
+            for a in &actions {
+                if self.registry.resolve(a).is_err() {
+                    self.error(
+                        Location::UNKNOWN,
+                        format!("policy.chatops.allowed_actions names `{a}`, which is not a known plugin"),
+                    );
+                }
+            }
+            policy.chatops_allowed_actions = Some(actions.into_iter().collect::<BTreeSet<_>>());
+        }
+        policy
+    }
+
+    fn condition(&mut self, c: &ConditionConfig, at: Location, field: &str) -> Option<Condition> {
+        Some(match c {
+            ConditionConfig::Equals(v) => Condition::Equals(v.as_str().into()),
+            ConditionConfig::Op(op) => match &**op {
+                ConditionOp::Equals(v) => Condition::Equals(v.as_str().into()),
+                ConditionOp::Regex(p) => {
+                    if p.len() > MAX_REGEX_BYTES {
+                        self.error(at, format!("{field}: regex is longer than {MAX_REGEX_BYTES} bytes"));
+                        return None;
+                    }
+                    match RegexBuilder::new(&format!("^(?:{p})$")).size_limit(REGEX_SIZE_LIMIT).build() {
+                        Ok(re) => Condition::Regex(re),
+                        Err(e) => {
+                            let e = e.to_string();
+                            self.error(at, format!("{field}: invalid regex `{p}`: {}", e.lines().last().unwrap_or("")));
+                            return None;
+                        }
+                    }
+                }
+                ConditionOp::OneOf(vs) => {
+                    if vs.is_empty() {
+                        self.error(at, format!("{field}: one_of needs at least one value"));
+                        return None;
+                    }
+                    Condition::OneOf(vs.iter().map(|v| Box::from(v.as_str())).collect())
+                }
+                ConditionOp::Present(true) | ConditionOp::Absent(false) => Condition::Present,
+                ConditionOp::Present(false) | ConditionOp::Absent(true) => Condition::Absent,
+                ConditionOp::Not(inner) => Condition::Not(Box::new(self.condition(inner, at, field)?)),
+            },
+        })
+    }
+
+    fn conditions(
+        &mut self,
+        map: &BTreeMap<String, Spanned<ConditionConfig>>,
+        what: &str,
+    ) -> Option<Vec<(Box<str>, Condition)>> {
+        let mut out = Vec::with_capacity(map.len());
+        let mut ok = true;
+        for (name, cond) in map {
+            let field = format!("match.{what}.{name}");
+            if !FIELD_NAME_RE.is_match(name) {
+                self.error(cond.referenced, format!("{field}: `{name}` is not a valid {what} name"));
+                ok = false;
+                continue;
+            }
+            match self.condition(&cond.value, cond.referenced, &field) {
+                Some(c) => out.push((Box::from(name.as_str()), c)),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Adds a template; a syntax error, an unknown variable, filter or test is a load error.
+    fn template(&mut self, name: String, source: &Spanned<String>, what: &str) -> bool {
+        if let Err(e) = self.templates.add(name.clone(), source.value.clone()) {
+            self.error(source.referenced, format!("{what}: template `{}`: {e}", source.value));
+            return false;
+        }
+        let (_, unknown) = self.templates.references(&name);
+        if !unknown.is_empty() {
+            self.error(
+                source.referenced,
+                format!(
+                    "{what}: template `{}` uses unknown variable(s) {}; available: {}",
+                    source.value,
+                    unknown.join(", "),
+                    super::template::VARIABLES.join(", ")
+                ),
+            );
+            return false;
+        }
+        if let Err(e) = self.templates.probe(&name, ProbeContext) {
+            self.error(source.referenced, format!("{what}: template `{}`: {e}", source.value));
+            return false;
+        }
+        true
+    }
+
+    /// Warns about label/annotation fields a template reads that the match does not guarantee.
+    fn warn_unguaranteed(&mut self, name: &str, source: &Spanned<String>, m: &CompiledMatch, what: &str) {
+        if source.value.contains("default(") || source.value.contains("is defined") {
+            return;
+        }
+        let (fields, _) = self.templates.references(name);
+        for (kind, field) in fields {
+            let list = if kind == "labels" { &m.labels } else { &m.annotations };
+            if !list.iter().any(|(n, c)| &**n == field && c.requires_presence()) {
+                self.warn(
+                    source.referenced,
+                    format!(
+                        "{what} reads {kind}.{field}, which the match does not require: events without it are \
+                         suppressed (template_error)"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn rule(&mut self, number: u32, r: RuleConfig, origin: Origin, policy: &Policy) -> Option<Rule> {
+        let errors_before = self.errors.len();
+        if !RULE_NAME_RE.is_match(&r.name.value) {
+            self.error(
+                r.name.referenced,
+                format!(
+                    "rule name `{}` must match {} (it becomes a subject token)",
+                    r.name.value,
+                    RULE_NAME_RE.as_str()
+                ),
+            );
+        }
+        // Match.
+        let mut sources = 0u8;
+        if let Some(list) = &r.match_.source {
+            for s in list.to_vec() {
+                if s == Source::Chatops {
+                    self.error(
+                        r.name.referenced,
+                        "match.source: chatops requests name their action themselves and never match rules".into(),
+                    );
+                }
+                sources |= source_bit(s);
+            }
+        }
+        let subject = match &r.match_.subject {
+            Some(s) => match SubjectPattern::parse(&s.value) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.error(s.referenced, format!("match.subject: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let labels = self.conditions(&r.match_.labels, "labels");
+        let annotations = self.conditions(&r.match_.annotations, "annotations");
+        let matcher = CompiledMatch {
+            sources,
+            subject,
+            status: r.match_.status,
+            labels: labels.unwrap_or_default(),
+            annotations: annotations.unwrap_or_default(),
+        };
+        // Action.
+        let plugin = match self.registry.resolve(&r.action.value) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.error(r.action.referenced, format!("action: {e}"));
+                None
+            }
+        };
+        // Target.
+        let target = match &r.target {
+            TargetConfig::Host(h) => {
+                if self.inventory.get(&h.value).is_none() {
+                    self.error(h.referenced, format!("target.host: `{}` is not in the inventory", h.value));
+                }
+                Target::Host(h.value.clone())
+            }
+            TargetConfig::Group(g) => {
+                if self.inventory.select(&[], std::slice::from_ref(&g.value)).is_err() {
+                    self.error(g.referenced, format!("target.group: `{}` is not a group of the inventory", g.value));
+                }
+                Target::Group(g.value.clone())
+            }
+            TargetConfig::HostFrom(t) => {
+                let name = format!("{number}/target");
+                if self.template(name.clone(), t, "target.host_from") {
+                    self.warn_unguaranteed(&name, t, &matcher, "target.host_from");
+                }
+                Target::HostFrom { template: name, source: t.value.clone() }
+            }
+        };
+        // Arguments.
+        let mut args = Vec::with_capacity(r.args.len());
+        for (arg, value) in &r.args {
+            let text = match &value.value {
+                ArgConfig::Boolean(b) => b.to_string(),
+                ArgConfig::Integer(i) => i.to_string(),
+                ArgConfig::Template(s) => s.clone(),
+            };
+            let spec = plugin.as_ref().map(|p| (p.args.get(arg), p));
+            if let Some((None, p)) = spec {
+                let declared = p.args.keys().cloned().collect::<Vec<_>>().join(", ");
+                let declared = if declared.is_empty() { "none".to_owned() } else { declared };
+                self.error(
+                    value.referenced,
+                    format!("args.{arg}: plugin `{}` has no argument `{arg}` (declared: {declared})", p.name),
+                );
+                continue;
+            }
+            if is_template(&text) {
+                let name = format!("{number}/arg/{arg}");
+                let spanned = Spanned { value: text.clone(), referenced: value.referenced, defined: value.defined };
+                if self.template(name.clone(), &spanned, &format!("args.{arg}")) {
+                    self.warn_unguaranteed(&name, &spanned, &matcher, &format!("args.{arg}"));
+                }
+                args.push((arg.clone(), ArgSource::Template { template: name, source: text }));
+            } else {
+                if let Some((Some(s), _)) = spec
+                    && let Err(e) = s.check(arg, &RawArg::Text(text.clone()))
+                {
+                    self.error(value.referenced, format!("args.{arg}: {e}"));
+                }
+                args.push((arg.clone(), ArgSource::Literal(text)));
+            }
+        }
+        if let Some(p) = &plugin {
+            for (name, s) in &p.args {
+                if s.required && s.default.is_none() && !r.args.contains_key(name) {
+                    self.error(r.action.referenced, format!("args: plugin `{}` requires argument `{name}`", p.name));
+                }
+            }
+        }
+        // Gates.
+        let dedup_config = r.dedup.as_ref();
+        let window = match dedup_config.and_then(|d| d.window.as_ref()) {
+            Some(w) => self.duration(w, "dedup.window").unwrap_or(policy.default_dedup_window),
+            None => policy.default_dedup_window,
+        };
+        let (key_template, key) = match dedup_config.and_then(|d| d.key.as_ref()) {
+            Some(k) => {
+                let name = format!("{number}/dedup");
+                if self.template(name.clone(), k, "dedup.key") {
+                    self.warn_unguaranteed(&name, k, &matcher, "dedup.key");
+                }
+                (Some(name), k.value.clone())
+            }
+            None => (None, "{{ fingerprint }}/{{ status }}/{{ target }}".to_owned()),
+        };
+        let dedup = Dedup {
+            mode: dedup_config.map(|d| d.mode).unwrap_or_default(),
+            window,
+            key_template,
+            key,
+            clear_on_resolved: dedup_config.is_none_or(|d| d.clear_on_resolved),
+        };
+        let rate = r.rate_limit.clone().unwrap_or_default();
+        let rate_rule = rate.rule.as_ref().and_then(|x| self.rate(x, "rate_limit.rule"));
+        let rate_host = rate.host.as_ref().and_then(|x| self.rate(x, "rate_limit.host"));
+        let safety = r.safety.clone().unwrap_or_default();
+        let remediation = plugin.as_ref().is_some_and(|p| p.class == SafetyClass::Remediation);
+        let blast_radius = match &safety.blast_radius {
+            Some(b) => {
+                let b = self.blast(b, "safety.blast_radius");
+                if !remediation && b.is_some() {
+                    self.warn(
+                        r.action.referenced,
+                        "safety.blast_radius is ignored: the plugin is a diagnostic (only remediations are storm-guarded)"
+                            .into(),
+                    );
+                }
+                b.filter(|_| remediation)
+            }
+            None => remediation.then_some(policy.default_blast_radius),
+        };
+        let breaker = match &safety.breaker {
+            Some(b) => self.breaker(b, "safety.breaker").unwrap_or(policy.default_breaker),
+            None => policy.default_breaker,
+        };
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let plugin = plugin?;
+        Some(Rule {
+            name: Arc::from(r.name.value.as_str()),
+            description: r.description,
+            origin,
+            enabled: r.enabled,
+            matcher,
+            target,
+            action: r.action.value.clone(),
+            plugin,
+            args,
+            dedup,
+            rate_rule,
+            rate_host,
+            blast_radius,
+            breaker,
+            stop: r.stop,
+        })
+    }
+}
+
+/// A rule argument is a template when it contains template syntax; otherwise it is a literal.
+fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%") || s.contains("{#")
+}

@@ -1,0 +1,373 @@
+//! Rule templates: minijinja in strict mode (a missing field is an error, never an empty string), with a fuel
+//! limit and no loader (no file access), rendered against a read-only view of the event.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
+use minijinja::{Environment, UndefinedBehavior};
+
+use crate::event::{AlertStatus, Event};
+
+/// Instructions one render may execute: enough for any sane template, not for a loop over a huge range.
+const FUEL: u64 = 20_000;
+/// Longest rendered text accepted (the BPCS argument limit is the same order).
+pub const MAX_RENDERED_BYTES: usize = 4096;
+
+/// Top-level names a template may use.
+pub const VARIABLES: &[&str] = &[
+    "labels",
+    "annotations",
+    "status",
+    "source",
+    "subject",
+    "fingerprint",
+    "starts_at",
+    "received_at",
+    "correlation_id",
+    "event_id",
+    "rule",
+    "target",
+];
+
+/// Why a template could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+/// All templates of one rule set, compiled once.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Templates")
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Templates::new()
+    }
+}
+
+impl Templates {
+    pub fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(32);
+        env.add_filter("strip_port", strip_port);
+        env.add_filter("short_host", short_host);
+        Templates { env }
+    }
+
+    /// Compiles `source` under `name`; syntax errors are reported here, at load time.
+    pub fn add(&mut self, name: String, source: String) -> Result<(), TemplateError> {
+        self.env.add_template_owned(name, source).map_err(|e| TemplateError(describe(&e)))
+    }
+
+    /// Renders a compiled template.
+    pub fn render(&self, name: &str, context: &Value) -> Result<String, TemplateError> {
+        let template = self.env.get_template(name).map_err(|e| TemplateError(describe(&e)))?;
+        let out = template.render(context).map_err(|e| TemplateError(describe(&e)))?;
+        if out.len() > MAX_RENDERED_BYTES {
+            return Err(TemplateError(format!(
+                "rendered text is {} bytes, the limit is {MAX_RENDERED_BYTES}",
+                out.len()
+            )));
+        }
+        if out.contains('\0') {
+            return Err(TemplateError("rendered text contains a NUL byte".into()));
+        }
+        Ok(out)
+    }
+
+    /// Load-time trial render against a stand-in event: reports unknown filters, tests, functions and methods
+    /// (errors that depend on real values, such as a failed `int` conversion, are left to run time).
+    pub fn probe(&self, name: &str, probe: ProbeContext) -> Result<(), TemplateError> {
+        use minijinja::ErrorKind;
+        let template = self.env.get_template(name).map_err(|e| TemplateError(describe(&e)))?;
+        match template.render(Value::from_object(probe)) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::UnknownFilter
+                        | ErrorKind::UnknownTest
+                        | ErrorKind::UnknownFunction
+                        | ErrorKind::UnknownMethod
+                ) =>
+            {
+                Err(TemplateError(describe(&e)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The dotted label and annotation names a template reads (`labels.instance` → ("labels", "instance")),
+    /// and any top-level name that is not a template variable.
+    pub fn references(&self, name: &str) -> (Vec<(String, String)>, Vec<String>) {
+        let Ok(template) = self.env.get_template(name) else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut fields = Vec::new();
+        let mut unknown = Vec::new();
+        for var in template.undeclared_variables(true) {
+            let mut parts = var.splitn(2, '.');
+            let top = parts.next().unwrap_or_default();
+            match (top, parts.next()) {
+                ("labels" | "annotations", Some(field)) => {
+                    let field = field.split('.').next().unwrap_or(field);
+                    fields.push((top.to_owned(), field.to_owned()));
+                }
+                (top, _) if !VARIABLES.contains(&top) => unknown.push(top.to_owned()),
+                _ => {}
+            }
+        }
+        fields.sort();
+        unknown.sort();
+        unknown.dedup();
+        (fields, unknown)
+    }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut text = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        text.push_str(": ");
+        text.push_str(detail);
+    }
+    if let Some(line) = e.line() {
+        text.push_str(&format!(" (template line {line})"));
+    }
+    text
+}
+
+/// `web-1:9100` → `web-1`, `[::1]:9100` → `::1`; a bare host or IPv6 address is returned as is.
+pub fn strip_port(value: &str) -> String {
+    if let Some(rest) = value.strip_prefix('[')
+        && let Some((host, _)) = rest.split_once(']')
+    {
+        return host.to_owned();
+    }
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host.to_owned()
+        }
+        _ => value.to_owned(),
+    }
+}
+
+/// `web-1.prod.example.com` → `web-1` (the first DNS label; IP addresses are returned as is).
+pub fn short_host(value: &str) -> String {
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return value.to_owned();
+    }
+    value.split('.').next().unwrap_or(value).to_owned()
+}
+
+/// What a template sees: the event, the rule, and (for dedup keys) the rendered target.
+#[derive(Debug)]
+pub struct EventContext {
+    pub event: Arc<Event>,
+    pub rule: Arc<str>,
+    pub target: Option<Arc<str>>,
+    /// Replaces the event's status (a resolved event renders its firing twin's dedup key).
+    pub status: Option<AlertStatus>,
+}
+
+impl EventContext {
+    pub fn into_value(self) -> Value {
+        Value::from_object(self)
+    }
+}
+
+impl Object for EventContext {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let e = &self.event;
+        Some(match key.as_str()? {
+            "labels" => Value::from_object(FieldMap { event: e.clone(), annotations: false }),
+            "annotations" => Value::from_object(FieldMap { event: e.clone(), annotations: true }),
+            "status" => Value::from(self.status.unwrap_or(e.status).as_str()),
+            "source" => Value::from(e.source.as_str()),
+            "subject" => Value::from(e.subject.as_str()),
+            "fingerprint" => Value::from(e.fingerprint.as_str()),
+            "starts_at" => Value::from(e.starts_at?.to_rfc3339()),
+            "received_at" => Value::from(e.received_at.to_rfc3339()),
+            "correlation_id" => Value::from(e.correlation_id.as_str()),
+            "event_id" => Value::from(e.id.to_string()),
+            "rule" => Value::from(&*self.rule),
+            "target" => Value::from(&**self.target.as_ref()?),
+            _ => return None,
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(VARIABLES)
+    }
+}
+
+/// The labels or annotations of an event, as a template map.
+#[derive(Debug)]
+struct FieldMap {
+    event: Arc<Event>,
+    annotations: bool,
+}
+
+impl FieldMap {
+    fn map(&self) -> &BTreeMap<String, String> {
+        if self.annotations { &self.event.annotations } else { &self.event.labels }
+    }
+}
+
+impl Object for FieldMap {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.map().get(key.as_str()?).map(|v| Value::from(v.as_str()))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.map().keys().map(|k| Value::from(k.as_str())).collect())
+    }
+}
+
+/// The load-time stand-in for an event: every label and annotation exists, so a trial render finds syntax,
+/// filter and variable-name mistakes without an event at hand.
+#[derive(Debug)]
+pub struct ProbeContext;
+
+impl Object for ProbeContext {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        if !VARIABLES.contains(&key) {
+            return None;
+        }
+        Some(match key {
+            "labels" | "annotations" => Value::from_object(ProbeMap),
+            "status" => Value::from("firing"),
+            _ => Value::from("probe"),
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(VARIABLES)
+    }
+}
+
+#[derive(Debug)]
+struct ProbeMap;
+
+impl Object for ProbeMap {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        key.as_str().map(|_| Value::from("probe-1:9100"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Source;
+
+    fn event(labels: &[(&str, &str)]) -> Arc<Event> {
+        Arc::new(Event {
+            id: uuid::Uuid::nil(),
+            source: Source::Alertmanager,
+            subject: "hooks.alertmanager".into(),
+            status: AlertStatus::Firing,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            annotations: [("summary".to_string(), "disk full".to_string())].into_iter().collect(),
+            fingerprint: "abc".into(),
+            starts_at: None,
+            received_at: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            correlation_id: "c-1".into(),
+            request: None,
+            raw: Arc::from(""),
+        })
+    }
+
+    fn render(source: &str, e: &Arc<Event>) -> Result<String, TemplateError> {
+        let mut t = Templates::new();
+        t.add("t".into(), source.into())?;
+        let ctx =
+            EventContext { event: e.clone(), rule: Arc::from("r"), target: Some(Arc::from("web-1")), status: None };
+        t.render("t", &ctx.into_value())
+    }
+
+    #[test]
+    fn renders_fields_and_filters() {
+        let e = event(&[("instance", "web-1.prod.example:9100"), ("job", "node")]);
+        let cases = [
+            ("{{ labels.instance | strip_port }}", Ok("web-1.prod.example")),
+            ("{{ labels.instance | strip_port | short_host }}", Ok("web-1")),
+            ("{{ labels['job'] }}/{{ status }}/{{ source }}", Ok("node/firing/alertmanager")),
+            ("{{ annotations.summary | upper }}", Ok("DISK FULL")),
+            ("{{ fingerprint }}:{{ target }}:{{ rule }}", Ok("abc:web-1:r")),
+            ("{% if labels.missing is defined %}x{% else %}y{% endif %}", Ok("y")),
+            ("{{ labels.missing | default('none') }}", Ok("none")),
+        ];
+        for (source, want) in cases {
+            assert_eq!(render(source, &e).as_deref().map_err(|_| ()), want.map_err(|_: ()| ()), "{source}");
+        }
+    }
+
+    #[test]
+    fn missing_fields_unknown_filters_and_runaway_loops_are_errors() {
+        let e = event(&[("job", "node")]);
+        for source in [
+            "{{ labels.instance }}",
+            "{{ nosuchvar }}",
+            "{{ labels.job | nosuchfilter }}",
+            "{% for i in range(100000) %}{{ i }}{% endfor %}",
+            "{{ 'x' * 5000 }}",
+            "{% for i in range(5000) %}xx{% endfor %}",
+        ] {
+            assert!(render(source, &e).is_err(), "{source} should fail");
+        }
+        assert!(Templates::new().add("bad".into(), "{{ labels.x ".into()).is_err());
+    }
+
+    #[test]
+    fn strip_port_cases() {
+        for (input, want) in [
+            ("web-1:9100", "web-1"),
+            ("web-1", "web-1"),
+            ("[::1]:9100", "::1"),
+            ("::1", "::1"),
+            ("10.0.0.1:22", "10.0.0.1"),
+            ("host:", "host:"),
+            ("host:abc", "host:abc"),
+        ] {
+            assert_eq!(strip_port(input), want, "{input}");
+        }
+        assert_eq!(short_host("127.0.0.1"), "127.0.0.1");
+    }
+
+    #[test]
+    fn references_lists_fields_and_unknown_names() {
+        let mut t = Templates::new();
+        t.add("t".into(), "{{ labels.instance }}{{ annotations.summary }}{{ status }}{{ nope }}".into())
+            .unwrap_or_default();
+        let (fields, unknown) = t.references("t");
+        assert_eq!(
+            fields,
+            vec![("annotations".to_owned(), "summary".to_owned()), ("labels".to_owned(), "instance".to_owned())]
+        );
+        assert_eq!(unknown, vec!["nope".to_owned()]);
+    }
+}
