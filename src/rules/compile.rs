@@ -150,17 +150,24 @@ pub fn parse_files(
         let at = raw.referenced;
         let name = raw.value.name.value.clone();
         c.rule = Some(name.clone());
-        if let Some(first) = names.get(&name) {
-            c.error(
-                raw.value.name.referenced,
-                format!("duplicate rule name (first defined at {}:{}:{})", first.file, first.line, first.column),
-            );
-            continue;
-        }
         let origin = Origin { file: file.clone(), line: at.line(), column: at.column() };
-        names.insert(name, origin.clone());
+        let duplicate = match names.get(&name) {
+            Some(first) => {
+                let message =
+                    format!("duplicate rule name (first defined at {}:{}:{})", first.file, first.line, first.column);
+                c.error(raw.value.name.referenced, message);
+                true
+            }
+            None => {
+                names.insert(name, origin.clone());
+                false
+            }
+        };
         let number = rules.len() as u32;
-        if let Some(rule) = c.rule(number, raw.value, origin, &policy) {
+        // A duplicate is still compiled, so that its other mistakes are reported too.
+        if let Some(rule) = c.rule(number, raw.value, origin, &policy)
+            && !duplicate
+        {
             if rule.enabled {
                 index.insert(number, &IndexKey::choose(&rule.matcher));
             }
@@ -194,6 +201,7 @@ pub fn parse_files(
         }
     }
     if !c.errors.is_empty() {
+        c.errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(c.errors);
     }
     Ok(RuleSet {
@@ -699,4 +707,170 @@ impl Compiler<'_> {
 /// A rule argument is a template when it contains template syntax; otherwise it is a literal.
 fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const INVENTORY: &str = "
+hosts:
+  web-1: { transport: local, groups: [web] }
+  web-2: { transport: local, groups: [web] }
+  db-1: { transport: local, groups: [db] }
+";
+
+    pub(crate) fn registry() -> Registry {
+        Registry::load(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins")])
+    }
+
+    pub(crate) fn inventory() -> Inventory {
+        Inventory::parse(INVENTORY, "test", None).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    pub(crate) fn compile(files: &[(&str, &str)]) -> Result<RuleSet, Vec<RuleDiagnostic>> {
+        let files: Vec<(PathBuf, String)> = files.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+        parse_files(&files, &registry(), &inventory())
+    }
+
+    fn errors(files: &[(&str, &str)]) -> Vec<String> {
+        match compile(files) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn shipped_rules_load_without_errors() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let files = load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
+        let set = parse_files(&files, &registry(), &inventory()).unwrap_or_else(|e| panic!("{e:#?}"));
+        let names: Vec<&str> = set.rules.iter().map(|r| &*r.name).collect();
+        assert_eq!(names, ["critical-gather-logs", "docker-down", "nomad-client-down"]);
+        assert!(set.warnings.is_empty(), "{:#?}", set.warnings);
+        assert_eq!(set.unindexed(), 0);
+        assert!(set.policy.remediation_allowed_rules.as_ref().is_some_and(|a| a.contains("docker-down")));
+    }
+
+    #[test]
+    fn every_error_of_every_file_is_reported_with_its_position() {
+        let a = "\
+rules:
+  - name: bad-plugin
+    match: { labels: { alertname: A } }
+    target: { host: web-1 }
+    action: no-such-plugin
+  - name: bad-regex
+    match:
+      labels:
+        alertname: { regex: \"web-(\" }
+    target: { host: web-1 }
+    action: noop
+  - name: bad-arg
+    match: { labels: { alertname: C } }
+    target: { host: nowhere }
+    action: noop
+    args: { colour: red }
+";
+        let b = "\
+rules:
+  - name: bad-template
+    match: { labels: { alertname: D } }
+    target: { host_from: \"{{ lables.instance }}\" }
+    action: noop
+    dedup: { window: 10 minutes please }
+  - name: bad-filter
+    match: { labels: { alertname: E } }
+    target: { host_from: \"{{ labels.instance | no_such_filter }}\" }
+    action: restart-docker
+    args: { service: \"sshd\" }
+  - name: bad-regex
+    match: { labels: { alertname: F } }
+    target: { group: nogroup }
+    action: noop@9.9.9
+";
+        let errs = errors(&[("a.yaml", a), ("b.yaml", b)]);
+        let expect = [
+            "a.yaml:5:13: rule `bad-plugin`: action: unknown action `no-such-plugin`",
+            "a.yaml:9:20: rule `bad-regex`: match.labels.alertname: invalid regex `web-(`",
+            "a.yaml:14:21: rule `bad-arg`: target.host: `nowhere` is not in the inventory",
+            "a.yaml:16:21: rule `bad-arg`: args.colour: plugin `noop` has no argument `colour`",
+            "b.yaml:4:26: rule `bad-template`: target.host_from: template `{{ lables.instance }}` uses unknown variable(s) lables",
+            "b.yaml:6:22: rule `bad-template`: dedup.window `10 minutes please` is not a duration",
+            "b.yaml:9:26: rule `bad-filter`: target.host_from: template `{{ labels.instance | no_such_filter }}`: unknown filter",
+            "b.yaml:11:22: rule `bad-filter`: args.service: argument `service`: value does not match the declared pattern",
+            "b.yaml:12:11: rule `bad-regex`: duplicate rule name (first defined at a.yaml:6:5)",
+            "b.yaml:14:22: rule `bad-regex`: target.group: `nogroup` is not a group of the inventory",
+            "b.yaml:15:13: rule `bad-regex`: action: action `noop` has no version 9.9.9",
+        ];
+        for want in expect {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "missing {want:?} in\n{errs:#?}");
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn shape_errors_in_several_rules_of_one_file_are_all_reported() {
+        let text = "\
+rules:
+  - name: one
+    match: { labels: { alertname: A } }
+    target: { host: web-1 }
+    action: noop
+    colour: red
+  - name: two
+    match: { labels: { alertname: { regx: x } } }
+    target: { host: web-1 }
+    action: noop
+  - name: three
+    match: { status: sometimes }
+    target: { host: web-1 }
+    action: noop
+";
+        let errs = errors(&[("s.yaml", text)]);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        for (e, line) in errs.iter().zip([6, 8, 12]) {
+            assert!(e.starts_with(&format!("s.yaml:{line}:")), "{e} should be on line {line}");
+        }
+    }
+
+    #[test]
+    fn policy_checks() {
+        let p1 = "policy: { remediation: { allowed_rules: [ghost] } }\n";
+        let p2 = "policy: { rate_limit: { global: { count: 0, per: 1m } } }\n";
+        let errs = errors(&[("p1.yaml", p1), ("p2.yaml", p2)]);
+        assert!(errs.iter().any(|e| e.contains("a second `policy` section")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("`ghost`, which is not a rule")), "{errs:#?}");
+        let errs = errors(&[("p.yaml", "policy: { chatops: { allowed_actions: [nope] } }\n")]);
+        assert!(errs[0].contains("`nope`, which is not a known plugin"), "{errs:#?}");
+    }
+
+    #[test]
+    fn warnings_do_not_stop_loading() {
+        let text = "\
+policy: { remediation: { allowed_rules: [] } }
+rules:
+  - name: w
+    match: { labels: { alertname: A } }
+    target: { host_from: \"{{ labels.instance }}\" }
+    action: restart-docker
+";
+        let set = compile(&[("w.yaml", text)]).unwrap_or_else(|e| panic!("{e:#?}"));
+        let w: Vec<String> = set.warnings.iter().map(ToString::to_string).collect();
+        assert!(w.iter().any(|w| w.contains("reads labels.instance, which the match does not require")), "{w:#?}");
+        assert!(w.iter().any(|w| w.contains("not in policy.remediation.allowed_rules")), "{w:#?}");
+        let rule = &set.rules[0];
+        assert_eq!(rule.blast_radius, Some(set.policy.default_blast_radius));
+        assert_eq!(rule.dedup.window, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn hostile_rule_files_give_errors_not_panics() {
+        let long_regex = format!("rules: [{{ name: r, match: {{ labels: {{ a: {{ regex: \"{}\" }} }} }}, target: {{ host: web-1 }}, action: noop }}]\n", "a".repeat(2000));
+        let huge_rep = "rules: [{ name: r, match: { labels: { a: { regex: \"(a{1000}){1000}\" } } }, target: { host: web-1 }, action: noop }]\n";
+        let deep = format!("rules: {}{}\n", "[".repeat(5000), "]".repeat(5000));
+        for text in [long_regex.as_str(), huge_rep, deep.as_str(), "rules: 3\n", ": : :\n", "\0"] {
+            assert!(compile(&[("h.yaml", text)]).is_err(), "{text:.60}");
+        }
+    }
 }
