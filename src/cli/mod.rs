@@ -1,6 +1,7 @@
 //! The `rune` command line: argument parsing, logging set-up, and the documented exit codes.
 
 mod actions;
+pub mod rules;
 mod run;
 
 use std::path::PathBuf;
@@ -72,6 +73,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Pretty)]
         output: OutputFormat,
     },
+    /// Rules: check, list, test against a payload, print the schema.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
     /// Show one plugin's header, arguments and versions.
     PluginInfo {
         /// NAME or NAME@VERSION
@@ -112,5 +116,6 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Run(args) => run::run(*args).await,
         Command::ListActions { plugins, output } => actions::list(&plugins, output),
         Command::PluginInfo { action, plugins, output } => actions::info(&action, &plugins, output),
+        Command::Rules(command) => rules::main(command).await,
     }
 }

@@ -1,0 +1,1042 @@
+//! The decision stage: an event goes through the rules (matching) and the gates, and comes out as decisions —
+//! an admitted run (holding its host lease) or a suppression with its reason. Nothing is dropped silently.
+//!
+//! Gate order for one (rule, host): target → arguments → safety class → circuit breaker → dedup (read) →
+//! blast radius → host lock → rate limits (rule, rule×host, host, global) → dedup claim. The reversible gates
+//! come first and are rolled back when a later one says no, so a suppressed decision leaves no trace in the
+//! dedup store, the blast-radius window or the host locks. `once_after` claims the dedup key at once and parks
+//! the match; the gates from the breaker on run when its window closes ([`Engine::take_due`]).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::bpcs::{RawArg, SafetyClass, check_args};
+use crate::event::{AlertStatus, Event};
+use crate::gate::blast::{BlastRadius as BlastGate, BlastTicket};
+use crate::gate::breaker::{BreakerPermit, BreakerSpec, CircuitBreaker};
+use crate::gate::dedup::{DedupStore, MemoryDedup};
+use crate::gate::lock::{HostLease, HostLocks};
+use crate::gate::ratelimit::{KeyedRateLimit, RateLimit, RateSpec};
+use crate::inventory::Inventory;
+use crate::orchestrator::RunRequest;
+use crate::plugins::{Plugin, Registry};
+use crate::rules::template::EventContext;
+use crate::rules::{ArgSource, DedupMode, MatchKind, Rate, Rule, RuleSet, Target};
+
+/// Name under which chatops decisions are reported (it is not a valid rule name, so no rule can take it).
+pub const CHATOPS_RULE: &str = "chatops";
+
+/// Why a decision did not admit a run. Stable names: they are published and filtered on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressReason {
+    /// A target, argument or dedup-key template failed (e.g. a label it reads is missing).
+    TemplateError,
+    /// The target is not an inventory host (or the group is empty).
+    UnknownTarget,
+    /// The rendered arguments do not satisfy the plugin's declarations.
+    InvalidArgs,
+    /// A remediation plugin for a rule not in `policy.remediation.allowed_rules`.
+    SafetyClass,
+    /// The rule's circuit breaker is open after repeated failures.
+    CircuitOpen,
+    /// The dedup key is held: the same alert already acted (or is collected into a pending run).
+    Duplicate,
+    /// The dedup store could not answer (full, or unreachable): fail closed.
+    DedupUnavailable,
+    /// The rule already remediated its maximum number of distinct hosts within the window.
+    BlastRadius,
+    /// Another remediation holds the host.
+    HostBusy,
+    /// A rate limit (rule, rule×host, host, global or chatops requester) is exhausted.
+    RateLimited,
+    /// A `once_after` window was cancelled by the alert resolving before it closed.
+    ResolvedBeforeWindow,
+    /// The rule was removed by a reload while its `once_after` run was pending.
+    RuleRemoved,
+    /// A chatops request for an action chatops may not run.
+    NotAllowed,
+    /// A chatops request naming an unknown action.
+    InvalidRequest,
+}
+
+impl SuppressReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressReason::TemplateError => "template_error",
+            SuppressReason::UnknownTarget => "unknown_target",
+            SuppressReason::InvalidArgs => "invalid_args",
+            SuppressReason::SafetyClass => "safety_class",
+            SuppressReason::CircuitOpen => "circuit_open",
+            SuppressReason::Duplicate => "duplicate",
+            SuppressReason::DedupUnavailable => "dedup_unavailable",
+            SuppressReason::BlastRadius => "blast_radius",
+            SuppressReason::HostBusy => "host_busy",
+            SuppressReason::RateLimited => "rate_limited",
+            SuppressReason::ResolvedBeforeWindow => "resolved_before_window",
+            SuppressReason::RuleRemoved => "rule_removed",
+            SuppressReason::NotAllowed => "not_allowed",
+            SuppressReason::InvalidRequest => "invalid_request",
+        }
+    }
+}
+
+impl fmt::Display for SuppressReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The gates, in the order they are tried (also the index into [`Trace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gate {
+    Target,
+    Args,
+    SafetyClass,
+    Breaker,
+    Dedup,
+    BlastRadius,
+    HostLock,
+    RateLimit,
+}
+
+impl Gate {
+    pub const ALL: [Gate; 8] = [
+        Gate::Target,
+        Gate::Args,
+        Gate::SafetyClass,
+        Gate::Breaker,
+        Gate::Dedup,
+        Gate::BlastRadius,
+        Gate::HostLock,
+        Gate::RateLimit,
+    ];
+}
+
+/// What one gate did for one decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// An earlier gate already decided.
+    #[default]
+    NotReached,
+    /// The gate does not apply (e.g. blast radius for a diagnostic, dedup `off`).
+    Skipped,
+    Passed,
+    /// The window is open: the match is parked until it closes (`once_after`).
+    Deferred,
+    Suppressed,
+}
+
+/// Every gate's step for one decision (no allocation: one byte per gate).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trace([Step; 8]);
+
+impl Trace {
+    fn set(&mut self, gate: Gate, step: Step) {
+        if let Some(s) = self.0.get_mut(gate as usize) {
+            *s = step;
+        }
+    }
+
+    pub fn get(&self, gate: Gate) -> Step {
+        self.0.get(gate as usize).copied().unwrap_or_default()
+    }
+
+    pub fn steps(&self) -> impl Iterator<Item = (Gate, Step)> + '_ {
+        Gate::ALL.iter().map(|g| (*g, self.get(*g)))
+    }
+}
+
+impl Serialize for Trace {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(Gate::ALL.len()))?;
+        for (g, step) in self.steps() {
+            map.serialize_entry(&g, &step)?;
+        }
+        map.end()
+    }
+}
+
+/// The run an admitted decision may start. Holding it holds the host lease; [`Admission::finish`] reports the
+/// run's outcome to the rule's circuit breaker and releases the host.
+pub struct Admission {
+    lease: Option<HostLease>,
+    permit: Option<(BreakerPermit, Arc<RuleGates>)>,
+}
+
+impl Admission {
+    /// Records the run's outcome (success = the plugin reported ok/warn/skipped) and releases the host lease.
+    pub fn finish(self, success: bool) {
+        if let Some((permit, gates)) = self.permit {
+            gates.breaker.record(permit, success, Instant::now());
+        }
+        drop(self.lease);
+    }
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission").field("holds_host_lease", &self.lease.is_some()).finish()
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Debug)]
+pub enum Verdict {
+    Admitted(Admission),
+    Suppressed { reason: SuppressReason, detail: String },
+    /// `once_after`: parked until the window closes; the run (or suppression) comes from [`Engine::take_due`].
+    Deferred { until: DateTime<Utc> },
+    /// A resolved event cleared the dedup key its firing twin claimed (and cancelled a pending run, if any).
+    Cleared { cancelled_pending: bool },
+}
+
+impl Verdict {
+    fn suppressed(reason: SuppressReason, detail: impl Into<String>) -> Verdict {
+        Verdict::Suppressed { reason, detail: detail.into() }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Admitted(_) => "admitted",
+            Verdict::Suppressed { .. } => "suppressed",
+            Verdict::Deferred { .. } => "deferred",
+            Verdict::Cleared { .. } => "cleared",
+        }
+    }
+
+    pub fn reason(&self) -> Option<SuppressReason> {
+        match self {
+            Verdict::Suppressed { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+/// One decision: a rule (or chatops request) applied to one event and one host.
+#[derive(Debug)]
+pub struct Decision {
+    pub event: Arc<Event>,
+    pub rule: Arc<str>,
+    /// The plugin as resolved (`name@version`); empty when the action could not be resolved.
+    pub action: String,
+    pub plugin: Option<Arc<Plugin>>,
+    /// The target host (as rendered, when it is not a known host).
+    pub host: Option<String>,
+    pub args: BTreeMap<String, String>,
+    pub dedup_key: Option<String>,
+    pub trace: Trace,
+    pub verdict: Verdict,
+    pub decided_at: DateTime<Utc>,
+}
+
+impl Decision {
+    pub fn is_admitted(&self) -> bool {
+        matches!(self.verdict, Verdict::Admitted(_))
+    }
+
+    /// Who the run is attributed to in results and logs.
+    pub fn operator(&self) -> String {
+        match &self.event.request {
+            Some(r) => format!("chatops:{}", r.requester),
+            None => format!("rule:{}", self.rule),
+        }
+    }
+
+    /// The run request an admitted decision hands to the orchestrator (`None` unless admitted).
+    pub fn run_request(&self) -> Option<RunRequest> {
+        if !self.is_admitted() {
+            return None;
+        }
+        let host = self.host.clone()?;
+        Some(RunRequest {
+            action: self.action.clone(),
+            args: self.args.iter().map(|(k, v)| (k.clone(), RawArg::Text(v.clone()))).collect(),
+            hosts: vec![host],
+            groups: Vec::new(),
+            dry_run: false,
+            timeout: None,
+            operator: self.operator(),
+            correlation_id: Some(self.event.correlation_id.clone()),
+            trigger: self.trigger(),
+        })
+    }
+
+    /// What started the run, as the plugin and the result envelope see it.
+    pub fn trigger(&self) -> Value {
+        let e = &self.event;
+        json!({
+            "source": e.source,
+            "rule": &*self.rule,
+            "event_id": e.id,
+            "subject": e.subject,
+            "status": e.status,
+            "fingerprint": e.fingerprint,
+            "labels": e.labels,
+        })
+    }
+
+    /// The decision as published and printed by `rules test --output json`.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "decided_at": self.decided_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "event_id": self.event.id,
+            "correlation_id": self.event.correlation_id,
+            "source": self.event.source,
+            "fingerprint": self.event.fingerprint,
+            "status": self.event.status,
+            "rule": &*self.rule,
+            "action": self.action,
+            "host": self.host,
+            "args": self.args,
+            "dedup_key": self.dedup_key,
+            "decision": self.verdict.kind(),
+            "gates": self.trace,
+        });
+        match &self.verdict {
+            Verdict::Suppressed { reason, detail } => {
+                v["reason"] = json!(reason);
+                v["detail"] = json!(detail);
+            }
+            Verdict::Deferred { until } => v["until"] = json!(until.to_rfc3339()),
+            Verdict::Cleared { cancelled_pending } => v["cancelled_pending"] = json!(cancelled_pending),
+            Verdict::Admitted(_) => {}
+        }
+        v
+    }
+}
+
+/// Gate state of one rule; kept across reloads while the rule's gate settings stay the same.
+pub struct RuleGates {
+    settings: (Option<Rate>, Option<Rate>, Option<crate::rules::BlastRadius>, crate::rules::Breaker),
+    rate_rule: Option<RateLimit>,
+    rate_host: Option<KeyedRateLimit<Arc<str>>>,
+    blast: Option<BlastGate>,
+    breaker: CircuitBreaker,
+}
+
+impl RuleGates {
+    fn new(rule: &Rule) -> RuleGates {
+        let b = rule.breaker;
+        RuleGates {
+            settings: (rule.rate_rule, rule.rate_host, rule.blast_radius, rule.breaker),
+            rate_rule: rule.rate_rule.map(|r| RateLimit::new(rate_spec(r))),
+            rate_host: rule.rate_host.map(|r| KeyedRateLimit::new(rate_spec(r))),
+            blast: rule.blast_radius.map(|br| {
+                BlastGate::new(NonZeroUsize::new(br.max_hosts).unwrap_or(NonZeroUsize::MIN), br.window)
+            }),
+            breaker: CircuitBreaker::new(
+                BreakerSpec::new(
+                    NonZeroU32::new(b.failures).unwrap_or(NonZeroU32::MIN),
+                    NonZeroU32::new(b.of_last).unwrap_or(NonZeroU32::MIN),
+                    b.cool_down,
+                )
+                .unwrap_or_else(|_| BreakerSpec::default()),
+            ),
+        }
+    }
+}
+
+/// Validated rates cannot fail to convert; a zero is impossible after compile, so the fallbacks never apply.
+fn rate_spec(r: Rate) -> RateSpec {
+    let count = NonZeroU32::new(r.count).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(r.burst).unwrap_or(NonZeroU32::MIN);
+    RateSpec::new(count, r.per, burst).unwrap_or_else(|_| RateSpec::default())
+}
+
+/// One loaded rule set with its gate state.
+struct Loaded {
+    rules: Arc<RuleSet>,
+    /// By rule number.
+    gates: Vec<Arc<RuleGates>>,
+    global: Arc<RateLimit>,
+    host: Arc<KeyedRateLimit<Arc<str>>>,
+    requester: Arc<KeyedRateLimit<Arc<str>>>,
+}
+
+/// A `once_after` match waiting for its window to close.
+struct Parked {
+    due: Instant,
+    event: Arc<Event>,
+    rule: Arc<str>,
+    action: String,
+    plugin: Arc<Plugin>,
+    host: String,
+    args: BTreeMap<String, String>,
+    trace: Trace,
+    /// Repeats collected into this run.
+    collected: u64,
+}
+
+/// Summary of a reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadSummary {
+    pub rules: usize,
+    /// Rules whose gate state (rate limiters, breaker, blast window) carried over.
+    pub kept_state: usize,
+}
+
+/// The decision engine: rules, gate state, host locks, parked `once_after` runs.
+pub struct Engine<D: DedupStore = MemoryDedup> {
+    loaded: RwLock<Arc<Loaded>>,
+    registry: Arc<Registry>,
+    inventory: Arc<Inventory>,
+    dedup: D,
+    /// One lease per host across all rules and chatops; leases travel inside admitted decisions and are
+    /// released when the run finishes ([`Admission::finish`]) or the decision is dropped.
+    locks: HostLocks,
+    /// Keyed by the (rule-namespaced) dedup key.
+    parked: Mutex<HashMap<String, Parked>>,
+}
+
+thread_local! {
+    /// Candidate rule numbers, reused across events on this thread.
+    static CANDIDATES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Engine<MemoryDedup> {
+    /// An engine with the in-process dedup store (one instance; the cluster store comes with `rune serve`).
+    pub fn new(rules: RuleSet, registry: Arc<Registry>, inventory: Arc<Inventory>) -> Engine<MemoryDedup> {
+        Engine::with_store(rules, registry, inventory, MemoryDedup::default())
+    }
+}
+
+impl<D: DedupStore> Engine<D> {
+    pub fn with_store(rules: RuleSet, registry: Arc<Registry>, inventory: Arc<Inventory>, dedup: D) -> Engine<D> {
+        let loaded = Self::build(rules, None);
+        Engine {
+            loaded: RwLock::new(Arc::new(loaded)),
+            registry,
+            inventory,
+            dedup,
+            locks: HostLocks::default(),
+            parked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn build(rules: RuleSet, old: Option<&Loaded>) -> Loaded {
+        let gates = rules
+            .rules
+            .iter()
+            .map(|r| {
+                let previous = old.and_then(|o| {
+                    let i = o.rules.rules.iter().position(|x| x.name == r.name)?;
+                    o.gates.get(i).cloned()
+                });
+                match previous {
+                    Some(g) if g.settings == (r.rate_rule, r.rate_host, r.blast_radius, r.breaker) => g,
+                    _ => Arc::new(RuleGates::new(r)),
+                }
+            })
+            .collect();
+        let p = &rules.policy;
+        let keep = |old: Option<&Arc<RateLimit>>, rate: Rate| match old {
+            Some(l) if l.spec() == rate_spec(rate) => l.clone(),
+            _ => Arc::new(RateLimit::new(rate_spec(rate))),
+        };
+        let keep_keyed = |old: Option<&Arc<KeyedRateLimit<Arc<str>>>>, rate: Rate| match old {
+            Some(l) if l.spec() == rate_spec(rate) => l.clone(),
+            _ => Arc::new(KeyedRateLimit::new(rate_spec(rate))),
+        };
+        Loaded {
+            global: keep(old.map(|o| &o.global), p.global),
+            host: keep_keyed(old.map(|o| &o.host), p.host),
+            requester: keep_keyed(old.map(|o| &o.requester), p.chatops_rate),
+            rules: Arc::new(rules),
+            gates,
+        }
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        self.loaded.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The rule set in force.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.current().rules.clone()
+    }
+
+    /// Swaps in a new rule set at once. Gate state carries over for rules whose name and gate settings are
+    /// unchanged. (A rule set that failed to load never gets here: the old one stays in force.)
+    pub fn reload(&self, rules: RuleSet) -> ReloadSummary {
+        let mut slot = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+        let new = Self::build(rules, Some(&slot));
+        let kept = new.gates.iter().filter(|g| slot.gates.iter().any(|o| Arc::ptr_eq(o, g))).count();
+        let summary = ReloadSummary { rules: new.rules.rules.len(), kept_state: kept };
+        *slot = Arc::new(new);
+        summary
+    }
+
+    /// Decides what to do about one event: one decision per matching rule and target host, in rule order.
+    /// An event that matches nothing yields no decision (and costs a few hash lookups).
+    pub async fn decide(&self, event: Arc<Event>) -> Vec<Decision> {
+        let loaded = self.current();
+        if event.request.is_some() {
+            return vec![self.request(&loaded, event).await];
+        }
+        let mut matches: Vec<(u32, MatchKind)> = Vec::new();
+        CANDIDATES.with(|c| {
+            let mut scratch = c.borrow_mut();
+            loaded.rules.matches(&event, &mut scratch, &mut matches);
+        });
+        let mut out = Vec::new();
+        for (number, kind) in matches {
+            let (Some(rule), Some(gates)) =
+                (loaded.rules.rules.get(number as usize), loaded.gates.get(number as usize))
+            else {
+                continue;
+            };
+            self.rule_decisions(&loaded, rule, gates, kind, &event, &mut out).await;
+        }
+        out
+    }
+
+    fn base(&self, event: &Arc<Event>, rule: &Rule) -> Decision {
+        Decision {
+            event: event.clone(),
+            rule: rule.name.clone(),
+            action: format!("{}@{}", rule.plugin.name, rule.plugin.version),
+            plugin: Some(rule.plugin.clone()),
+            host: None,
+            args: BTreeMap::new(),
+            dedup_key: None,
+            trace: Trace::default(),
+            verdict: Verdict::Cleared { cancelled_pending: false },
+            decided_at: Utc::now(),
+        }
+    }
+
+    async fn rule_decisions(
+        &self,
+        loaded: &Loaded,
+        rule: &Rule,
+        gates: &Arc<RuleGates>,
+        kind: MatchKind,
+        event: &Arc<Event>,
+        out: &mut Vec<Decision>,
+    ) {
+        let context = |target: Option<&str>, status: Option<AlertStatus>| {
+            EventContext { event: event.clone(), rule: rule.name.clone(), target: target.map(Arc::from), status }
+                .into_value()
+        };
+        // Target(s).
+        let hosts: Vec<String> = match &rule.target {
+            Target::Host(h) => vec![h.clone()],
+            Target::Group(g) => match self.inventory.select(&[], std::slice::from_ref(g)) {
+                Ok(hosts) => hosts.iter().map(|h| h.name.clone()).collect(),
+                Err(_) => {
+                    let mut d = self.base(event, rule);
+                    d.trace.set(Gate::Target, Step::Suppressed);
+                    d.verdict = Verdict::suppressed(SuppressReason::UnknownTarget, format!("group `{g}` has no hosts"));
+                    out.push(d);
+                    return;
+                }
+            },
+            Target::HostFrom { template, .. } => match loaded.rules.render(template, &context(None, None)) {
+                Ok(h) => vec![h.trim().to_owned()],
+                Err(e) => {
+                    let mut d = self.base(event, rule);
+                    d.trace.set(Gate::Target, Step::Suppressed);
+                    d.verdict = Verdict::suppressed(SuppressReason::TemplateError, format!("target: {e}"));
+                    out.push(d);
+                    return;
+                }
+            },
+        };
+        for host in hosts {
+            let mut d = self.base(event, rule);
+            d.host = Some(truncate(&host, 256));
+            if self.inventory.get(&host).is_none() {
+                d.trace.set(Gate::Target, Step::Suppressed);
+                let detail = format!("`{}` is not an inventory host", truncate(&host, 256));
+                d.verdict = Verdict::suppressed(SuppressReason::UnknownTarget, detail);
+                out.push(d);
+                continue;
+            }
+            d.trace.set(Gate::Target, Step::Passed);
+            let now = Instant::now();
+            if kind == MatchKind::Clear {
+                self.clear(loaded, rule, event, &host, &mut d, &context).await;
+                out.push(d);
+                continue;
+            }
+            let ctx = context(Some(&host), None);
+            if let Err(verdict) = self.render_args(loaded, rule, &ctx, &mut d) {
+                d.verdict = verdict;
+                out.push(d);
+                continue;
+            }
+            // Safety class.
+            if rule.plugin.class == SafetyClass::Remediation
+                && loaded.rules.policy.remediation_allowed_rules.as_ref().is_some_and(|a| !a.contains(&*rule.name))
+            {
+                d.trace.set(Gate::SafetyClass, Step::Suppressed);
+                let detail = format!(
+                    "`{}` is a remediation plugin and rule `{}` is not in policy.remediation.allowed_rules",
+                    rule.plugin.name, rule.name
+                );
+                d.verdict = Verdict::suppressed(SuppressReason::SafetyClass, detail);
+                out.push(d);
+                continue;
+            }
+            d.trace.set(Gate::SafetyClass, Step::Passed);
+            // Dedup key.
+            let key = if rule.dedup.mode == DedupMode::Off {
+                None
+            } else {
+                match self.dedup_key(loaded, rule, event, &host, event.status, &ctx) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        d.trace.set(Gate::Dedup, Step::Suppressed);
+                        d.verdict = Verdict::suppressed(SuppressReason::TemplateError, format!("dedup.key: {e}"));
+                        out.push(d);
+                        continue;
+                    }
+                }
+            };
+            d.dedup_key = key.clone();
+            match (rule.dedup.mode, key) {
+                (DedupMode::OnceAfter, Some(key)) => {
+                    d.trace.set(Gate::Breaker, Step::NotReached);
+                    match self.dedup.claim(&key, rule.dedup.window, now).await {
+                        Ok(true) => {
+                            d.trace.set(Gate::Dedup, Step::Deferred);
+                            let until = Utc::now() + chrono::Duration::from_std(rule.dedup.window).unwrap_or_default();
+                            self.park(key, &d, rule, &host, now + rule.dedup.window);
+                            d.verdict = Verdict::Deferred { until };
+                        }
+                        Ok(false) => {
+                            d.trace.set(Gate::Dedup, Step::Suppressed);
+                            let collected = self.collect(&key);
+                            let detail = if collected {
+                                "repeat collected into the pending run".to_owned()
+                            } else {
+                                format!("key `{key}` is held (once_after)")
+                            };
+                            d.verdict = Verdict::suppressed(SuppressReason::Duplicate, detail);
+                        }
+                        Err(e) => {
+                            d.trace.set(Gate::Dedup, Step::Suppressed);
+                            d.verdict = Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string());
+                        }
+                    }
+                    out.push(d);
+                }
+                (_, key) => {
+                    d.verdict = self.admit(loaded, rule, gates, &host, key.as_deref(), &mut d.trace, now).await;
+                    out.push(d);
+                }
+            }
+        }
+    }
+
+    fn render_args(
+        &self,
+        loaded: &Loaded,
+        rule: &Rule,
+        ctx: &minijinja::Value,
+        d: &mut Decision,
+    ) -> Result<(), Verdict> {
+        for (name, source) in &rule.args {
+            let value = match source {
+                ArgSource::Literal(v) => v.clone(),
+                ArgSource::Template { template, .. } => match loaded.rules.render(template, ctx) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        d.trace.set(Gate::Args, Step::Suppressed);
+                        return Err(Verdict::suppressed(SuppressReason::TemplateError, format!("args.{name}: {e}")));
+                    }
+                },
+            };
+            d.args.insert(name.clone(), value);
+        }
+        let raw: BTreeMap<String, RawArg> = d.args.iter().map(|(k, v)| (k.clone(), RawArg::Text(v.clone()))).collect();
+        if let Err(errors) = check_args(&rule.plugin.args, &raw) {
+            d.trace.set(Gate::Args, Step::Suppressed);
+            let detail = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            return Err(Verdict::suppressed(SuppressReason::InvalidArgs, detail));
+        }
+        d.trace.set(Gate::Args, Step::Passed);
+        Ok(())
+    }
+
+    /// The rule-namespaced dedup key (two rules matching one alert never dedup each other).
+    fn dedup_key(
+        &self,
+        loaded: &Loaded,
+        rule: &Rule,
+        event: &Arc<Event>,
+        host: &str,
+        status: AlertStatus,
+        ctx: &minijinja::Value,
+    ) -> Result<String, crate::rules::template::TemplateError> {
+        let body = match &rule.dedup.key_template {
+            Some(t) => loaded.rules.render(t, ctx)?,
+            None => format!("{}/{}/{}", event.fingerprint, status, host),
+        };
+        Ok(format!("{}/{}", rule.name, body))
+    }
+
+    /// The gates from the breaker on, then the dedup claim; each reversible step is undone if a later one says no.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit(
+        &self,
+        loaded: &Loaded,
+        rule: &Rule,
+        gates: &Arc<RuleGates>,
+        host: &str,
+        key: Option<&str>,
+        trace: &mut Trace,
+        now: Instant,
+    ) -> Verdict {
+        let permit = match gates.breaker.check(now) {
+            Ok(p) => p,
+            Err(open) => {
+                trace.set(Gate::Breaker, Step::Suppressed);
+                return Verdict::suppressed(SuppressReason::CircuitOpen, open.to_string());
+            }
+        };
+        trace.set(Gate::Breaker, Step::Passed);
+        if let Some(key) = key {
+            match self.dedup.is_held(key, now).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    trace.set(Gate::Dedup, Step::Suppressed);
+                    let detail = format!("key `{key}` acted within the last {}", humantime::format_duration(rule.dedup.window));
+                    return Verdict::suppressed(SuppressReason::Duplicate, detail);
+                }
+                Err(e) => {
+                    trace.set(Gate::Dedup, Step::Suppressed);
+                    return Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string());
+                }
+            }
+        } else {
+            trace.set(Gate::Dedup, Step::Skipped);
+        }
+        match self.back_gates(loaded, rule, gates, host, trace, now) {
+            Err(v) => v,
+            Ok((lease, ticket)) => {
+                if let Some(key) = key {
+                    match self.dedup.claim(key, rule.dedup.window, now).await {
+                        Ok(true) => trace.set(Gate::Dedup, Step::Passed),
+                        other => {
+                            if let (Some(t), Some(b)) = (ticket, gates.blast.as_ref()) {
+                                t.rollback(b);
+                            }
+                            trace.set(Gate::Dedup, Step::Suppressed);
+                            return match other {
+                                Err(e) => Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string()),
+                                _ => Verdict::suppressed(SuppressReason::Duplicate, format!("key `{key}` was claimed concurrently")),
+                            };
+                        }
+                    }
+                }
+                Verdict::Admitted(Admission { lease, permit: Some((permit, gates.clone())) })
+            }
+        }
+    }
+
+    /// Blast radius, host lock, rate limits. Ok carries what must be rolled back if the dedup claim fails.
+    fn back_gates(
+        &self,
+        loaded: &Loaded,
+        rule: &Rule,
+        gates: &RuleGates,
+        host: &str,
+        trace: &mut Trace,
+        now: Instant,
+    ) -> Result<(Option<HostLease>, Option<BlastTicket>), Verdict> {
+        let remediation = rule.plugin.class == SafetyClass::Remediation;
+        let ticket = match gates.blast.as_ref() {
+            Some(b) if remediation => match b.try_admit(host, now) {
+                Ok(t) => {
+                    trace.set(Gate::BlastRadius, Step::Passed);
+                    Some(t)
+                }
+                Err(e) => {
+                    trace.set(Gate::BlastRadius, Step::Suppressed);
+                    return Err(Verdict::suppressed(SuppressReason::BlastRadius, e.to_string()));
+                }
+            },
+            _ => {
+                trace.set(Gate::BlastRadius, Step::Skipped);
+                None
+            }
+        };
+        let rollback = |ticket: Option<BlastTicket>| {
+            if let (Some(t), Some(b)) = (ticket, gates.blast.as_ref()) {
+                t.rollback(b);
+            }
+        };
+        let lease = if remediation {
+            match self.locks.try_acquire(host, format!("rule {}", rule.name)) {
+                Ok(l) => {
+                    trace.set(Gate::HostLock, Step::Passed);
+                    Some(l)
+                }
+                Err(busy) => {
+                    rollback(ticket);
+                    trace.set(Gate::HostLock, Step::Suppressed);
+                    return Err(Verdict::suppressed(SuppressReason::HostBusy, busy.to_string()));
+                }
+            }
+        } else {
+            trace.set(Gate::HostLock, Step::Skipped);
+            None
+        };
+        if let Err(detail) = self.rates(loaded, Some(gates), host, None) {
+            rollback(ticket);
+            trace.set(Gate::RateLimit, Step::Suppressed);
+            return Err(Verdict::suppressed(SuppressReason::RateLimited, detail));
+        }
+        trace.set(Gate::RateLimit, Step::Passed);
+        Ok((lease, ticket))
+    }
+
+    /// Rule, rule×host, requester, host, global — in that order; the first exhausted one answers.
+    fn rates(
+        &self,
+        loaded: &Loaded,
+        gates: Option<&RuleGates>,
+        host: &str,
+        requester: Option<&str>,
+    ) -> Result<(), String> {
+        let host_key: Arc<str> = Arc::from(host);
+        if let Some(g) = gates {
+            if let Some(l) = &g.rate_rule {
+                l.check().map_err(|e| format!("rule limit {}: {e}", l.spec()))?;
+            }
+            if let Some(l) = &g.rate_host {
+                l.check(&host_key).map_err(|e| format!("rule limit per host {} on {host}: {e}", l.spec()))?;
+            }
+        }
+        if let Some(r) = requester {
+            let l = &loaded.requester;
+            l.check(&Arc::from(r)).map_err(|e| format!("chatops limit per requester {} for {r}: {e}", l.spec()))?;
+        }
+        loaded.host.check(&host_key).map_err(|e| format!("host limit {} on {host}: {e}", loaded.host.spec()))?;
+        loaded.global.check().map_err(|e| format!("global limit {}: {e}", loaded.global.spec()))
+    }
+
+    async fn clear(
+        &self,
+        loaded: &Loaded,
+        rule: &Rule,
+        event: &Arc<Event>,
+        host: &str,
+        d: &mut Decision,
+        context: &dyn Fn(Option<&str>, Option<AlertStatus>) -> minijinja::Value,
+    ) {
+        let ctx = context(Some(host), Some(AlertStatus::Firing));
+        let key = match self.dedup_key(loaded, rule, event, host, AlertStatus::Firing, &ctx) {
+            Ok(k) => k,
+            Err(e) => {
+                d.trace.set(Gate::Dedup, Step::Suppressed);
+                d.verdict = Verdict::suppressed(SuppressReason::TemplateError, format!("dedup.key: {e}"));
+                return;
+            }
+        };
+        let cancelled = self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&key).is_some();
+        let _ = self.dedup.release(&key).await;
+        d.trace.set(Gate::Dedup, Step::Passed);
+        d.dedup_key = Some(key);
+        d.verdict = Verdict::Cleared { cancelled_pending: cancelled };
+    }
+
+    fn park(&self, key: String, d: &Decision, rule: &Rule, host: &str, due: Instant) {
+        let parked = Parked {
+            due,
+            event: d.event.clone(),
+            rule: rule.name.clone(),
+            action: d.action.clone(),
+            plugin: rule.plugin.clone(),
+            host: host.to_owned(),
+            args: d.args.clone(),
+            trace: d.trace,
+            collected: 0,
+        };
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).insert(key, parked);
+    }
+
+    fn collect(&self, key: &str) -> bool {
+        match self.parked.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key) {
+            Some(p) => {
+                p.collected += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When the earliest parked `once_after` run is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).values().map(|p| p.due).min()
+    }
+
+    /// Runs the remaining gates for every parked run whose window has closed by `now`.
+    pub async fn take_due(&self, now: Instant) -> Vec<Decision> {
+        let due: Vec<(String, Parked)> = {
+            let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<String> = parked.iter().filter(|(_, p)| p.due <= now).map(|(k, _)| k.clone()).collect();
+            keys.into_iter().filter_map(|k| parked.remove(&k).map(|p| (k, p))).collect()
+        };
+        let loaded = self.current();
+        let mut out = Vec::with_capacity(due.len());
+        for (key, p) in due {
+            let mut d = Decision {
+                event: p.event,
+                rule: p.rule.clone(),
+                action: p.action,
+                plugin: Some(p.plugin),
+                host: Some(p.host.clone()),
+                args: p.args,
+                dedup_key: Some(key),
+                trace: p.trace,
+                verdict: Verdict::Cleared { cancelled_pending: false },
+                decided_at: Utc::now(),
+            };
+            d.trace.set(Gate::Dedup, Step::Passed);
+            let found = loaded.rules.rules.iter().position(|r| r.name == p.rule);
+            let Some((rule, gates)) = found.and_then(|i| Some((loaded.rules.rules.get(i)?, loaded.gates.get(i)?)))
+            else {
+                d.verdict = Verdict::suppressed(SuppressReason::RuleRemoved, "the rule was removed by a reload");
+                out.push(d);
+                continue;
+            };
+            d.verdict = match gates.breaker.check(now) {
+                Err(open) => {
+                    d.trace.set(Gate::Breaker, Step::Suppressed);
+                    Verdict::suppressed(SuppressReason::CircuitOpen, open.to_string())
+                }
+                Ok(permit) => {
+                    d.trace.set(Gate::Breaker, Step::Passed);
+                    match self.back_gates(&loaded, rule, gates, &p.host, &mut d.trace, now) {
+                        Ok((lease, _)) => Verdict::Admitted(Admission { lease, permit: Some((permit, gates.clone())) }),
+                        Err(v) => v,
+                    }
+                }
+            };
+            if p.collected > 0 {
+                tracing::debug!(rule = %p.rule, collected = p.collected, "once_after window closed");
+            }
+            out.push(d);
+        }
+        out
+    }
+
+    /// A chatops request: no matching, but the policy's allow-list, the inventory, the argument checks, the host
+    /// lock and the rate limits (per requester, per host, global) all apply.
+    async fn request(&self, loaded: &Loaded, event: Arc<Event>) -> Decision {
+        let mut d = Decision {
+            event: event.clone(),
+            rule: Arc::from(CHATOPS_RULE),
+            action: String::new(),
+            plugin: None,
+            host: None,
+            args: BTreeMap::new(),
+            dedup_key: None,
+            trace: Trace::default(),
+            verdict: Verdict::Cleared { cancelled_pending: false },
+            decided_at: Utc::now(),
+        };
+        let Some(req) = event.request.clone() else {
+            d.verdict = Verdict::suppressed(SuppressReason::InvalidRequest, "not a chatops request");
+            return d;
+        };
+        d.action = req.action.clone();
+        d.host = Some(truncate(&req.target, 256));
+        d.trace.set(Gate::Breaker, Step::Skipped);
+        d.trace.set(Gate::Dedup, Step::Skipped);
+        d.trace.set(Gate::BlastRadius, Step::Skipped);
+        let plugin = match self.registry.resolve(&req.action) {
+            Ok(p) => p,
+            Err(e) => {
+                d.trace.set(Gate::SafetyClass, Step::Suppressed);
+                d.verdict = Verdict::suppressed(SuppressReason::InvalidRequest, e.to_string());
+                return d;
+            }
+        };
+        d.action = format!("{}@{}", plugin.name, plugin.version);
+        d.plugin = Some(plugin.clone());
+        let allowed = match &loaded.rules.policy.chatops_allowed_actions {
+            Some(list) => list.contains(&plugin.name) || list.contains(&req.action),
+            None => plugin.class == SafetyClass::Diagnostic,
+        };
+        if !allowed {
+            d.trace.set(Gate::SafetyClass, Step::Suppressed);
+            let detail = format!(
+                "chatops may not run `{}` ({:?}); see policy.chatops.allowed_actions",
+                plugin.name, plugin.class
+            );
+            d.verdict = Verdict::suppressed(SuppressReason::NotAllowed, detail);
+            return d;
+        }
+        d.trace.set(Gate::SafetyClass, Step::Passed);
+        if self.inventory.get(&req.target).is_none() {
+            d.trace.set(Gate::Target, Step::Suppressed);
+            let detail = format!("`{}` is not an inventory host", truncate(&req.target, 256));
+            d.verdict = Verdict::suppressed(SuppressReason::UnknownTarget, detail);
+            return d;
+        }
+        d.trace.set(Gate::Target, Step::Passed);
+        let raw: BTreeMap<String, RawArg> = req.args.iter().map(|(k, v)| (k.clone(), RawArg::Json(v.clone()))).collect();
+        match check_args(&plugin.args, &raw) {
+            Ok(values) => {
+                d.args = req.args.keys().filter_map(|k| Some((k.clone(), values.get(k)?.as_env_string()))).collect();
+                d.trace.set(Gate::Args, Step::Passed);
+            }
+            Err(errors) => {
+                d.trace.set(Gate::Args, Step::Suppressed);
+                let detail = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                d.verdict = Verdict::suppressed(SuppressReason::InvalidArgs, detail);
+                return d;
+            }
+        }
+        let lease = if plugin.class == SafetyClass::Remediation {
+            match self.locks.try_acquire(&req.target, format!("chatops {}", req.requester)) {
+                Ok(l) => {
+                    d.trace.set(Gate::HostLock, Step::Passed);
+                    Some(l)
+                }
+                Err(busy) => {
+                    d.trace.set(Gate::HostLock, Step::Suppressed);
+                    d.verdict = Verdict::suppressed(SuppressReason::HostBusy, busy.to_string());
+                    return d;
+                }
+            }
+        } else {
+            d.trace.set(Gate::HostLock, Step::Skipped);
+            None
+        };
+        if let Err(detail) = self.rates(loaded, None, &req.target, Some(&req.requester)) {
+            d.trace.set(Gate::RateLimit, Step::Suppressed);
+            d.verdict = Verdict::suppressed(SuppressReason::RateLimited, detail);
+            return d;
+        }
+        d.trace.set(Gate::RateLimit, Step::Passed);
+        d.verdict = Verdict::Admitted(Admission { lease, permit: None });
+        d
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
