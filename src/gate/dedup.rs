@@ -296,6 +296,25 @@ mod tests {
         assert!(dedup.is_empty());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_of_one_key_have_one_winner() {
+        let dedup = std::sync::Arc::new(MemoryDedup::default());
+        let now = Instant::now();
+        let claims: Vec<_> = (0..20)
+            .map(|_| {
+                let dedup = std::sync::Arc::clone(&dedup);
+                tokio::spawn(async move { dedup.claim("a", MINUTE, now).await })
+            })
+            .collect();
+        let mut winners = 0;
+        for claim in claims {
+            if claim.await.unwrap().unwrap() {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Claim { key: usize, window_ms: u64 },

@@ -4,6 +4,9 @@
 //! host [`lock`] → [`ratelimit`]s → [`dedup`] claim. Every refusal is a value carrying its reason. Time is a
 //! `tokio::time::Instant` passed in as `now`, except in the rate limiters, which read [`clock::TokioClock`].
 
+pub mod blast;
+pub mod breaker;
 pub mod clock;
 pub mod dedup;
+pub mod lock;
 pub mod ratelimit;
