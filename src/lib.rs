@@ -16,12 +16,15 @@
 //! - [`orchestrator`]: turns a run request into per-host runs with bounded parallelism.
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
+//! - [`gate`]: the gate primitives a rule passes before it runs (circuit breaker, dedup, blast radius, host
+//!   locks, rate limits); each refusal is a value with a reason.
 //! - [`results`]: the result envelope every run produces, whoever started it.
 //! - [`cli`]: the `rune` command line.
 
 pub mod bpcs;
 pub mod cli;
 pub mod event;
+pub mod gate;
 pub mod inventory;
 pub mod mediator;
 pub mod orchestrator;

@@ -1,0 +1,340 @@
+//! Rate limits: a validated [`RateSpec`] and the governor limiters built from it, one shared ([`RateLimit`]) or one
+//! per key ([`KeyedRateLimit`]), both on [`TokioClock`].
+
+use std::fmt;
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota, RateLimiter};
+
+use crate::gate::clock::{TokioClock, TokioInstant};
+
+/// The longest time a full burst may take to refill. Governor counts time in `u64` nanoseconds (about 584 years)
+/// and panics beyond; no sane rate limit comes near this bound.
+pub const MAX_BURST_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// How many checks a [`KeyedRateLimit`] makes between two sweeps of its idle keys, by default.
+pub const DEFAULT_RETAIN_EVERY: NonZeroU32 = NonZeroU32::MIN.saturating_add(4095);
+
+/// `count` permits per `per`, in bursts of up to `burst`: one permit comes back every `per / count`, and at most
+/// `burst` permits are banked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    count: NonZeroU32,
+    per: Duration,
+    burst: NonZeroU32,
+    /// The governor quota computed from the three above by [`RateSpec::new`].
+    quota: Quota,
+}
+
+/// Why a [`RateSpec`] is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateSpecError {
+    #[error("rate limit period must be longer than zero")]
+    ZeroPeriod,
+    #[error("rate limit of {count} per {per:?} is finer than one permit per nanosecond")]
+    TooFine { count: NonZeroU32, per: Duration },
+    #[error("rate limit of {count} per {per:?} with burst {burst} takes longer than {MAX_BURST_REFILL:?} to refill")]
+    TooLong { count: NonZeroU32, per: Duration, burst: NonZeroU32 },
+}
+
+impl RateSpec {
+    /// Validates a rate: `per` must be longer than zero, `per / count` at least one nanosecond, and the refill of a
+    /// whole burst (`burst * per / count`) at most [`MAX_BURST_REFILL`].
+    pub fn new(count: NonZeroU32, per: Duration, burst: NonZeroU32) -> Result<RateSpec, RateSpecError> {
+        if per.is_zero() {
+            return Err(RateSpecError::ZeroPeriod);
+        }
+        let interval = per / count.get();
+        match interval.checked_mul(burst.get()) {
+            Some(refill) if refill > MAX_BURST_REFILL => Err(RateSpecError::TooLong { count, per, burst }),
+            None => Err(RateSpecError::TooLong { count, per, burst }),
+            Some(_) => match Quota::with_period(interval) {
+                Some(quota) => Ok(RateSpec { count, per, burst, quota: quota.allow_burst(burst) }),
+                None => Err(RateSpecError::TooFine { count, per }),
+            },
+        }
+    }
+
+    pub fn count(&self) -> NonZeroU32 {
+        self.count
+    }
+
+    pub fn per(&self) -> Duration {
+        self.per
+    }
+
+    pub fn burst(&self) -> NonZeroU32 {
+        self.burst
+    }
+
+    /// The time after which one spent permit comes back: `per / count`, rounded down to the nanosecond.
+    pub fn replenish_interval(&self) -> Duration {
+        self.per / self.count.get()
+    }
+
+    /// The governor quota: one permit every [`replenish_interval`](Self::replenish_interval), `burst` at most.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+}
+
+impl fmt::Display for RateSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} per {:?} (burst {})", self.count, self.per, self.burst)
+    }
+}
+
+/// A refusal by a rate limit: no permit is left; the next comes back after `retry_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limited: next permit in {retry_after:?}")]
+pub struct RateLimited {
+    pub retry_after: Duration,
+}
+
+fn refusal(not_until: &NotUntil<TokioInstant>, clock: &TokioClock) -> RateLimited {
+    use governor::clock::Clock;
+    RateLimited { retry_after: not_until.wait_time_from(clock.now()) }
+}
+
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
+type KeyedLimiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, TokioClock, NoOpMiddleware<TokioInstant>>;
+
+/// One rate limit shared by every caller (e.g. all runs of one rule).
+#[derive(Debug)]
+pub struct RateLimit {
+    spec: RateSpec,
+    limiter: DirectLimiter,
+}
+
+impl RateLimit {
+    pub fn new(spec: RateSpec) -> RateLimit {
+        RateLimit { spec, limiter: RateLimiter::direct_with_clock(spec.quota(), TokioClock) }
+    }
+
+    pub fn spec(&self) -> RateSpec {
+        self.spec
+    }
+
+    /// Takes one permit, or says how long until the next one.
+    pub fn check(&self) -> Result<(), RateLimited> {
+        self.limiter.check().map_err(|not_until| refusal(&not_until, self.limiter.clock()))
+    }
+}
+
+/// One rate limit per key (e.g. per host), each key with its own budget of the same [`RateSpec`].
+///
+/// Idle keys are swept every `retain_every` checks, so the key set stays bounded by the keys checked within about one
+/// burst refill plus one interval (governor forgets a key one replenish interval after its budget is full again).
+pub struct KeyedRateLimit<K: Hash + Eq + Clone> {
+    spec: RateSpec,
+    limiter: KeyedLimiter<K>,
+    /// Checks since the last sweep of idle keys; `check` sweeps and restarts it every `retain_every` checks.
+    checks: AtomicU64,
+    retain_every: NonZeroU32,
+}
+
+impl<K: Hash + Eq + Clone> KeyedRateLimit<K> {
+    /// A keyed limit that sweeps idle keys every [`DEFAULT_RETAIN_EVERY`] checks.
+    pub fn new(spec: RateSpec) -> KeyedRateLimit<K> {
+        KeyedRateLimit::with_retain_every(spec, DEFAULT_RETAIN_EVERY)
+    }
+
+    /// A keyed limit that sweeps idle keys every `retain_every` checks.
+    pub fn with_retain_every(spec: RateSpec, retain_every: NonZeroU32) -> KeyedRateLimit<K> {
+        KeyedRateLimit {
+            spec,
+            limiter: RateLimiter::new(spec.quota(), DefaultKeyedStateStore::default(), TokioClock),
+            checks: AtomicU64::new(0),
+            retain_every,
+        }
+    }
+
+    pub fn spec(&self) -> RateSpec {
+        self.spec
+    }
+
+    /// Takes one permit for `key`, or says how long until its next one. Every `retain_every`-th call first sweeps
+    /// idle keys.
+    pub fn check(&self, key: &K) -> Result<(), RateLimited> {
+        let checks = self.checks.fetch_add(1, Ordering::Relaxed) + 1;
+        if checks.is_multiple_of(u64::from(self.retain_every.get())) {
+            self.retain_recent();
+        }
+        self.limiter.check_key(key).map_err(|not_until| refusal(&not_until, self.limiter.clock()))
+    }
+
+    /// Forgets the keys whose budget has been full again for one replenish interval; they behave exactly like keys
+    /// never seen. Keys still short of permits are kept.
+    pub fn retain_recent(&self) {
+        self.limiter.retain_recent();
+    }
+
+    /// The number of keys tracked (active ones plus idle ones not yet swept).
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
+}
+
+impl<K: Hash + Eq + Clone> fmt::Debug for KeyedRateLimit<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimit").field("spec", &self.spec).field("keys", &self.len()).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    fn spec(count: u32, per: Duration, burst: u32) -> RateSpec {
+        RateSpec::new(nz(count), per, nz(burst)).unwrap()
+    }
+
+    #[test]
+    fn spec_validation() {
+        let cases: &[(u32, Duration, u32, Option<RateSpecError>)] = &[
+            (1, Duration::from_secs(60), 1, None),
+            (5, Duration::from_secs(3600), 10, None),
+            (1, Duration::from_nanos(1), 1, None),
+            (1, Duration::ZERO, 1, Some(RateSpecError::ZeroPeriod)),
+            (
+                2,
+                Duration::from_nanos(1),
+                1,
+                Some(RateSpecError::TooFine { count: nz(2), per: Duration::from_nanos(1) }),
+            ),
+            (1, MAX_BURST_REFILL, 1, None),
+            (
+                1,
+                MAX_BURST_REFILL,
+                2,
+                Some(RateSpecError::TooLong { count: nz(1), per: MAX_BURST_REFILL, burst: nz(2) }),
+            ),
+            (
+                1,
+                Duration::MAX,
+                u32::MAX,
+                Some(RateSpecError::TooLong { count: nz(1), per: Duration::MAX, burst: nz(u32::MAX) }),
+            ),
+        ];
+        for (count, per, burst, expected) in cases {
+            let got = RateSpec::new(nz(*count), *per, nz(*burst));
+            match expected {
+                None => assert!(got.is_ok(), "{count} per {per:?} burst {burst}: {got:?}"),
+                Some(error) => assert_eq!(got.as_ref(), Err(error), "{count} per {per:?} burst {burst}"),
+            }
+        }
+    }
+
+    #[test]
+    fn spec_to_quota() {
+        let quota = spec(6, Duration::from_secs(60), 3).quota();
+        assert_eq!(quota.replenish_interval(), Duration::from_secs(10));
+        assert_eq!(quota.burst_size(), nz(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_refusal_then_refill_after_exactly_the_interval() {
+        // 2 per minute: one permit back every 30 s; bursts of 3.
+        let limit = RateLimit::new(spec(2, Duration::from_secs(60), 3));
+        for n in 0..3 {
+            assert_eq!(limit.check(), Ok(()), "burst permit {n}");
+        }
+        assert_eq!(limit.check(), Err(RateLimited { retry_after: Duration::from_secs(30) }));
+
+        advance(Duration::from_secs(10)).await;
+        assert_eq!(limit.check(), Err(RateLimited { retry_after: Duration::from_secs(20) }));
+
+        advance(Duration::from_secs(20) - Duration::from_nanos(1)).await;
+        assert_eq!(limit.check(), Err(RateLimited { retry_after: Duration::from_nanos(1) }));
+
+        advance(Duration::from_nanos(1)).await;
+        assert_eq!(limit.check(), Ok(()), "refilled after exactly the interval");
+        assert_eq!(limit.check(), Err(RateLimited { retry_after: Duration::from_secs(30) }), "only one came back");
+
+        // A full refill gives the whole burst back, and no more.
+        advance(Duration::from_secs(90)).await;
+        for n in 0..3 {
+            assert_eq!(limit.check(), Ok(()), "refilled burst permit {n}");
+        }
+        assert!(limit.check().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keyed_limits_are_independent_per_key() {
+        let limit = KeyedRateLimit::new(spec(1, Duration::from_secs(60), 1));
+        assert_eq!(limit.check(&"web-1"), Ok(()));
+        assert_eq!(limit.check(&"web-1"), Err(RateLimited { retry_after: Duration::from_secs(60) }));
+        assert_eq!(limit.check(&"web-2"), Ok(()), "another key has its own budget");
+        assert!(limit.check(&"web-2").is_err());
+
+        advance(Duration::from_secs(30)).await;
+        assert_eq!(limit.check(&"web-3"), Ok(()));
+        advance(Duration::from_secs(30)).await;
+        assert_eq!(limit.check(&"web-1"), Ok(()));
+        assert_eq!(limit.check(&"web-3"), Err(RateLimited { retry_after: Duration::from_secs(30) }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retain_recent_forgets_only_idle_keys() {
+        // 1 per 10 s, burst 2. Key 1 spends one permit (full again at 10 s), key 2 both (full again at 20 s);
+        // governor forgets a key one interval after it is full again.
+        let limit = KeyedRateLimit::new(spec(1, Duration::from_secs(10), 2));
+        limit.check(&1).unwrap();
+        limit.check(&2).unwrap();
+        limit.check(&2).unwrap();
+        assert_eq!(limit.len(), 2);
+
+        advance(Duration::from_secs(20) - Duration::from_nanos(1)).await;
+        limit.retain_recent();
+        assert_eq!(limit.len(), 2);
+
+        advance(Duration::from_nanos(1)).await;
+        limit.retain_recent();
+        assert_eq!(limit.len(), 1, "key 1 is forgotten, key 2 not yet");
+
+        advance(Duration::from_secs(10)).await;
+        limit.retain_recent();
+        assert!(limit.is_empty());
+
+        // A forgotten key behaves like a new one.
+        assert_eq!(limit.check(&2), Ok(()));
+        assert_eq!(limit.check(&2), Ok(()));
+        assert!(limit.check(&2).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn check_sweeps_idle_keys_by_itself() {
+        let limit = KeyedRateLimit::with_retain_every(spec(1, Duration::from_secs(1), 1), nz(4));
+        for key in 0..3 {
+            limit.check(&key).unwrap();
+        }
+        assert_eq!(limit.len(), 3);
+        advance(Duration::from_secs(2)).await;
+        // The 4th check sweeps the three idle keys first, then adds its own.
+        limit.check(&100).unwrap();
+        assert_eq!(limit.len(), 1);
+
+        // Many distinct keys over time never pile up beyond what one sweep period adds.
+        for key in 0..10_000u32 {
+            limit.check(&key).unwrap();
+            advance(Duration::from_millis(250)).await;
+            // Kept: keys checked in the last 2 s (8), plus those since the last sweep (up to 3 more).
+            assert!(limit.len() <= 12, "{} keys after key {key}", limit.len());
+        }
+    }
+}
