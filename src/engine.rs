@@ -10,7 +10,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -29,7 +28,7 @@ use crate::inventory::Inventory;
 use crate::orchestrator::RunRequest;
 use crate::plugins::{Plugin, Registry};
 use crate::rules::template::EventContext;
-use crate::rules::{ArgSource, DedupMode, MatchKind, Rate, Rule, RuleSet, Target};
+use crate::rules::{ArgSource, DedupMode, MatchKind, Rule, RuleSet, Target};
 
 /// Name under which chatops decisions are reported (it is not a valid rule name, so no rule can take it).
 pub const CHATOPS_RULE: &str = "chatops";
@@ -319,7 +318,7 @@ impl Decision {
 
 /// Gate state of one rule; kept across reloads while the rule's gate settings stay the same.
 pub struct RuleGates {
-    settings: (Option<Rate>, Option<Rate>, Option<crate::rules::BlastRadius>, crate::rules::Breaker),
+    settings: (Option<RateSpec>, Option<RateSpec>, Option<crate::rules::BlastRadius>, BreakerSpec),
     rate_rule: Option<RateLimit>,
     rate_host: Option<KeyedRateLimit<Arc<str>>>,
     blast: Option<BlastGate>,
@@ -328,31 +327,14 @@ pub struct RuleGates {
 
 impl RuleGates {
     fn new(rule: &Rule) -> RuleGates {
-        let b = rule.breaker;
         RuleGates {
             settings: (rule.rate_rule, rule.rate_host, rule.blast_radius, rule.breaker),
-            rate_rule: rule.rate_rule.map(|r| RateLimit::new(rate_spec(r))),
-            rate_host: rule.rate_host.map(|r| KeyedRateLimit::new(rate_spec(r))),
-            blast: rule.blast_radius.map(|br| {
-                BlastGate::new(NonZeroUsize::new(br.max_hosts).unwrap_or(NonZeroUsize::MIN), br.window)
-            }),
-            breaker: CircuitBreaker::new(
-                BreakerSpec::new(
-                    NonZeroU32::new(b.failures).unwrap_or(NonZeroU32::MIN),
-                    NonZeroU32::new(b.of_last).unwrap_or(NonZeroU32::MIN),
-                    b.cool_down,
-                )
-                .unwrap_or_else(|_| BreakerSpec::default()),
-            ),
+            rate_rule: rule.rate_rule.map(RateLimit::new),
+            rate_host: rule.rate_host.map(KeyedRateLimit::new),
+            blast: rule.blast_radius.map(|b| BlastGate::new(b.max_hosts, b.window)),
+            breaker: CircuitBreaker::new(rule.breaker),
         }
     }
-}
-
-/// Validated rates cannot fail to convert; a zero is impossible after compile, so the fallbacks never apply.
-fn rate_spec(r: Rate) -> RateSpec {
-    let count = NonZeroU32::new(r.count).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(r.burst).unwrap_or(NonZeroU32::MIN);
-    RateSpec::new(count, r.per, burst).unwrap_or_else(|_| RateSpec::default())
 }
 
 /// One loaded rule set with its gate state.
@@ -441,13 +423,13 @@ impl<D: DedupStore> Engine<D> {
             })
             .collect();
         let p = &rules.policy;
-        let keep = |old: Option<&Arc<RateLimit>>, rate: Rate| match old {
-            Some(l) if l.spec() == rate_spec(rate) => l.clone(),
-            _ => Arc::new(RateLimit::new(rate_spec(rate))),
+        let keep = |old: Option<&Arc<RateLimit>>, rate: RateSpec| match old {
+            Some(l) if l.spec() == rate => l.clone(),
+            _ => Arc::new(RateLimit::new(rate)),
         };
-        let keep_keyed = |old: Option<&Arc<KeyedRateLimit<Arc<str>>>>, rate: Rate| match old {
-            Some(l) if l.spec() == rate_spec(rate) => l.clone(),
-            _ => Arc::new(KeyedRateLimit::new(rate_spec(rate))),
+        let keep_keyed = |old: Option<&Arc<KeyedRateLimit<Arc<str>>>>, rate: RateSpec| match old {
+            Some(l) if l.spec() == rate => l.clone(),
+            _ => Arc::new(KeyedRateLimit::new(rate)),
         };
         Loaded {
             global: keep(old.map(|o| &o.global), p.global),
@@ -780,7 +762,7 @@ impl<D: DedupStore> Engine<D> {
             }
         };
         let lease = if remediation {
-            match self.locks.try_acquire(host, format!("rule {}", rule.name)) {
+            match self.locks.try_acquire(host, format!("rule {}", rule.name), now) {
                 Ok(l) => {
                     trace.set(Gate::HostLock, Step::Passed);
                     Some(l)
@@ -1004,7 +986,7 @@ impl<D: DedupStore> Engine<D> {
             }
         }
         let lease = if plugin.class == SafetyClass::Remediation {
-            match self.locks.try_acquire(&req.target, format!("chatops {}", req.requester)) {
+            match self.locks.try_acquire(&req.target, format!("chatops {}", req.requester), Instant::now()) {
                 Ok(l) => {
                     d.trace.set(Gate::HostLock, Step::Passed);
                     Some(l)
@@ -1039,4 +1021,356 @@ fn truncate(s: &str, max: usize) -> String {
         cut -= 1;
     }
     format!("{}…", &s[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::event::{ChatopsRequest, Source};
+    use crate::rules::compile::tests::{compile, inventory, registry};
+
+    fn engine(yaml: &str) -> Engine {
+        let set = compile(&[("t.yaml", yaml)]).unwrap_or_else(|e| panic!("{e:#?}"));
+        Engine::new(set, Arc::new(registry()), Arc::new(inventory()))
+    }
+
+    fn event(status: AlertStatus, fingerprint: &str, labels: &[(&str, &str)]) -> Arc<Event> {
+        Arc::new(Event {
+            id: uuid::Uuid::now_v7(),
+            source: Source::Alertmanager,
+            subject: "hooks.alertmanager".into(),
+            status,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            annotations: BTreeMap::new(),
+            fingerprint: fingerprint.into(),
+            starts_at: None,
+            received_at: Utc::now(),
+            correlation_id: "corr-1".into(),
+            request: None,
+            raw: Arc::from("{}"),
+        })
+    }
+
+    fn firing(fp: &str, labels: &[(&str, &str)]) -> Arc<Event> {
+        event(AlertStatus::Firing, fp, labels)
+    }
+
+    /// (rule, verdict kind, reason) of each decision.
+    async fn decide(e: &Engine, ev: Arc<Event>) -> Vec<(String, &'static str, Option<SuppressReason>)> {
+        e.decide(ev).await.iter().map(|d| (d.rule.to_string(), d.verdict.kind(), d.verdict.reason())).collect()
+    }
+
+    fn one(kind: &'static str, reason: Option<SuppressReason>) -> Vec<(String, &'static str, Option<SuppressReason>)> {
+        vec![("r".to_owned(), kind, reason)]
+    }
+
+    const DIAG: &str = "
+rules:
+  - name: r
+    match: { labels: { alertname: A } }
+    target: { host_from: \"{{ labels.instance | strip_port }}\" }
+    action: noop
+    args: { message: \"{{ labels.alertname }} on {{ target }}\" }
+    dedup: { window: 10m }
+";
+
+    #[tokio::test(start_paused = true)]
+    async fn once_within_admits_the_first_and_suppresses_repeats_until_the_window_ends() {
+        let e = engine(DIAG);
+        let a = || firing("fp1", &[("alertname", "A"), ("instance", "web-1:9100")]);
+        let ds = e.decide(a()).await;
+        assert_eq!(ds.len(), 1);
+        assert!(ds[0].is_admitted(), "{:?}", ds[0].verdict);
+        assert_eq!(ds[0].host.as_deref(), Some("web-1"));
+        assert_eq!(ds[0].args.get("message").map(String::as_str), Some("A on web-1"));
+        assert_eq!(ds[0].dedup_key.as_deref(), Some("r/fp1/firing/web-1"));
+        let request = ds[0].run_request().unwrap_or_default();
+        assert_eq!(request.hosts, ["web-1"]);
+        assert_eq!(request.operator, "rule:r");
+        assert_eq!(request.trigger["rule"], "r");
+        assert_eq!(decide(&e, a()).await, one("suppressed", Some(SuppressReason::Duplicate)));
+        // Another alert (fingerprint) is another key.
+        let other = firing("fp2", &[("alertname", "A"), ("instance", "web-1:9100")]);
+        assert_eq!(decide(&e, other).await, one("admitted", None));
+        tokio::time::advance(Duration::from_secs(599)).await;
+        assert_eq!(decide(&e, a()).await, one("suppressed", Some(SuppressReason::Duplicate)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(decide(&e, a()).await, one("admitted", None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resolved_clears_the_key_so_the_next_firing_acts_at_once() {
+        let e = engine(DIAG);
+        let labels = [("alertname", "A"), ("instance", "web-1:9100")];
+        assert_eq!(decide(&e, firing("fp", &labels)).await, one("admitted", None));
+        assert_eq!(decide(&e, firing("fp", &labels)).await, one("suppressed", Some(SuppressReason::Duplicate)));
+        let ds = e.decide(event(AlertStatus::Resolved, "fp", &labels)).await;
+        assert!(matches!(ds[0].verdict, Verdict::Cleared { cancelled_pending: false }), "{:?}", ds[0].verdict);
+        assert_eq!(ds[0].dedup_key.as_deref(), Some("r/fp/firing/web-1"));
+        assert_eq!(decide(&e, firing("fp", &labels)).await, one("admitted", None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_after_collects_repeats_and_acts_once_when_the_window_closes() {
+        let e = engine(&DIAG.replace("dedup: { window: 10m }", "dedup: { window: 5m, mode: once_after }"));
+        let labels = [("alertname", "A"), ("instance", "web-2:9100")];
+        let ds = e.decide(firing("fp", &labels)).await;
+        assert!(matches!(ds[0].verdict, Verdict::Deferred { .. }), "{:?}", ds[0].verdict);
+        assert_eq!(ds[0].trace.get(Gate::Dedup), Step::Deferred);
+        for _ in 0..3 {
+            assert_eq!(decide(&e, firing("fp", &labels)).await, one("suppressed", Some(SuppressReason::Duplicate)));
+        }
+        let due = e.next_due().unwrap_or_else(Instant::now);
+        assert!(e.take_due(due - Duration::from_millis(1)).await.is_empty());
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let ds = e.take_due(Instant::now()).await;
+        assert_eq!(ds.len(), 1);
+        assert!(ds[0].is_admitted(), "{:?}", ds[0].verdict);
+        assert_eq!(ds[0].host.as_deref(), Some("web-2"));
+        assert!(e.next_due().is_none());
+        // The window is over: the next firing opens a new one.
+        let ds = e.decide(firing("fp", &labels)).await;
+        assert!(matches!(ds[0].verdict, Verdict::Deferred { .. }));
+        // ... and resolving cancels it.
+        let ds = e.decide(event(AlertStatus::Resolved, "fp", &labels)).await;
+        assert!(matches!(ds[0].verdict, Verdict::Cleared { cancelled_pending: true }), "{:?}", ds[0].verdict);
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(e.take_due(Instant::now()).await.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_per_rule_and_per_host_refill_over_time() {
+        let e = engine(&DIAG.replace(
+            "dedup: { window: 10m }",
+            "dedup: { mode: off }\n    rate_limit: { rule: { count: 3, per: 1m }, host: { count: 2, per: 1m } }",
+        ));
+        let on = |h: &str| firing("fp", &[("alertname", "A"), ("instance", h)]);
+        assert_eq!(decide(&e, on("web-1")).await, one("admitted", None));
+        assert_eq!(decide(&e, on("web-1")).await, one("admitted", None));
+        let ds = e.decide(on("web-1")).await;
+        assert_eq!(ds[0].verdict.reason(), Some(SuppressReason::RateLimited));
+        assert!(format!("{:?}", ds[0].verdict).contains("per host"), "{:?}", ds[0].verdict);
+        assert_eq!(decide(&e, on("web-2")).await, one("admitted", None));
+        let ds = e.decide(on("web-2")).await;
+        assert!(format!("{:?}", ds[0].verdict).contains("rule limit 3 per 1m"), "{:?}", ds[0].verdict);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(decide(&e, on("db-1")).await, one("admitted", None));
+    }
+
+    const REMEDIATE: &str = "
+policy:
+  remediation: { allowed_rules: [r, s] }
+rules:
+  - name: r
+    match: { labels: { alertname: A } }
+    target: { group: web }
+    action: restart-docker
+    dedup: { mode: off }
+    safety:
+      blast_radius: { max_hosts: 1, window: 10m }
+      breaker: { failures: 2, of_last: 3, cool_down: 10m }
+  - name: s
+    match: { labels: { alertname: B } }
+    target: { host_from: \"{{ labels.host }}\" }
+    action: restart-nomad
+    dedup: { mode: off }
+  - name: t
+    match: { labels: { alertname: C } }
+    target: { host: db-1 }
+    action: restart-nomad
+";
+
+    #[tokio::test(start_paused = true)]
+    async fn blast_radius_host_lock_and_safety_class() {
+        let e = engine(REMEDIATE);
+        // A group of two hosts with a blast radius of one: the second is refused.
+        let ds = e.decide(firing("fp", &[("alertname", "A")])).await;
+        let got: Vec<_> = ds.iter().map(|d| (d.host.clone().unwrap_or_default(), d.verdict.reason())).collect();
+        assert_eq!(got, [("web-1".to_owned(), None), ("web-2".to_owned(), Some(SuppressReason::BlastRadius))]);
+        // web-1 is locked by r's admitted run: s cannot remediate it, but can remediate web-2.
+        let busy = e.decide(firing("fp", &[("alertname", "B"), ("host", "web-1")])).await;
+        assert_eq!(busy[0].verdict.reason(), Some(SuppressReason::HostBusy));
+        let ok = e.decide(firing("fp", &[("alertname", "B"), ("host", "web-2")])).await;
+        assert!(ok[0].is_admitted());
+        drop(ds);
+        let ds = e.decide(firing("fp", &[("alertname", "B"), ("host", "web-1")])).await;
+        assert!(ds[0].is_admitted(), "the lease is released with the admission");
+        // A host that was refused for a busy lock did not take r's blast-radius slot... r's slot is web-1's.
+        drop(ds);
+        let again = e.decide(firing("fp", &[("alertname", "A")])).await;
+        assert!(again[0].is_admitted(), "{:?}", again[0].verdict);
+        // t runs a remediation plugin but is not in the allow-list.
+        let t = e.decide(firing("fp", &[("alertname", "C")])).await;
+        assert_eq!(t[0].verdict.reason(), Some(SuppressReason::SafetyClass));
+        assert_eq!(t[0].trace.get(Gate::Breaker), Step::NotReached);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn circuit_breaker_opens_after_failures_and_probes_after_the_cool_down() {
+        let e = engine(REMEDIATE);
+        let run = |ok: bool| {
+            let e = &e;
+            async move {
+                let mut ds = e.decide(firing("fp", &[("alertname", "A")])).await;
+                let d = ds.remove(0);
+                match d.verdict {
+                    Verdict::Admitted(a) => {
+                        a.finish(ok);
+                        None
+                    }
+                    Verdict::Suppressed { reason, .. } => Some(reason),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        assert_eq!(run(false).await, None);
+        assert_eq!(run(false).await, None);
+        assert_eq!(run(true).await, Some(SuppressReason::CircuitOpen));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(run(true).await, None, "the probe after the cool-down");
+        assert_eq!(run(true).await, None, "closed again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn template_target_and_argument_failures_are_suppressions() {
+        let e = engine(
+            "
+rules:
+  - name: r
+    match: { labels: { alertname: A } }
+    target: { host_from: \"{{ labels.instance | strip_port }}\" }
+    action: gather-logs
+    args: { since: \"{{ labels.since }}\" }
+",
+        );
+        let cases = [
+            (vec![("alertname", "A")], SuppressReason::TemplateError, Gate::Target),
+            (vec![("alertname", "A"), ("instance", "evil.example:22")], SuppressReason::UnknownTarget, Gate::Target),
+            (vec![("alertname", "A"), ("instance", "web-1:9100")], SuppressReason::TemplateError, Gate::Args),
+            (
+                vec![("alertname", "A"), ("instance", "web-1:9100"), ("since", "1h; rm -rf /")],
+                SuppressReason::InvalidArgs,
+                Gate::Args,
+            ),
+        ];
+        for (labels, reason, gate) in cases {
+            let ds = e.decide(firing("fp", &labels)).await;
+            assert_eq!(ds[0].verdict.reason(), Some(reason), "{labels:?}");
+            assert_eq!(ds[0].trace.get(gate), Step::Suppressed, "{labels:?}");
+        }
+        let ok = e.decide(firing("fp", &[("alertname", "A"), ("instance", "web-1:9100"), ("since", "2h")])).await;
+        assert!(ok[0].is_admitted(), "{:?}", ok[0].verdict);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn several_rules_match_in_file_order_until_a_stop_rule() {
+        let e = engine(
+            "
+rules:
+  - name: first
+    match: { labels: { severity: critical } }
+    target: { host: web-1 }
+    action: noop
+  - name: second
+    match: { labels: { alertname: { regex: \"Disk.*\" } } }
+    target: { host: web-1 }
+    action: noop
+    stop: true
+  - name: third
+    match: { labels: { alertname: DiskFull } }
+    target: { host: web-1 }
+    action: noop
+  - name: fourth
+    match: { status: resolved, labels: { alertname: Other } }
+    target: { host: web-1 }
+    action: noop
+",
+        );
+        let names = |ds: Vec<Decision>| ds.iter().map(|d| d.rule.to_string()).collect::<Vec<_>>();
+        let ds = e.decide(firing("a", &[("alertname", "DiskFull"), ("severity", "critical")])).await;
+        assert_eq!(names(ds), ["first", "second"]);
+        let ds = e.decide(firing("b", &[("alertname", "Other"), ("severity", "critical")])).await;
+        assert_eq!(names(ds), ["first"]);
+        let ds = e.decide(event(AlertStatus::Resolved, "c", &[("alertname", "Other")])).await;
+        assert_eq!(names(ds), ["fourth"]);
+        assert!(e.decide(firing("d", &[("alertname", "Nothing")])).await.is_empty());
+    }
+
+    fn chatops(action: &str, target: &str, requester: &str, args: &[(&str, Value)]) -> Arc<Event> {
+        let mut ev = (*firing("x", &[])).clone();
+        ev.source = Source::Chatops;
+        ev.request = Some(ChatopsRequest {
+            action: action.into(),
+            target: target.into(),
+            args: args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            requester: requester.into(),
+        });
+        Arc::new(ev)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chatops_requests_skip_matching_but_not_the_gates() {
+        let e = engine(DIAG);
+        let reason = |ds: Vec<Decision>| ds[0].verdict.reason();
+        let ds = e.decide(chatops("noop", "web-1", "alice", &[("message", json!("hi"))])).await;
+        assert_eq!(&*ds[0].rule, CHATOPS_RULE);
+        assert!(ds[0].is_admitted(), "{:?}", ds[0].verdict);
+        assert_eq!(ds[0].operator(), "chatops:alice");
+        assert_eq!(ds[0].args.get("message").map(String::as_str), Some("hi"));
+        let refused = [
+            (chatops("restart-docker", "web-1", "alice", &[]), SuppressReason::NotAllowed),
+            (chatops("no-such", "web-1", "alice", &[]), SuppressReason::InvalidRequest),
+            (chatops("noop", "nowhere", "alice", &[]), SuppressReason::UnknownTarget),
+            (chatops("noop", "web-1", "alice", &[("message", json!(3))]), SuppressReason::InvalidArgs),
+        ];
+        for (ev, want) in refused {
+            assert_eq!(reason(e.decide(ev).await), Some(want));
+        }
+        // Default chatops rate: 10 per minute, burst 5, per requester.
+        for _ in 0..4 {
+            assert!(e.decide(chatops("noop", "web-2", "bob", &[])).await[0].is_admitted());
+        }
+        assert!(e.decide(chatops("noop", "web-2", "alice", &[])).await[0].is_admitted());
+        assert_eq!(reason(e.decide(chatops("noop", "web-2", "bob", &[])).await), Some(SuppressReason::RateLimited));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reload_keeps_gate_state_of_unchanged_rules() {
+        let yaml = DIAG.replace("dedup: { window: 10m }", "dedup: { mode: off }\n    rate_limit: { rule: { count: 1, per: 1h } }");
+        let e = engine(&yaml);
+        let a = || firing("fp", &[("alertname", "A"), ("instance", "web-1:9100")]);
+        assert_eq!(decide(&e, a()).await, one("admitted", None));
+        assert_eq!(decide(&e, a()).await, one("suppressed", Some(SuppressReason::RateLimited)));
+        let same = compile(&[("t.yaml", &yaml)]).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(e.reload(same), ReloadSummary { rules: 1, kept_state: 1 });
+        assert_eq!(decide(&e, a()).await, one("suppressed", Some(SuppressReason::RateLimited)));
+        let changed = compile(&[("t.yaml", &yaml.replace("count: 1, per: 1h", "count: 5, per: 1h"))])
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(e.reload(changed), ReloadSummary { rules: 1, kept_state: 0 });
+        assert_eq!(decide(&e, a()).await, one("admitted", None));
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_rules_load_index_and_match() {
+        use std::fmt::Write as _;
+        let mut yaml = String::from("rules:\n");
+        for i in 0..10_000 {
+            let _ = write!(
+                yaml,
+                "  - name: r{i}\n    match: {{ labels: {{ alertname: A{i}, instance: {{ regex: \"web-[0-9]+(:[0-9]+)?\" }} }} }}\n    target: {{ host_from: \"{{{{ labels.instance | strip_port }}}}\" }}\n    action: noop\n"
+            );
+        }
+        let set = compile(&[("big.yaml", &yaml)]).unwrap_or_else(|e| panic!("{:?}", &e[..3.min(e.len())]));
+        assert_eq!(set.rules.len(), 10_000);
+        assert_eq!(set.unindexed(), 0);
+        let e = Engine::new(set, Arc::new(registry()), Arc::new(inventory()));
+        let ds = e.decide(firing("fp", &[("alertname", "A7777"), ("instance", "web-2:9100")])).await;
+        assert_eq!(ds.len(), 1);
+        assert_eq!(&*ds[0].rule, "r7777");
+        assert!(ds[0].is_admitted());
+        assert!(e.decide(firing("fp", &[("alertname", "A7777"), ("instance", "db-1")])).await.is_empty());
+        assert!(e.decide(firing("fp", &[("alertname", "B1")])).await.is_empty());
+    }
 }

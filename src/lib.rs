@@ -23,6 +23,7 @@
 
 pub mod bpcs;
 pub mod cli;
+pub mod engine;
 pub mod event;
 pub mod gate;
 pub mod inventory;

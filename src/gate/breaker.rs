@@ -77,6 +77,17 @@ impl BreakerSpec {
     }
 }
 
+impl serde::Serialize for BreakerSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("BreakerSpec", 3)?;
+        st.serialize_field("failures", &self.failures)?;
+        st.serialize_field("of_last", &self.of_last)?;
+        st.serialize_field("cool_down", &humantime::format_duration(self.cool_down).to_string())?;
+        st.end()
+    }
+}
+
 /// A refusal: the breaker is open until `until` after `failures` failures among the last `of_last` runs, or its
 /// cool-down is over (`until` is past) and the one probe run is still in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

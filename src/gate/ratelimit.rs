@@ -86,7 +86,18 @@ impl RateSpec {
 
 impl fmt::Display for RateSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} per {:?} (burst {})", self.count, self.per, self.burst)
+        write!(f, "{} per {} (burst {})", self.count, humantime::format_duration(self.per), self.burst)
+    }
+}
+
+impl serde::Serialize for RateSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("RateSpec", 3)?;
+        st.serialize_field("count", &self.count)?;
+        st.serialize_field("per", &humantime::format_duration(self.per).to_string())?;
+        st.serialize_field("burst", &self.burst)?;
+        st.end()
     }
 }
 

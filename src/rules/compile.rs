@@ -20,7 +20,10 @@ use super::model::{
     RuleFileConfig, TargetConfig,
 };
 use super::template::{ProbeContext, Templates};
-use super::{ArgSource, BlastRadius, Breaker, Dedup, Origin, Policy, Rate, Rule, RuleDiagnostic, RuleSet, Target};
+use super::{ArgSource, BlastRadius, Dedup, Origin, Policy, Rule, RuleDiagnostic, RuleSet, Target};
+use crate::gate::breaker::BreakerSpec;
+use crate::gate::ratelimit::RateSpec;
+use std::num::{NonZeroU32, NonZeroUsize};
 
 /// Largest rule file read.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -339,36 +342,47 @@ impl Compiler<'_> {
         }
     }
 
-    fn rate(&mut self, r: &RateConfig, what: &str) -> Option<Rate> {
+    fn rate(&mut self, r: &RateConfig, what: &str) -> Option<RateSpec> {
         let per = self.duration(&r.per, &format!("{what}.per"));
-        if r.count == 0 {
+        let Some(count) = NonZeroU32::new(r.count) else {
             self.error(r.per.referenced, format!("{what}.count must be at least 1"));
             return None;
-        }
-        let burst = r.burst.unwrap_or(r.count);
-        if burst == 0 {
+        };
+        let Some(burst) = NonZeroU32::new(r.burst.unwrap_or(r.count)) else {
             self.error(r.per.referenced, format!("{what}.burst must be at least 1"));
             return None;
+        };
+        match RateSpec::new(count, per?, burst) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                self.error(r.per.referenced, format!("{what}: {e}"));
+                None
+            }
         }
-        Some(Rate { count: r.count, per: per?, burst })
     }
 
     fn blast(&mut self, b: &BlastRadiusConfig, what: &str) -> Option<BlastRadius> {
         let window = self.duration(&b.window, &format!("{what}.window"));
-        if b.max_hosts == 0 {
+        let Some(max_hosts) = NonZeroUsize::new(b.max_hosts) else {
             self.error(b.window.referenced, format!("{what}.max_hosts must be at least 1"));
             return None;
-        }
-        Some(BlastRadius { max_hosts: b.max_hosts, window: window? })
+        };
+        Some(BlastRadius { max_hosts, window: window? })
     }
 
-    fn breaker(&mut self, b: &BreakerConfig, what: &str) -> Option<Breaker> {
+    fn breaker(&mut self, b: &BreakerConfig, what: &str) -> Option<BreakerSpec> {
         let cool_down = self.duration(&b.cool_down, &format!("{what}.cool_down"));
-        if b.failures == 0 || b.failures > b.of_last || b.of_last > 1000 {
-            self.error(b.cool_down.referenced, format!("{what}: need 1 <= failures <= of_last <= 1000"));
+        let (Some(failures), Some(of_last)) = (NonZeroU32::new(b.failures), NonZeroU32::new(b.of_last)) else {
+            self.error(b.cool_down.referenced, format!("{what}: failures and of_last must be at least 1"));
             return None;
+        };
+        match BreakerSpec::new(failures, of_last, cool_down?) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                self.error(b.cool_down.referenced, format!("{what}: {e}"));
+                None
+            }
         }
-        Some(Breaker { failures: b.failures, of_last: b.of_last, cool_down: cool_down? })
     }
 
     fn policy(&mut self, p: PolicyConfig) -> Policy {

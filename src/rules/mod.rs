@@ -14,6 +14,7 @@ pub mod template;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::event::Event;
+use crate::gate::breaker::BreakerSpec;
+use crate::gate::ratelimit::RateSpec;
 use crate::plugins::Plugin;
 
 pub use compile::{load_dir, parse_files};
@@ -57,30 +60,12 @@ pub struct Origin {
     pub column: u64,
 }
 
-/// A rate: `count` per `per`, bursting to `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Rate {
-    pub count: u32,
-    #[serde(with = "humantime_serde_secs")]
-    pub per: Duration,
-    pub burst: u32,
-}
-
 /// The storm guard of one rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BlastRadius {
-    pub max_hosts: usize,
+    pub max_hosts: NonZeroUsize,
     #[serde(with = "humantime_serde_secs")]
     pub window: Duration,
-}
-
-/// The circuit breaker of one rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Breaker {
-    pub failures: u32,
-    pub of_last: u32,
-    #[serde(with = "humantime_serde_secs")]
-    pub cool_down: Duration,
 }
 
 /// The dedup gate of one rule.
@@ -139,41 +124,56 @@ pub struct Rule {
     pub plugin: Arc<Plugin>,
     pub args: Vec<(String, ArgSource)>,
     pub dedup: Dedup,
-    pub rate_rule: Option<Rate>,
-    pub rate_host: Option<Rate>,
+    pub rate_rule: Option<RateSpec>,
+    pub rate_host: Option<RateSpec>,
     /// Set for remediation plugins only (diagnostics are not storm-guarded).
     pub blast_radius: Option<BlastRadius>,
-    pub breaker: Breaker,
+    pub breaker: BreakerSpec,
     pub stop: bool,
 }
 
 /// Fleet-wide settings (from the one `policy` section, or the defaults).
 #[derive(Debug, Clone, Serialize)]
 pub struct Policy {
-    pub global: Rate,
-    pub host: Rate,
+    pub global: RateSpec,
+    pub host: RateSpec,
     pub remediation_allowed_rules: Option<BTreeSet<String>>,
     pub chatops_allowed_actions: Option<BTreeSet<String>>,
-    pub chatops_rate: Rate,
+    pub chatops_rate: RateSpec,
     #[serde(with = "humantime_serde_secs")]
     pub default_dedup_window: Duration,
     pub default_blast_radius: BlastRadius,
-    pub default_breaker: Breaker,
+    pub default_breaker: BreakerSpec,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            global: Rate { count: 600, per: Duration::from_secs(60), burst: 100 },
-            host: Rate { count: 10, per: Duration::from_secs(600), burst: 5 },
+            global: constant_rate(600, 60, 100),
+            host: constant_rate(10, 600, 5),
             remediation_allowed_rules: None,
             chatops_allowed_actions: None,
-            chatops_rate: Rate { count: 10, per: Duration::from_secs(60), burst: 5 },
+            chatops_rate: constant_rate(10, 60, 5),
             default_dedup_window: Duration::from_secs(600),
-            default_blast_radius: BlastRadius { max_hosts: 5, window: Duration::from_secs(900) },
-            default_breaker: Breaker { failures: 3, of_last: 5, cool_down: Duration::from_secs(1800) },
+            default_blast_radius: BlastRadius { max_hosts: NonZeroUsize::MIN.saturating_add(4), window: Duration::from_secs(900) },
+            default_breaker: constant_breaker(3, 5, 1800),
         }
     }
+}
+
+// The defaults are constants, never input; `default_policy_is_valid` runs these once.
+#[allow(clippy::expect_used)]
+fn constant_rate(count: u32, per_secs: u64, burst: u32) -> RateSpec {
+    let count = NonZeroU32::new(count).expect("constant count is not zero");
+    let burst = NonZeroU32::new(burst).expect("constant burst is not zero");
+    RateSpec::new(count, Duration::from_secs(per_secs), burst).expect("constant rate is valid")
+}
+
+#[allow(clippy::expect_used)]
+fn constant_breaker(failures: u32, of_last: u32, cool_down_secs: u64) -> BreakerSpec {
+    let failures = NonZeroU32::new(failures).expect("constant failures is not zero");
+    let of_last = NonZeroU32::new(of_last).expect("constant of_last is not zero");
+    BreakerSpec::new(failures, of_last, Duration::from_secs(cool_down_secs)).expect("constant breaker is valid")
 }
 
 /// A loaded rule set. Immutable: a reload builds a new one and swaps it in whole.
@@ -228,6 +228,87 @@ impl RuleSet {
     /// How many enabled rules the index cannot narrow down (evaluated for every event).
     pub fn unindexed(&self) -> usize {
         self.index.unindexed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::{AlertStatus, Source};
+
+    #[test]
+    fn default_policy_is_valid() {
+        let p = super::Policy::default();
+        assert_eq!(p.default_blast_radius.max_hosts.get(), 5);
+        assert_eq!(p.global.count().get(), 600);
+    }
+
+    /// Rules of every condition kind, indexed and not, with a `stop` in the middle.
+    const MIXED: &str = "
+rules:
+  - { name: a, match: { labels: { alertname: A } }, target: { host: web-1 }, action: noop }
+  - { name: b, match: { labels: { alertname: { one_of: [A, B] }, sev: { not: low } } }, target: { host: web-1 }, action: noop }
+  - { name: c, match: { labels: { sev: { regex: \"crit.*\" } } }, target: { host: web-1 }, action: noop }
+  - { name: d, match: { subject: hooks.generic, labels: { x: { absent: true } } }, target: { host: web-1 }, action: noop }
+  - { name: e, match: { subject: \"hooks.*\", status: any, annotations: { s: { present: true } } }, target: { host: web-1 }, action: noop, stop: true }
+  - { name: f, match: { source: grafana, labels: { sev: crit } }, target: { host: web-1 }, action: noop }
+  - { name: g, enabled: false, match: { labels: { alertname: A } }, target: { host: web-1 }, action: noop }
+  - { name: h, match: { status: resolved, labels: { alertname: B } }, target: { host: web-1 }, action: noop }
+";
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        let value = prop_oneof![Just("A"), Just("B"), Just("low"), Just("crit"), Just("critical"), Just("x\0.>*")];
+        let key = prop_oneof![Just("alertname"), Just("sev"), Just("x"), Just("s")];
+        (
+            proptest::collection::btree_map(key.clone(), value.clone(), 0..4),
+            proptest::collection::btree_map(key, value, 0..2),
+            prop_oneof![Just(Source::Alertmanager), Just(Source::Grafana), Just(Source::Generic), Just(Source::Chatops)],
+            prop_oneof![Just("hooks.generic"), Just("hooks.alertmanager"), Just("other"), Just("hooks.a.b")],
+            any::<bool>(),
+        )
+            .prop_map(|(labels, annotations, source, subject, resolved)| Event {
+                id: uuid::Uuid::nil(),
+                source,
+                subject: subject.into(),
+                status: if resolved { AlertStatus::Resolved } else { AlertStatus::Firing },
+                labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<BTreeMap<_, _>>(),
+                annotations: annotations.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+                fingerprint: "f".into(),
+                starts_at: None,
+                received_at: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
+                correlation_id: "c".into(),
+                request: None,
+                raw: Arc::from(""),
+            })
+    }
+
+    proptest! {
+        /// The index never changes the answer: indexed matching equals a linear scan of every enabled rule.
+        #[test]
+        fn indexed_matching_equals_a_linear_scan(event in arb_event()) {
+            let set = compile::tests::compile(&[("m.yaml", MIXED)]).unwrap_or_else(|e| panic!("{e:#?}"));
+            let mut scratch = Vec::new();
+            let mut indexed = Vec::new();
+            set.matches(&event, &mut scratch, &mut indexed);
+            let mut linear = Vec::new();
+            for (i, rule) in set.rules.iter().enumerate() {
+                if !rule.enabled {
+                    continue;
+                }
+                if let Some(kind) = rule.matcher.evaluate(&event, rule.dedup.clear_on_resolved) {
+                    linear.push((i as u32, kind));
+                    if kind == MatchKind::Act && rule.stop {
+                        break;
+                    }
+                }
+            }
+            prop_assert_eq!(indexed, linear);
+        }
     }
 }
 
