@@ -17,6 +17,7 @@
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
 //! - [`results`]: the result envelope every run produces, whoever started it.
+//! - [`sources`]: payload adapters (Alertmanager, Grafana, generic, chatops): bytes in, [`event::Event`]s out.
 //! - [`cli`]: the `rune` command line.
 
 pub mod bpcs;
@@ -27,4 +28,5 @@ pub mod mediator;
 pub mod orchestrator;
 pub mod plugins;
 pub mod results;
+pub mod sources;
 pub mod transport;
