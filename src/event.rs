@@ -21,7 +21,7 @@ pub enum Source {
     Alertmanager,
     /// Grafana unified alerting webhook.
     Grafana,
-    /// RUNE's generic JSON event (docs/rules.md, "Events").
+    /// RUNE's generic JSON event (docs/events.md).
     Generic,
     /// A chatops request: names its action and target itself, skips rule matching, not the gates.
     Chatops,
@@ -169,6 +169,24 @@ pub fn fingerprint_of(labels: &BTreeMap<String, String>) -> String {
     hex::encode(&digest[..8])
 }
 
+/// Whether `name` may be a label or annotation name: `^[A-Za-z_][A-Za-z0-9_.:/-]*$` (Prometheus names, plus the
+/// `.`, `:`, `/` and `-` that OpenTelemetry-style and Kubernetes-style names use).
+pub fn is_label_name(name: &str) -> bool {
+    match name.as_bytes().split_first() {
+        Some((first, rest)) => {
+            (first.is_ascii_alphabetic() || *first == b'_')
+                && rest.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'))
+        }
+        None => false,
+    }
+}
+
+/// Whether `id` may be a correlation id: 1 to 128 characters of `[A-Za-z0-9._:-]` (safe in logs, subjects, paths).
+pub fn is_correlation_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +201,25 @@ mod tests {
         assert_eq!(fingerprint_of(&a).len(), 16);
         let c: BTreeMap<String, String> = [("a".to_owned(), "1\nb=2".to_owned())].into_iter().collect();
         assert_ne!(fingerprint_of(&a), fingerprint_of(&c));
+    }
+
+    #[test]
+    fn label_names() {
+        for ok in ["alertname", "_x", "service.name", "k8s.io/app", "a:b-c", "A9"] {
+            assert!(is_label_name(ok), "{ok}");
+        }
+        for bad in ["", "9a", "-a", ".a", "a b", "a\0", "é", "a=b"] {
+            assert!(!is_label_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn correlation_ids() {
+        assert!(is_correlation_id("019ab2a4-5f0d-7a10-8e0c-51d8f8a0c0aa"));
+        assert!(is_correlation_id("ticket:OPS.42_a"));
+        assert!(is_correlation_id(&"a".repeat(128)));
+        for bad in ["", "a b", "a\n", "a/b", &"a".repeat(129)] {
+            assert!(!is_correlation_id(bad), "{bad:?}");
+        }
     }
 }

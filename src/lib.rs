@@ -3,6 +3,9 @@
 //! # Layout
 //!
 //! ```text
+//! payload ──sources──> Event ──engine: rules (match) + gate──> Decision ──admitted──> RunRequest (below)
+//!                                                               └── suppressed(reason) / deferred / cleared
+//!
 //! rune run ──RunRequest──> orchestrator ──(plugin, host, args)──> mediator ──Invocation──> transport
 //!                           │  validates action + args,             │  builds the runner program,      │ local / ssh
 //!                           │  resolves plugin (registry) and       │  runs it, validates the BPCS      │
@@ -16,9 +19,14 @@
 //! - [`orchestrator`]: turns a run request into per-host runs with bounded parallelism.
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
+//! - [`event`]: the normalised event every source produces.
+//! - [`rules`]: rule files: loading with every error at once, compiled conditions, index, templates.
+//! - [`engine`]: event → matching rules → gates → decisions (admitted with a host lease, or suppressed with a
+//!   reason); once_after parking; atomic reload.
 //! - [`gate`]: the gate primitives a rule passes before it runs (circuit breaker, dedup, blast radius, host
 //!   locks, rate limits); each refusal is a value with a reason.
 //! - [`results`]: the result envelope every run produces, whoever started it.
+//! - [`sources`]: payload adapters (Alertmanager, Grafana, generic, chatops): bytes in, [`event::Event`]s out.
 //! - [`cli`]: the `rune` command line.
 
 pub mod bpcs;
@@ -32,4 +40,5 @@ pub mod orchestrator;
 pub mod plugins;
 pub mod results;
 pub mod rules;
+pub mod sources;
 pub mod transport;
