@@ -194,11 +194,18 @@ impl fmt::Debug for Admission {
 #[derive(Debug)]
 pub enum Verdict {
     Admitted(Admission),
-    Suppressed { reason: SuppressReason, detail: String },
+    Suppressed {
+        reason: SuppressReason,
+        detail: String,
+    },
     /// `once_after`: parked until the window closes; the run (or suppression) comes from [`Engine::take_due`].
-    Deferred { until: DateTime<Utc> },
+    Deferred {
+        until: DateTime<Utc>,
+    },
     /// A resolved event cleared the dedup key its firing twin claimed (and cancelled a pending run, if any).
-    Cleared { cancelled_pending: bool },
+    Cleared {
+        cancelled_pending: bool,
+    },
 }
 
 impl Verdict {
@@ -460,6 +467,14 @@ impl<D: DedupStore> Engine<D> {
         summary
     }
 
+    /// Loads the rules folder and swaps it in, or — if any file has any error — keeps the rule set in force and
+    /// returns every error.
+    pub fn reload_from(&self, dir: &std::path::Path) -> Result<ReloadSummary, Vec<crate::rules::RuleDiagnostic>> {
+        let files = crate::rules::load_dir(dir)?;
+        let set = crate::rules::parse_files(&files, &self.registry, &self.inventory)?;
+        Ok(self.reload(set))
+    }
+
     /// Decides what to do about one event: one decision per matching rule and target host, in rule order.
     /// An event that matches nothing yields no decision (and costs a few hash lookups).
     pub async fn decide(&self, event: Arc<Event>) -> Vec<Decision> {
@@ -695,7 +710,8 @@ impl<D: DedupStore> Engine<D> {
                 Ok(false) => {}
                 Ok(true) => {
                     trace.set(Gate::Dedup, Step::Suppressed);
-                    let detail = format!("key `{key}` acted within the last {}", humantime::format_duration(rule.dedup.window));
+                    let detail =
+                        format!("key `{key}` acted within the last {}", humantime::format_duration(rule.dedup.window));
                     return Verdict::suppressed(SuppressReason::Duplicate, detail);
                 }
                 Err(e) => {
@@ -719,7 +735,10 @@ impl<D: DedupStore> Engine<D> {
                             trace.set(Gate::Dedup, Step::Suppressed);
                             return match other {
                                 Err(e) => Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string()),
-                                _ => Verdict::suppressed(SuppressReason::Duplicate, format!("key `{key}` was claimed concurrently")),
+                                _ => Verdict::suppressed(
+                                    SuppressReason::Duplicate,
+                                    format!("key `{key}` was claimed concurrently"),
+                                ),
                             };
                         }
                     }
@@ -786,7 +805,9 @@ impl<D: DedupStore> Engine<D> {
         Ok((lease, ticket))
     }
 
-    /// Rule, rule×host, requester, host, global — in that order; the first exhausted one answers.
+    /// Rule×host, host, rule, requester, global: narrowest first, because a limiter cannot give a token back —
+    /// when a later limit refuses, the earlier ones have spent one (so a busy host never drains its rule's or
+    /// the global budget, only its own). The first exhausted limit answers.
     fn rates(
         &self,
         loaded: &Loaded,
@@ -795,19 +816,17 @@ impl<D: DedupStore> Engine<D> {
         requester: Option<&str>,
     ) -> Result<(), String> {
         let host_key: Arc<str> = Arc::from(host);
-        if let Some(g) = gates {
-            if let Some(l) = &g.rate_rule {
-                l.check().map_err(|e| format!("rule limit {}: {e}", l.spec()))?;
-            }
-            if let Some(l) = &g.rate_host {
-                l.check(&host_key).map_err(|e| format!("rule limit per host {} on {host}: {e}", l.spec()))?;
-            }
+        if let Some(l) = gates.and_then(|g| g.rate_host.as_ref()) {
+            l.check(&host_key).map_err(|e| format!("rule limit per host {} on {host}: {e}", l.spec()))?;
+        }
+        loaded.host.check(&host_key).map_err(|e| format!("host limit {} on {host}: {e}", loaded.host.spec()))?;
+        if let Some(l) = gates.and_then(|g| g.rate_rule.as_ref()) {
+            l.check().map_err(|e| format!("rule limit {}: {e}", l.spec()))?;
         }
         if let Some(r) = requester {
             let l = &loaded.requester;
             l.check(&Arc::from(r)).map_err(|e| format!("chatops limit per requester {} for {r}: {e}", l.spec()))?;
         }
-        loaded.host.check(&host_key).map_err(|e| format!("host limit {} on {host}: {e}", loaded.host.spec()))?;
         loaded.global.check().map_err(|e| format!("global limit {}: {e}", loaded.global.spec()))
     }
 
@@ -972,7 +991,8 @@ impl<D: DedupStore> Engine<D> {
             return d;
         }
         d.trace.set(Gate::Target, Step::Passed);
-        let raw: BTreeMap<String, RawArg> = req.args.iter().map(|(k, v)| (k.clone(), RawArg::Json(v.clone()))).collect();
+        let raw: BTreeMap<String, RawArg> =
+            req.args.iter().map(|(k, v)| (k.clone(), RawArg::Json(v.clone()))).collect();
         match check_args(&plugin.args, &raw) {
             Ok(values) => {
                 d.args = req.args.keys().filter_map(|k| Some((k.clone(), values.get(k)?.as_env_string()))).collect();
@@ -1338,7 +1358,8 @@ rules:
 
     #[tokio::test(start_paused = true)]
     async fn reload_keeps_gate_state_of_unchanged_rules() {
-        let yaml = DIAG.replace("dedup: { window: 10m }", "dedup: { mode: off }\n    rate_limit: { rule: { count: 1, per: 1h } }");
+        let yaml = DIAG
+            .replace("dedup: { window: 10m }", "dedup: { mode: off }\n    rate_limit: { rule: { count: 1, per: 1h } }");
         let e = engine(&yaml);
         let a = || firing("fp", &[("alertname", "A"), ("instance", "web-1:9100")]);
         assert_eq!(decide(&e, a()).await, one("admitted", None));
@@ -1350,6 +1371,22 @@ rules:
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(e.reload(changed), ReloadSummary { rules: 1, kept_state: 0 });
         assert_eq!(decide(&e, a()).await, one("admitted", None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_rule_folder_leaves_the_old_rules_in_force() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let good = dir.path().join("a.yaml");
+        std::fs::write(&good, DIAG).unwrap_or_else(|e| panic!("{e}"));
+        let e = engine("rules: []\n");
+        assert_eq!(e.reload_from(dir.path()).map(|s| s.rules), Ok(1));
+        std::fs::write(dir.path().join("b.yaml"), "rules: [{ name: x, action: nope }]\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let errors = e.reload_from(dir.path()).err().unwrap_or_default();
+        assert!(errors.iter().any(|d| d.file.ends_with("b.yaml")), "{errors:?}");
+        assert_eq!(e.rules().rules.len(), 1);
+        let a = firing("fp", &[("alertname", "A"), ("instance", "web-1:9100")]);
+        assert_eq!(decide(&e, a).await, one("admitted", None));
     }
 
     #[tokio::test]

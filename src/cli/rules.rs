@@ -303,7 +303,10 @@ fn print_event(n: usize, event: &Event, decisions: &[Decision]) {
                     Step::Suppressed => "NO",
                     Step::NotReached => "-",
                 };
-                format!("{}={mark}", serde_json::to_value(g).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+                format!(
+                    "{}={mark}",
+                    serde_json::to_value(g).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+                )
             })
             .collect();
         println!("    gates: {}", steps.join(" "));

@@ -521,7 +521,7 @@ impl Compiler<'_> {
         let (fields, _) = self.templates.references(name);
         for (kind, field) in fields {
             let list = if kind == "labels" { &m.labels } else { &m.annotations };
-            if !list.iter().any(|(n, c)| &**n == field && c.requires_presence()) {
+            if !list.iter().any(|(n, c)| **n == *field && c.requires_presence()) {
                 self.warn(
                     source.referenced,
                     format!(
@@ -880,7 +880,10 @@ rules:
 
     #[test]
     fn hostile_rule_files_give_errors_not_panics() {
-        let long_regex = format!("rules: [{{ name: r, match: {{ labels: {{ a: {{ regex: \"{}\" }} }} }}, target: {{ host: web-1 }}, action: noop }}]\n", "a".repeat(2000));
+        let long_regex = format!(
+            "rules: [{{ name: r, match: {{ labels: {{ a: {{ regex: \"{}\" }} }} }}, target: {{ host: web-1 }}, action: noop }}]\n",
+            "a".repeat(2000)
+        );
         let huge_rep = "rules: [{ name: r, match: { labels: { a: { regex: \"(a{1000}){1000}\" } } }, target: { host: web-1 }, action: noop }]\n";
         let deep = format!("rules: {}{}\n", "[".repeat(5000), "]".repeat(5000));
         for text in [long_regex.as_str(), huge_rep, deep.as_str(), "rules: 3\n", ": : :\n", "\0"] {

@@ -155,21 +155,22 @@ impl Default for Policy {
             chatops_allowed_actions: None,
             chatops_rate: constant_rate(10, 60, 5),
             default_dedup_window: Duration::from_secs(600),
-            default_blast_radius: BlastRadius { max_hosts: NonZeroUsize::MIN.saturating_add(4), window: Duration::from_secs(900) },
+            default_blast_radius: BlastRadius {
+                max_hosts: NonZeroUsize::MIN.saturating_add(4),
+                window: Duration::from_secs(900),
+            },
             default_breaker: constant_breaker(3, 5, 1800),
         }
     }
 }
 
 // The defaults are constants, never input; `default_policy_is_valid` runs these once.
-#[allow(clippy::expect_used)]
 fn constant_rate(count: u32, per_secs: u64, burst: u32) -> RateSpec {
     let count = NonZeroU32::new(count).expect("constant count is not zero");
     let burst = NonZeroU32::new(burst).expect("constant burst is not zero");
     RateSpec::new(count, Duration::from_secs(per_secs), burst).expect("constant rate is valid")
 }
 
-#[allow(clippy::expect_used)]
 fn constant_breaker(failures: u32, of_last: u32, cool_down_secs: u64) -> BreakerSpec {
     let failures = NonZeroU32::new(failures).expect("constant failures is not zero");
     let of_last = NonZeroU32::new(of_last).expect("constant of_last is not zero");
@@ -267,7 +268,12 @@ rules:
         (
             proptest::collection::btree_map(key.clone(), value.clone(), 0..4),
             proptest::collection::btree_map(key, value, 0..2),
-            prop_oneof![Just(Source::Alertmanager), Just(Source::Grafana), Just(Source::Generic), Just(Source::Chatops)],
+            prop_oneof![
+                Just(Source::Alertmanager),
+                Just(Source::Grafana),
+                Just(Source::Generic),
+                Just(Source::Chatops)
+            ],
             prop_oneof![Just("hooks.generic"), Just("hooks.alertmanager"), Just("other"), Just("hooks.a.b")],
             any::<bool>(),
         )
