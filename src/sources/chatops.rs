@@ -238,14 +238,13 @@ mod tests {
         let event = &events[0];
         assert_eq!((event.source, event.status), (Source::Chatops, AlertStatus::Firing));
         let request = event.request.as_ref().unwrap_or_else(|| panic!("no request"));
-        assert_eq!(request.action, "restart-docker@1.2.0");
+        assert_eq!(request.action, "restart-docker@1.0.0");
         assert_eq!(request.target, "web-1");
         assert_eq!(request.requester, "alice");
-        assert_eq!(request.args.get("grace_s"), Some(&json!(30)));
-        assert_eq!(request.args.get("force"), Some(&json!(false)));
-        assert_eq!(request.args.get("reason"), Some(&json!("docker wedged after upgrade")));
+        assert_eq!(request.args.get("service"), Some(&json!("docker")));
+        assert_eq!(request.args.get("verify_timeout"), Some(&json!(30)));
         let labels: Vec<(&str, &str)> = event.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(labels, [("action", "restart-docker@1.2.0"), ("requester", "alice"), ("target", "web-1")]);
+        assert_eq!(labels, [("action", "restart-docker@1.0.0"), ("requester", "alice"), ("target", "web-1")]);
         assert_eq!(event.correlation_id, "slack:C024BE91L:1732395914.000200");
         assert_eq!(event.fingerprint.len(), 16);
         assert!(event.annotations.is_empty() && event.starts_at.is_none());
