@@ -38,8 +38,11 @@ fn json(out: &Output) -> Value {
     })
 }
 
+/// (rule, host, decision) of one decision.
+type Seen = (String, String, String);
+
 /// (rule, host, decision) for every decision of every event of a fixture.
-fn decisions(fixture: &str) -> Vec<Vec<(String, String, String)>> {
+fn decisions(fixture: &str) -> Vec<Vec<Seen>> {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let inventory = dir.path().join("inventory.yaml");
     std::fs::write(&inventory, INVENTORY).unwrap_or_else(|e| panic!("{e}"));
@@ -79,13 +82,13 @@ fn decisions(fixture: &str) -> Vec<Vec<(String, String, String)>> {
         .collect()
 }
 
-fn d(rule: &str, host: &str, verdict: &str) -> (String, String, String) {
+fn d(rule: &str, host: &str, verdict: &str) -> Seen {
     (rule.to_owned(), host.to_owned(), verdict.to_owned())
 }
 
 #[test]
 fn shipped_rules_decide_as_intended_on_real_payloads() {
-    let cases: Vec<(&str, Vec<Vec<(String, String, String)>>)> = vec![
+    let cases: Vec<(&str, Vec<Vec<Seen>>)> = vec![
         (
             "alertmanager-docker-down.json",
             vec![
