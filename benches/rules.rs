@@ -175,16 +175,14 @@ fn main() {
     for n in sizes {
         let files = rules(n);
         let t = Instant::now();
-        let set = parse_files(&files, &registry, &inventory)
-            .unwrap_or_else(|e| panic!("{:?}", e.first()));
+        let set = parse_files(&files, &registry, &inventory).unwrap_or_else(|e| panic!("{:?}", e.first()));
         let load = t.elapsed();
         let bodies = payloads(n, count);
         let engine = Engine::new(set, registry.clone(), inventory.clone());
         // Warm-up pass on a throw-away engine state would hide the dedup work; warm the code, then measure
         // with a fresh engine.
         runtime.block_on(pass(&engine, &bodies[..bodies.len().min(20_000)], None));
-        let set = parse_files(&files, &registry, &inventory)
-            .unwrap_or_else(|e| panic!("{:?}", e.first()));
+        let set = parse_files(&files, &registry, &inventory).unwrap_or_else(|e| panic!("{:?}", e.first()));
         let engine = Engine::new(set, registry.clone(), inventory.clone());
         let mut lat = Vec::with_capacity(bodies.len());
         let (elapsed, counts) = runtime.block_on(pass(&engine, &bodies, Some(&mut lat)));

@@ -886,7 +886,15 @@ rules:
         );
         let huge_rep = "rules: [{ name: r, match: { labels: { a: { regex: \"(a{1000}){1000}\" } } }, target: { host: web-1 }, action: noop }]\n";
         let deep = format!("rules: {}{}\n", "[".repeat(5000), "]".repeat(5000));
-        for text in [long_regex.as_str(), huge_rep, deep.as_str(), "rules: 3\n", ": : :\n", "\0"] {
+        let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            laughs.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        laughs.push_str("rules: [*a11]\n");
+        for text in [long_regex.as_str(), huge_rep, deep.as_str(), laughs.as_str(), "rules: 3\n", ": : :\n", "\0"] {
             assert!(compile(&[("h.yaml", text)]).is_err(), "{text:.60}");
         }
     }
