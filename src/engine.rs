@@ -606,7 +606,6 @@ impl<D: DedupStore> Engine<D> {
             d.dedup_key = key.clone();
             match (rule.dedup.mode, key) {
                 (DedupMode::OnceAfter, Some(key)) => {
-                    d.trace.set(Gate::Breaker, Step::NotReached);
                     match self.dedup.claim(&key, rule.dedup.window, now).await {
                         Ok(true) => {
                             d.trace.set(Gate::Dedup, Step::Deferred);
@@ -1161,6 +1160,15 @@ rules:
     }
 
     #[tokio::test(start_paused = true)]
+    async fn with_dedup_off_a_resolved_event_is_no_business_of_a_firing_rule() {
+        let e = engine(&DIAG.replace("dedup: { window: 10m }", "dedup: { mode: off }"));
+        let labels = [("alertname", "A"), ("instance", "web-1:9100")];
+        assert!(e.decide(event(AlertStatus::Resolved, "fp", &labels)).await.is_empty());
+        assert_eq!(decide(&e, firing("fp", &labels)).await, one("admitted", None));
+        assert_eq!(decide(&e, firing("fp", &labels)).await, one("admitted", None));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn rate_limits_per_rule_and_per_host_refill_over_time() {
         let e = engine(&DIAG.replace(
             "dedup: { window: 10m }",
@@ -1315,6 +1323,11 @@ rules:
         assert_eq!(names(ds), ["first"]);
         let ds = e.decide(event(AlertStatus::Resolved, "c", &[("alertname", "Other")])).await;
         assert_eq!(names(ds), ["fourth"]);
+        // A resolved event clears the keys of the firing rules it matches (first, second), nothing else.
+        let ds =
+            e.decide(event(AlertStatus::Resolved, "a", &[("alertname", "DiskFull"), ("severity", "critical")])).await;
+        let kinds: Vec<_> = ds.iter().map(|d| (d.rule.to_string(), d.verdict.kind())).collect();
+        assert_eq!(kinds, [("first".into(), "cleared"), ("second".into(), "cleared"), ("third".into(), "cleared")]);
         assert!(e.decide(firing("d", &[("alertname", "Nothing")])).await.is_empty());
     }
 

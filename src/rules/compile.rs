@@ -20,7 +20,7 @@ use super::model::{
     RuleFileConfig, TargetConfig,
 };
 use super::template::{ProbeContext, Templates};
-use super::{ArgSource, BlastRadius, Dedup, Origin, Policy, Rule, RuleDiagnostic, RuleSet, Target};
+use super::{ArgSource, BlastRadius, Dedup, DedupMode, Origin, Policy, Rule, RuleDiagnostic, RuleSet, Target};
 use crate::gate::breaker::BreakerSpec;
 use crate::gate::ratelimit::RateSpec;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -664,12 +664,14 @@ impl Compiler<'_> {
             }
             None => (None, "{{ fingerprint }}/{{ status }}/{{ target }}".to_owned()),
         };
+        let mode = dedup_config.map(|d| d.mode).unwrap_or_default();
         let dedup = Dedup {
-            mode: dedup_config.map(|d| d.mode).unwrap_or_default(),
+            mode,
             window,
             key_template,
             key,
-            clear_on_resolved: dedup_config.is_none_or(|d| d.clear_on_resolved),
+            // With dedup off there is no key to clear: a resolved event is then no business of a firing rule.
+            clear_on_resolved: mode != DedupMode::Off && dedup_config.is_none_or(|d| d.clear_on_resolved),
         };
         let rate = r.rate_limit.clone().unwrap_or_default();
         let rate_rule = rate.rule.as_ref().and_then(|x| self.rate(x, "rate_limit.rule"));
