@@ -2,10 +2,11 @@
 //! an admitted run (holding its host lease) or a suppression with its reason. Nothing is dropped silently.
 //!
 //! Gate order for one (rule, host): target → arguments → safety class → circuit breaker → dedup (read) →
-//! blast radius → host lock → rate limits (rule, rule×host, host, global) → dedup claim. The reversible gates
+//! host lock → blast radius → dedup claim → rate limits (rule×host, host, rule, global). The reversible gates
 //! come first and are rolled back when a later one says no, so a suppressed decision leaves no trace in the
-//! dedup store, the blast-radius window or the host locks. `once_after` claims the dedup key at once and parks
-//! the match; the gates from the breaker on run when its window closes ([`Engine::take_due`]).
+//! dedup store, the blast-radius window or the host locks; rate-limit tokens cannot be given back, so they are
+//! taken last. `once_after` claims the dedup key at once and parks the match (bounded in number); the gates from
+//! the breaker on run when its window closes ([`Engine::take_due`]), against the rule as it is then.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -57,10 +58,12 @@ pub enum SuppressReason {
     HostBusy,
     /// A rate limit (rule, rule×host, host, global or chatops requester) is exhausted.
     RateLimited,
-    /// A `once_after` window was cancelled by the alert resolving before it closed.
+    /// The alert resolved while its `once_after` run was being parked.
     ResolvedBeforeWindow,
-    /// The rule was removed by a reload while its `once_after` run was pending.
-    RuleRemoved,
+    /// A reload removed, disabled or changed the rule while its `once_after` run was pending.
+    RuleChanged,
+    /// Too many `once_after` runs are pending (per rule or in all): fail closed.
+    PendingFull,
     /// A chatops request for an action chatops may not run.
     NotAllowed,
     /// A chatops request naming an unknown action.
@@ -81,7 +84,8 @@ impl SuppressReason {
             SuppressReason::HostBusy => "host_busy",
             SuppressReason::RateLimited => "rate_limited",
             SuppressReason::ResolvedBeforeWindow => "resolved_before_window",
-            SuppressReason::RuleRemoved => "rule_removed",
+            SuppressReason::RuleChanged => "rule_changed",
+            SuppressReason::PendingFull => "pending_full",
             SuppressReason::NotAllowed => "not_allowed",
             SuppressReason::InvalidRequest => "invalid_request",
         }
@@ -103,8 +107,8 @@ pub enum Gate {
     SafetyClass,
     Breaker,
     Dedup,
-    BlastRadius,
     HostLock,
+    BlastRadius,
     RateLimit,
 }
 
@@ -115,8 +119,8 @@ impl Gate {
         Gate::SafetyClass,
         Gate::Breaker,
         Gate::Dedup,
-        Gate::BlastRadius,
         Gate::HostLock,
+        Gate::BlastRadius,
         Gate::RateLimit,
     ];
 }
@@ -349,16 +353,26 @@ struct Loaded {
     rules: Arc<RuleSet>,
     /// By rule number.
     gates: Vec<Arc<RuleGates>>,
+    /// Rule number by name.
+    by_name: HashMap<Arc<str>, usize>,
     global: Arc<RateLimit>,
     host: Arc<KeyedRateLimit<Arc<str>>>,
     requester: Arc<KeyedRateLimit<Arc<str>>>,
 }
 
+/// Most `once_after` runs pending at once, in all and per rule: a flood of distinct alerts must not fill the
+/// dedup store (shared by all rules) or memory.
+pub const MAX_PENDING: usize = 10_000;
+pub const MAX_PENDING_PER_RULE: usize = 1_000;
+
 /// A `once_after` match waiting for its window to close.
 struct Parked {
     due: Instant,
+    /// The event without its raw payload (which could be a large body shared with other alerts).
     event: Arc<Event>,
     rule: Arc<str>,
+    /// What the rule said when the run was parked; a reload that changes it cancels the run.
+    rule_spec: RuleSpec,
     action: String,
     plugin: Arc<Plugin>,
     host: String,
@@ -366,6 +380,46 @@ struct Parked {
     trace: Trace,
     /// Repeats collected into this run.
     collected: u64,
+}
+
+/// The parts of a rule that decide what a parked run does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RuleSpec {
+    action: String,
+    plugin_sha256: String,
+    target: Target,
+    args: Vec<(String, ArgSource)>,
+}
+
+impl RuleSpec {
+    fn of(rule: &Rule) -> RuleSpec {
+        RuleSpec {
+            action: rule.action.clone(),
+            plugin_sha256: rule.plugin.sha256.clone(),
+            target: rule.target.clone(),
+            args: rule.args.clone(),
+        }
+    }
+}
+
+/// Parked runs by (rule-namespaced) dedup key, with a count per rule for the caps.
+#[derive(Default)]
+struct Pending {
+    by_key: HashMap<String, Parked>,
+    per_rule: HashMap<Arc<str>, usize>,
+}
+
+impl Pending {
+    fn remove(&mut self, key: &str) -> Option<Parked> {
+        let p = self.by_key.remove(key)?;
+        if let Some(n) = self.per_rule.get_mut(&p.rule) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_rule.remove(&p.rule);
+            }
+        }
+        Some(p)
+    }
 }
 
 /// Summary of a reload.
@@ -385,8 +439,9 @@ pub struct Engine<D: DedupStore = MemoryDedup> {
     /// One lease per host across all rules and chatops; leases travel inside admitted decisions and are
     /// released when the run finishes ([`Admission::finish`]) or the decision is dropped.
     locks: HostLocks,
-    /// Keyed by the (rule-namespaced) dedup key.
-    parked: Mutex<HashMap<String, Parked>>,
+    parked: Mutex<Pending>,
+    /// Reloads one at a time (each builds the new state outside the lock decisions read).
+    reloading: Mutex<()>,
 }
 
 thread_local! {
@@ -410,7 +465,8 @@ impl<D: DedupStore> Engine<D> {
             inventory,
             dedup,
             locks: HostLocks::default(),
-            parked: Mutex::new(HashMap::new()),
+            parked: Mutex::new(Pending::default()),
+            reloading: Mutex::new(()),
         }
     }
 
@@ -419,10 +475,7 @@ impl<D: DedupStore> Engine<D> {
             .rules
             .iter()
             .map(|r| {
-                let previous = old.and_then(|o| {
-                    let i = o.rules.rules.iter().position(|x| x.name == r.name)?;
-                    o.gates.get(i).cloned()
-                });
+                let previous = old.and_then(|o| o.gates.get(*o.by_name.get(&r.name)?).cloned());
                 match previous {
                     Some(g) if g.settings == (r.rate_rule, r.rate_host, r.blast_radius, r.breaker) => g,
                     _ => Arc::new(RuleGates::new(r)),
@@ -438,7 +491,9 @@ impl<D: DedupStore> Engine<D> {
             Some(l) if l.spec() == rate => l.clone(),
             _ => Arc::new(KeyedRateLimit::new(rate)),
         };
+        let by_name = rules.rules.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
         Loaded {
+            by_name,
             global: keep(old.map(|o| &o.global), p.global),
             host: keep_keyed(old.map(|o| &o.host), p.host),
             requester: keep_keyed(old.map(|o| &o.requester), p.chatops_rate),
@@ -459,11 +514,14 @@ impl<D: DedupStore> Engine<D> {
     /// Swaps in a new rule set at once. Gate state carries over for rules whose name and gate settings are
     /// unchanged. (A rule set that failed to load never gets here: the old one stays in force.)
     pub fn reload(&self, rules: RuleSet) -> ReloadSummary {
-        let mut slot = self.loaded.write().unwrap_or_else(|e| e.into_inner());
-        let new = Self::build(rules, Some(&slot));
-        let kept = new.gates.iter().filter(|g| slot.gates.iter().any(|o| Arc::ptr_eq(o, g))).count();
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        // Built outside the lock decisions take: they go on with the old set meanwhile.
+        let old = self.current();
+        let new = Self::build(rules, Some(&old));
+        let old_gates: std::collections::HashSet<*const RuleGates> = old.gates.iter().map(Arc::as_ptr).collect();
+        let kept = new.gates.iter().filter(|g| old_gates.contains(&Arc::as_ptr(g))).count();
         let summary = ReloadSummary { rules: new.rules.rules.len(), kept_state: kept };
-        *slot = Arc::new(new);
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         summary
     }
 
@@ -569,26 +627,25 @@ impl<D: DedupStore> Engine<D> {
                 out.push(d);
                 continue;
             }
+            if event.status == AlertStatus::Resolved && rule.dedup.clear_on_resolved {
+                // A rule that acts on resolved events (status: any) also clears its firing twin's key.
+                let firing = context(Some(&host), Some(AlertStatus::Firing));
+                if let Ok(key) = self.dedup_key(loaded, rule, event, &host, AlertStatus::Firing, &firing) {
+                    self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    let _ = self.dedup.release(&key).await;
+                }
+            }
             let ctx = context(Some(&host), None);
             if let Err(verdict) = self.render_args(loaded, rule, &ctx, &mut d) {
                 d.verdict = verdict;
                 out.push(d);
                 continue;
             }
-            // Safety class.
-            if rule.plugin.class == SafetyClass::Remediation
-                && loaded.rules.policy.remediation_allowed_rules.as_ref().is_some_and(|a| !a.contains(&*rule.name))
-            {
-                d.trace.set(Gate::SafetyClass, Step::Suppressed);
-                let detail = format!(
-                    "`{}` is a remediation plugin and rule `{}` is not in policy.remediation.allowed_rules",
-                    rule.plugin.name, rule.name
-                );
-                d.verdict = Verdict::suppressed(SuppressReason::SafetyClass, detail);
+            if let Err(v) = self.safety_class(loaded, rule, &mut d.trace) {
+                d.verdict = v;
                 out.push(d);
                 continue;
             }
-            d.trace.set(Gate::SafetyClass, Step::Passed);
             // Dedup key.
             let key = if rule.dedup.mode == DedupMode::Off {
                 None
@@ -606,28 +663,7 @@ impl<D: DedupStore> Engine<D> {
             d.dedup_key = key.clone();
             match (rule.dedup.mode, key) {
                 (DedupMode::OnceAfter, Some(key)) => {
-                    match self.dedup.claim(&key, rule.dedup.window, now).await {
-                        Ok(true) => {
-                            d.trace.set(Gate::Dedup, Step::Deferred);
-                            let until = Utc::now() + chrono::Duration::from_std(rule.dedup.window).unwrap_or_default();
-                            self.park(key, &d, rule, &host, now + rule.dedup.window);
-                            d.verdict = Verdict::Deferred { until };
-                        }
-                        Ok(false) => {
-                            d.trace.set(Gate::Dedup, Step::Suppressed);
-                            let collected = self.collect(&key);
-                            let detail = if collected {
-                                "repeat collected into the pending run".to_owned()
-                            } else {
-                                format!("key `{key}` is held (once_after)")
-                            };
-                            d.verdict = Verdict::suppressed(SuppressReason::Duplicate, detail);
-                        }
-                        Err(e) => {
-                            d.trace.set(Gate::Dedup, Step::Suppressed);
-                            d.verdict = Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string());
-                        }
-                    }
+                    d.verdict = self.defer(rule, key, &host, &mut d, now).await;
                     out.push(d);
                 }
                 (_, key) => {
@@ -636,6 +672,22 @@ impl<D: DedupStore> Engine<D> {
                 }
             }
         }
+    }
+
+    /// Remediation plugins only for the rules the policy allows.
+    fn safety_class(&self, loaded: &Loaded, rule: &Rule, trace: &mut Trace) -> Result<(), Verdict> {
+        if rule.plugin.class == SafetyClass::Remediation
+            && loaded.rules.policy.remediation_allowed_rules.as_ref().is_some_and(|a| !a.contains(&*rule.name))
+        {
+            trace.set(Gate::SafetyClass, Step::Suppressed);
+            let detail = format!(
+                "`{}` is a remediation plugin and rule `{}` is not in policy.remediation.allowed_rules",
+                rule.plugin.name, rule.name
+            );
+            return Err(Verdict::suppressed(SuppressReason::SafetyClass, detail));
+        }
+        trace.set(Gate::SafetyClass, Step::Passed);
+        Ok(())
     }
 
     fn render_args(
@@ -685,7 +737,7 @@ impl<D: DedupStore> Engine<D> {
         Ok(format!("{}/{}", rule.name, body))
     }
 
-    /// The gates from the breaker on, then the dedup claim; each reversible step is undone if a later one says no.
+    /// The gates from the breaker on; each reversible step is undone if a later one says no.
     #[allow(clippy::too_many_arguments)]
     async fn admit(
         &self,
@@ -710,9 +762,11 @@ impl<D: DedupStore> Engine<D> {
                 Ok(false) => {}
                 Ok(true) => {
                     trace.set(Gate::Dedup, Step::Suppressed);
-                    let detail =
-                        format!("key `{key}` acted within the last {}", humantime::format_duration(rule.dedup.window));
-                    return Verdict::suppressed(SuppressReason::Duplicate, detail);
+                    let window = humantime::format_duration(rule.dedup.window);
+                    return Verdict::suppressed(
+                        SuppressReason::Duplicate,
+                        format!("key `{key}` acted within the last {window}"),
+                    );
                 }
                 Err(e) => {
                     trace.set(Gate::Dedup, Step::Suppressed);
@@ -722,45 +776,70 @@ impl<D: DedupStore> Engine<D> {
         } else {
             trace.set(Gate::Dedup, Step::Skipped);
         }
-        match self.back_gates(loaded, rule, gates, host, trace, now) {
-            Err(v) => v,
-            Ok((lease, ticket)) => {
-                if let Some(key) = key {
-                    match self.dedup.claim(key, rule.dedup.window, now).await {
-                        Ok(true) => trace.set(Gate::Dedup, Step::Passed),
-                        other => {
-                            if let (Some(t), Some(b)) = (ticket, gates.blast.as_ref()) {
-                                t.rollback(b);
-                            }
-                            trace.set(Gate::Dedup, Step::Suppressed);
-                            return match other {
-                                Err(e) => Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string()),
-                                _ => Verdict::suppressed(
-                                    SuppressReason::Duplicate,
-                                    format!("key `{key}` was claimed concurrently"),
-                                ),
-                            };
-                        }
-                    }
+        let (lease, ticket) = match self.lock_and_blast(rule, gates, host, trace, now) {
+            Ok(x) => x,
+            Err(v) => return v,
+        };
+        let rollback_blast = |ticket: Option<BlastTicket>| {
+            if let (Some(t), Some(b)) = (ticket, gates.blast.as_ref()) {
+                t.rollback(b);
+            }
+        };
+        // The claim is the atomic dedup step (a concurrent twin loses here); it can be released, rate-limit
+        // tokens cannot, so it comes before them.
+        if let Some(key) = key {
+            match self.dedup.claim(key, rule.dedup.window, now).await {
+                Ok(true) => trace.set(Gate::Dedup, Step::Passed),
+                other => {
+                    rollback_blast(ticket);
+                    trace.set(Gate::Dedup, Step::Suppressed);
+                    return match other {
+                        Err(e) => Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string()),
+                        _ => Verdict::suppressed(
+                            SuppressReason::Duplicate,
+                            format!("key `{key}` was claimed concurrently"),
+                        ),
+                    };
                 }
-                Verdict::Admitted(Admission { lease, permit: Some((permit, gates.clone())) })
             }
         }
+        if let Err(detail) = self.rates(loaded, Some(gates), host, None) {
+            if let Some(key) = key {
+                let _ = self.dedup.release(key).await;
+            }
+            rollback_blast(ticket);
+            trace.set(Gate::RateLimit, Step::Suppressed);
+            return Verdict::suppressed(SuppressReason::RateLimited, detail);
+        }
+        trace.set(Gate::RateLimit, Step::Passed);
+        Verdict::Admitted(Admission { lease, permit: Some((permit, gates.clone())) })
     }
 
-    /// Blast radius, host lock, rate limits. Ok carries what must be rolled back if the dedup claim fails.
-    fn back_gates(
+    /// Host lock, then blast radius (remediations only). The lock first: with it held, no two tickets for one
+    /// host can be outstanding, so a rollback always undoes exactly its own admission.
+    fn lock_and_blast(
         &self,
-        loaded: &Loaded,
         rule: &Rule,
         gates: &RuleGates,
         host: &str,
         trace: &mut Trace,
         now: Instant,
     ) -> Result<(Option<HostLease>, Option<BlastTicket>), Verdict> {
-        let remediation = rule.plugin.class == SafetyClass::Remediation;
+        if rule.plugin.class != SafetyClass::Remediation {
+            trace.set(Gate::HostLock, Step::Skipped);
+            trace.set(Gate::BlastRadius, Step::Skipped);
+            return Ok((None, None));
+        }
+        let lease = match self.locks.try_acquire(host, format!("rule {}", rule.name), now) {
+            Ok(l) => l,
+            Err(busy) => {
+                trace.set(Gate::HostLock, Step::Suppressed);
+                return Err(Verdict::suppressed(SuppressReason::HostBusy, busy.to_string()));
+            }
+        };
+        trace.set(Gate::HostLock, Step::Passed);
         let ticket = match gates.blast.as_ref() {
-            Some(b) if remediation => match b.try_admit(host, now) {
+            Some(b) => match b.try_admit(host, now) {
                 Ok(t) => {
                     trace.set(Gate::BlastRadius, Step::Passed);
                     Some(t)
@@ -770,39 +849,12 @@ impl<D: DedupStore> Engine<D> {
                     return Err(Verdict::suppressed(SuppressReason::BlastRadius, e.to_string()));
                 }
             },
-            _ => {
+            None => {
                 trace.set(Gate::BlastRadius, Step::Skipped);
                 None
             }
         };
-        let rollback = |ticket: Option<BlastTicket>| {
-            if let (Some(t), Some(b)) = (ticket, gates.blast.as_ref()) {
-                t.rollback(b);
-            }
-        };
-        let lease = if remediation {
-            match self.locks.try_acquire(host, format!("rule {}", rule.name), now) {
-                Ok(l) => {
-                    trace.set(Gate::HostLock, Step::Passed);
-                    Some(l)
-                }
-                Err(busy) => {
-                    rollback(ticket);
-                    trace.set(Gate::HostLock, Step::Suppressed);
-                    return Err(Verdict::suppressed(SuppressReason::HostBusy, busy.to_string()));
-                }
-            }
-        } else {
-            trace.set(Gate::HostLock, Step::Skipped);
-            None
-        };
-        if let Err(detail) = self.rates(loaded, Some(gates), host, None) {
-            rollback(ticket);
-            trace.set(Gate::RateLimit, Step::Suppressed);
-            return Err(Verdict::suppressed(SuppressReason::RateLimited, detail));
-        }
-        trace.set(Gate::RateLimit, Step::Passed);
-        Ok((lease, ticket))
+        Ok((Some(lease), ticket))
     }
 
     /// Rule×host, host, rule, requester, global: narrowest first, because a limiter cannot give a token back —
@@ -854,11 +906,42 @@ impl<D: DedupStore> Engine<D> {
         d.verdict = Verdict::Cleared { cancelled_pending: cancelled };
     }
 
-    fn park(&self, key: String, d: &Decision, rule: &Rule, host: &str, due: Instant) {
+    /// `once_after`: claims the key (opening the window) and parks the match, or collects a repeat into the run
+    /// already parked. Bounded: past [`MAX_PENDING`] / [`MAX_PENDING_PER_RULE`] parked runs, new ones are refused.
+    async fn defer(&self, rule: &Rule, key: String, host: &str, d: &mut Decision, now: Instant) -> Verdict {
+        if self.collect(&key) {
+            d.trace.set(Gate::Dedup, Step::Suppressed);
+            return Verdict::suppressed(SuppressReason::Duplicate, "collected into the pending run");
+        }
+        {
+            let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+            let of_rule = parked.per_rule.get(&rule.name).copied().unwrap_or(0);
+            if parked.by_key.len() >= MAX_PENDING || of_rule >= MAX_PENDING_PER_RULE {
+                d.trace.set(Gate::Dedup, Step::Suppressed);
+                let detail = format!(
+                    "{} once_after runs pending ({of_rule} of rule `{}`); limits {MAX_PENDING} and {MAX_PENDING_PER_RULE} per rule",
+                    parked.by_key.len(),
+                    rule.name
+                );
+                return Verdict::suppressed(SuppressReason::PendingFull, detail);
+            }
+        }
+        match self.dedup.claim(&key, rule.dedup.window, now).await {
+            Ok(true) => {}
+            Ok(false) => {
+                d.trace.set(Gate::Dedup, Step::Suppressed);
+                return Verdict::suppressed(SuppressReason::Duplicate, format!("key `{key}` is held (once_after)"));
+            }
+            Err(e) => {
+                d.trace.set(Gate::Dedup, Step::Suppressed);
+                return Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string());
+            }
+        }
         let parked = Parked {
-            due,
-            event: d.event.clone(),
+            due: now + rule.dedup.window,
+            event: Arc::new(Event { raw: Arc::from(""), ..(*d.event).clone() }),
             rule: rule.name.clone(),
+            rule_spec: RuleSpec::of(rule),
             action: d.action.clone(),
             plugin: rule.plugin.clone(),
             host: host.to_owned(),
@@ -866,11 +949,28 @@ impl<D: DedupStore> Engine<D> {
             trace: d.trace,
             collected: 0,
         };
-        self.parked.lock().unwrap_or_else(|e| e.into_inner()).insert(key, parked);
+        {
+            let mut pending = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+            *pending.per_rule.entry(rule.name.clone()).or_default() += 1;
+            if let Some(previous) = pending.by_key.insert(key.clone(), parked) {
+                // Cannot happen (collect() saw no entry and the key was free), but never lose a parked run.
+                pending.by_key.insert(key.clone(), previous);
+            }
+        }
+        // A resolved event may have cleared the key between the claim and the parking: then nothing is pending.
+        if !self.dedup.is_held(&key, now).await.unwrap_or(true) {
+            self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            d.trace.set(Gate::Dedup, Step::Suppressed);
+            return Verdict::suppressed(SuppressReason::ResolvedBeforeWindow, "the alert resolved while it was parked");
+        }
+        d.trace.set(Gate::Dedup, Step::Deferred);
+        Verdict::Deferred { until: Utc::now() + chrono::Duration::from_std(rule.dedup.window).unwrap_or_default() }
     }
 
+    /// Counts a repeat into the parked run of `key`, if there is one (also one whose window just closed but
+    /// that [`Engine::take_due`] has not taken yet: it is never replaced).
     fn collect(&self, key: &str) -> bool {
-        match self.parked.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key) {
+        match self.parked.lock().unwrap_or_else(|e| e.into_inner()).by_key.get_mut(key) {
             Some(p) => {
                 p.collected += 1;
                 true
@@ -881,14 +981,15 @@ impl<D: DedupStore> Engine<D> {
 
     /// When the earliest parked `once_after` run is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner()).values().map(|p| p.due).min()
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).by_key.values().map(|p| p.due).min()
     }
 
     /// Runs the remaining gates for every parked run whose window has closed by `now`.
     pub async fn take_due(&self, now: Instant) -> Vec<Decision> {
         let due: Vec<(String, Parked)> = {
             let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
-            let keys: Vec<String> = parked.iter().filter(|(_, p)| p.due <= now).map(|(k, _)| k.clone()).collect();
+            let keys: Vec<String> =
+                parked.by_key.iter().filter(|(_, p)| p.due <= now).map(|(k, _)| k.clone()).collect();
             keys.into_iter().filter_map(|k| parked.remove(&k).map(|p| (k, p))).collect()
         };
         let loaded = self.current();
@@ -907,26 +1008,40 @@ impl<D: DedupStore> Engine<D> {
                 decided_at: Utc::now(),
             };
             d.trace.set(Gate::Dedup, Step::Passed);
-            let found = loaded.rules.rules.iter().position(|r| r.name == p.rule);
-            let Some((rule, gates)) = found.and_then(|i| Some((loaded.rules.rules.get(i)?, loaded.gates.get(i)?)))
-            else {
-                d.verdict = Verdict::suppressed(SuppressReason::RuleRemoved, "the rule was removed by a reload");
+            let found = loaded.by_name.get(&p.rule).copied();
+            let current = found.and_then(|i| Some((loaded.rules.rules.get(i)?, loaded.gates.get(i)?)));
+            let (rule, gates) = match current {
+                Some((rule, gates)) if rule.enabled && RuleSpec::of(rule) == p.rule_spec => (rule, gates),
+                Some((rule, _)) if !rule.enabled => {
+                    d.verdict = Verdict::suppressed(SuppressReason::RuleChanged, "a reload disabled the rule");
+                    out.push(d);
+                    continue;
+                }
+                Some(_) => {
+                    let detail = "a reload changed the rule's action, target or arguments";
+                    d.verdict = Verdict::suppressed(SuppressReason::RuleChanged, detail);
+                    out.push(d);
+                    continue;
+                }
+                None => {
+                    d.verdict = Verdict::suppressed(SuppressReason::RuleChanged, "a reload removed the rule");
+                    out.push(d);
+                    continue;
+                }
+            };
+            if let Err(v) = self.safety_class(&loaded, rule, &mut d.trace) {
+                d.verdict = v;
                 out.push(d);
                 continue;
-            };
-            d.verdict = match gates.breaker.check(now) {
-                Err(open) => {
-                    d.trace.set(Gate::Breaker, Step::Suppressed);
-                    Verdict::suppressed(SuppressReason::CircuitOpen, open.to_string())
-                }
-                Ok(permit) => {
-                    d.trace.set(Gate::Breaker, Step::Passed);
-                    match self.back_gates(&loaded, rule, gates, &p.host, &mut d.trace, now) {
-                        Ok((lease, _)) => Verdict::Admitted(Admission { lease, permit: Some((permit, gates.clone())) }),
-                        Err(v) => v,
-                    }
-                }
-            };
+            }
+            d.verdict = self.admit(&loaded, rule, gates, &p.host, None, &mut d.trace, now).await;
+            if d.trace.get(Gate::Dedup) == Step::Skipped {
+                // The key was claimed when the run was parked.
+                d.trace.set(Gate::Dedup, Step::Passed);
+            }
+            if p.collected > 0 {
+                tracing::debug!(rule = %p.rule, collected = p.collected, "once_after window closed");
+            }
             if p.collected > 0 {
                 tracing::debug!(rule = %p.rule, collected = p.collected, "once_after window closed");
             }
@@ -1468,6 +1583,143 @@ rules:
             admitted += t.await.unwrap_or(0);
         }
         assert_eq!(admitted, 1);
+    }
+
+    const AFTER: &str = "
+policy:
+  remediation: { allowed_rules: [r] }
+rules:
+  - name: r
+    match: { labels: { alertname: A } }
+    target: { host: web-1 }
+    action: restart-docker
+    dedup: { mode: once_after, window: 5m }
+";
+
+    fn set(yaml: &str) -> RuleSet {
+        compile(&[("t.yaml", yaml)]).unwrap_or_else(|e| panic!("{e:#?}"))
+    }
+
+    /// Regression (review): a parked run used to execute after a reload disabled its rule, removed it from the
+    /// allow-list or changed its action.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_disables_or_changes_the_rule_cancels_its_parked_run() {
+        let cases = [
+            (
+                AFTER.replace("    action: restart-docker", "    enabled: false\n    action: restart-docker"),
+                SuppressReason::RuleChanged,
+            ),
+            (AFTER.replace("allowed_rules: [r]", "allowed_rules: []"), SuppressReason::SafetyClass),
+            (AFTER.replace("restart-docker", "restart-nomad"), SuppressReason::RuleChanged),
+            (AFTER.replace("name: r", "name: q").replace("[r]", "[q]"), SuppressReason::RuleChanged),
+        ];
+        for (new, reason) in cases {
+            let e = engine(AFTER);
+            assert_eq!(e.decide(firing("fp", &[("alertname", "A")])).await[0].verdict.kind(), "deferred");
+            e.reload(set(&new));
+            tokio::time::advance(Duration::from_secs(300)).await;
+            let due = e.take_due(Instant::now()).await;
+            assert_eq!(due.len(), 1);
+            assert_eq!(due[0].verdict.reason(), Some(reason), "{new}");
+        }
+        // An unchanged reload keeps it.
+        let e = engine(AFTER);
+        let _ = e.decide(firing("fp", &[("alertname", "A")])).await;
+        e.reload(set(AFTER));
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert!(e.take_due(Instant::now()).await[0].is_admitted());
+    }
+
+    /// Regression (review): a repeat arriving after the window closed but before `take_due` used to replace the
+    /// parked run and postpone it by a whole window.
+    #[tokio::test(start_paused = true)]
+    async fn a_repeat_at_the_due_instant_is_collected_not_reparked() {
+        let e = engine(&AFTER.replace("restart-docker", "noop"));
+        let a = || firing("fp", &[("alertname", "A")]);
+        assert_eq!(e.decide(a()).await[0].verdict.kind(), "deferred");
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(e.decide(a()).await[0].verdict.reason(), Some(SuppressReason::Duplicate));
+        let ran = e.take_due(Instant::now()).await;
+        assert_eq!(ran.len(), 1);
+        assert!(ran[0].is_admitted());
+        assert_eq!(ran[0].trace.get(Gate::Dedup), Step::Passed);
+    }
+
+    /// Regression (review): a flood of distinct alerts on one once_after rule used to fill the dedup store
+    /// shared by every rule.
+    #[tokio::test(start_paused = true)]
+    async fn once_after_parking_is_bounded_per_rule() {
+        let yaml = format!(
+            "{}{}",
+            AFTER.replace("restart-docker", "noop"),
+            "
+  - name: other
+    match: { labels: { alertname: B } }
+    target: { host: web-2 }
+    action: noop
+"
+        );
+        let e = engine(&yaml);
+        for i in 0..MAX_PENDING_PER_RULE {
+            let d = e.decide(firing(&format!("fp{i}"), &[("alertname", "A")])).await;
+            assert_eq!(d[0].verdict.kind(), "deferred");
+        }
+        let d = e.decide(firing("one-more", &[("alertname", "A")])).await;
+        assert_eq!(d[0].verdict.reason(), Some(SuppressReason::PendingFull));
+        assert!(e.decide(firing("b", &[("alertname", "B")])).await[0].is_admitted());
+    }
+
+    /// Regression (review): a decision refused by the dedup claim used to have spent its rate-limit tokens.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_dedup_claim_spends_no_rate_tokens() {
+        let yaml = "
+rules:
+  - name: r
+    match: { labels: { alertname: A } }
+    target: { host_from: \"{{ labels.instance }}\" }
+    action: noop
+    rate_limit: { rule: { count: 2, per: 1h } }
+";
+        let store = MemoryDedup::new(std::num::NonZeroUsize::MIN);
+        let e = Engine::with_store(set(yaml), Arc::new(registry()), Arc::new(inventory()), store);
+        let on = |fp: &str, status| event(status, fp, &[("alertname", "A"), ("instance", "web-1")]);
+        assert!(e.decide(on("a", AlertStatus::Firing)).await[0].is_admitted());
+        let b = e.decide(on("b", AlertStatus::Firing)).await;
+        assert_eq!(b[0].verdict.reason(), Some(SuppressReason::DedupUnavailable));
+        let _ = e.decide(on("a", AlertStatus::Resolved)).await;
+        assert!(e.decide(on("c", AlertStatus::Firing)).await[0].is_admitted(), "budget of 2, one run so far");
+    }
+
+    /// Regression (review): a `status: any` rule acting on a resolved alert, and a resolved `stop` rule placed
+    /// first, used to leave the firing key held.
+    #[tokio::test(start_paused = true)]
+    async fn resolved_alerts_clear_keys_also_for_any_status_rules_and_past_stop_rules() {
+        let e = engine(
+            "
+rules:
+  - name: done
+    match: { status: resolved, labels: { alertname: B } }
+    target: { host: web-2 }
+    action: noop
+    stop: true
+  - name: any
+    match: { status: any, labels: { alertname: A } }
+    target: { host: web-1 }
+    action: noop
+  - name: fix
+    match: { labels: { alertname: B } }
+    target: { host: web-2 }
+    action: noop
+",
+        );
+        let names = |ds: &[Decision]| ds.iter().map(|d| (d.rule.to_string(), d.verdict.kind())).collect::<Vec<_>>();
+        assert!(e.decide(firing("a", &[("alertname", "A")])).await[0].is_admitted());
+        assert!(e.decide(event(AlertStatus::Resolved, "a", &[("alertname", "A")])).await[0].is_admitted());
+        assert!(e.decide(firing("a", &[("alertname", "A")])).await[0].is_admitted(), "firing key cleared");
+        assert!(e.decide(firing("b", &[("alertname", "B")])).await[0].is_admitted());
+        let ds = e.decide(event(AlertStatus::Resolved, "b", &[("alertname", "B")])).await;
+        assert_eq!(names(&ds), [("done".to_owned(), "admitted"), ("fix".to_owned(), "cleared")]);
+        assert!(e.decide(firing("b", &[("alertname", "B")])).await[0].is_admitted());
     }
 
     #[tokio::test]

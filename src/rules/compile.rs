@@ -236,8 +236,15 @@ fn parse_file(text: &str) -> Result<RuleFileConfig, Vec<(u64, u64, String)>> {
     }
 }
 
+/// The parser's message without its own `error: line N column M:` prefix (RUNE prints file:line:column itself,
+/// and for a rule re-parsed alone the parser's numbers would be the slice's).
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("invalid rule file").to_owned()
+    let line = s.lines().next().unwrap_or("invalid rule file");
+    let rest = line.strip_prefix("error: ").unwrap_or(line);
+    match rest.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((position, message)) if position.contains(" column ") => message.to_owned(),
+        _ => rest.to_owned(),
+    }
 }
 
 /// Best effort: the shape errors of each item of a block-style `rules:` list, parsed one by one.
@@ -267,7 +274,8 @@ fn per_rule_errors(text: &str) -> Vec<(u64, u64, String)> {
         let mut slice = String::from("rules:\n");
         for (n, line) in chunk.iter().enumerate() {
             if n == 0 {
-                match line.find("- ") {
+                // Only a block-style item (`  - key: ...`) can be cut out and parsed alone.
+                match line.find("- ").filter(|&dash| line[..dash].bytes().all(|b| b == b' ')) {
                     Some(dash) => {
                         slice.push_str(&" ".repeat(dash));
                         slice.push_str(&line[dash..]);
@@ -442,7 +450,11 @@ impl Compiler<'_> {
                         self.error(at, format!("{field}: regex is longer than {MAX_REGEX_BYTES} bytes"));
                         return None;
                     }
-                    match RegexBuilder::new(&format!("^(?:{p})$")).size_limit(REGEX_SIZE_LIMIT).build() {
+                    // Compiled alone first, so that a pattern such as `a)|(.*` cannot escape the anchoring group.
+                    let alone = RegexBuilder::new(p).size_limit(REGEX_SIZE_LIMIT).build();
+                    let anchored = alone
+                        .and_then(|_| RegexBuilder::new(&format!("^(?:{p})$")).size_limit(REGEX_SIZE_LIMIT).build());
+                    match anchored {
                         Ok(re) => Condition::Regex(re),
                         Err(e) => {
                             let e = e.to_string();
@@ -513,6 +525,10 @@ impl Compiler<'_> {
         true
     }
 
+    fn uses_target(&self, name: &str) -> bool {
+        self.templates.reads(name, "target")
+    }
+
     /// Warns about label/annotation fields a template reads that the match does not guarantee.
     fn warn_unguaranteed(&mut self, name: &str, source: &Spanned<String>, m: &CompiledMatch, what: &str) {
         if source.value.contains("default(") || source.value.contains("is defined") {
@@ -535,6 +551,9 @@ impl Compiler<'_> {
 
     fn rule(&mut self, number: u32, r: RuleConfig, origin: Origin, policy: &Policy) -> Option<Rule> {
         let errors_before = self.errors.len();
+        if r.name.value == crate::engine::CHATOPS_RULE {
+            self.error(r.name.referenced, "the rule name `chatops` is reserved for chatops requests".into());
+        }
         if !RULE_NAME_RE.is_match(&r.name.value) {
             self.error(
                 r.name.referenced,
@@ -602,7 +621,11 @@ impl Compiler<'_> {
             TargetConfig::HostFrom(t) => {
                 let name = format!("{number}/target");
                 if self.template(name.clone(), t, "target.host_from") {
-                    self.warn_unguaranteed(&name, t, &matcher, "target.host_from");
+                    if self.uses_target(&name) {
+                        self.error(t.referenced, "target.host_from: `target` is what this template computes".into());
+                    } else {
+                        self.warn_unguaranteed(&name, t, &matcher, "target.host_from");
+                    }
                 }
                 Target::HostFrom { template: name, source: t.value.clone() }
             }
@@ -878,6 +901,27 @@ rules:
         let rule = &set.rules[0];
         assert_eq!(rule.blast_radius, Some(set.policy.default_blast_radius));
         assert_eq!(rule.dedup.window, Duration::from_secs(600));
+    }
+
+    /// Regressions (review): an escaping regex, the reserved name, `target` in host_from, MiniJinja's globals.
+    #[test]
+    fn regex_anchoring_reserved_names_and_template_variables() {
+        let rule = |name: &str, extra: &str| {
+            format!(
+                "rules:\n  - name: {name}\n    match: {{ labels: {{ a: {{ regex: \"web-1)|(.*\" }} }} }}\n    target: {{ host: web-1 }}\n    action: noop\n{extra}"
+            )
+        };
+        let errs = errors(&[("r.yaml", &rule("chatops", ""))]);
+        assert!(errs.iter().any(|e| e.contains("invalid regex `web-1)|(.*`")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("`chatops` is reserved")), "{errs:#?}");
+        let errs = errors(&[(
+            "t.yaml",
+            "rules: [{ name: t, match: { labels: { a: x } }, target: { host_from: \"{{ target }}\" }, action: noop }]\n",
+        )]);
+        assert!(errs[0].contains("`target` is what this template computes"), "{errs:#?}");
+        let ok = "rules: [{ name: t, match: { labels: { a: x } }, target: { host: web-1 }, action: noop, \
+                  args: { message: \"{% for i in range(3) %}{{ i }}{% endfor %}\" } }]\n";
+        assert!(compile(&[("ok.yaml", ok)]).is_ok());
     }
 
     #[test]

@@ -202,17 +202,22 @@ impl RuleSet {
         }
     }
 
-    /// Appends to `out` the rules that match `event`, in file order, up to and including the first `stop` rule
-    /// that acts. `scratch` is reused between calls (no allocation per event once warm).
+    /// Appends to `out` the rules that match `event`, in file order: every acting match up to and including the
+    /// first `stop` rule that acts, and every clearing match (a `stop` never keeps a resolved alert from
+    /// clearing the dedup keys of the firing rules it matches). `scratch` is reused between calls (no allocation
+    /// per event once warm).
     pub fn matches(&self, event: &Event, scratch: &mut Vec<u32>, out: &mut Vec<(u32, MatchKind)>) {
         self.index.candidates(event, scratch);
+        let mut stopped = false;
         for &i in scratch.iter() {
             let Some(rule) = self.rules.get(i as usize) else { continue };
-            if let Some(kind) = rule.matcher.evaluate(event, rule.dedup.clear_on_resolved) {
-                out.push((i, kind));
-                if kind == MatchKind::Act && rule.stop {
-                    break;
+            match rule.matcher.evaluate(event, rule.dedup.clear_on_resolved) {
+                Some(MatchKind::Act) if !stopped => {
+                    out.push((i, MatchKind::Act));
+                    stopped = rule.stop;
                 }
+                Some(MatchKind::Clear) => out.push((i, MatchKind::Clear)),
+                _ => {}
             }
         }
     }
@@ -302,15 +307,18 @@ rules:
             let mut indexed = Vec::new();
             set.matches(&event, &mut scratch, &mut indexed);
             let mut linear = Vec::new();
+            let mut stopped = false;
             for (i, rule) in set.rules.iter().enumerate() {
                 if !rule.enabled {
                     continue;
                 }
-                if let Some(kind) = rule.matcher.evaluate(&event, rule.dedup.clear_on_resolved) {
-                    linear.push((i as u32, kind));
-                    if kind == MatchKind::Act && rule.stop {
-                        break;
+                match rule.matcher.evaluate(&event, rule.dedup.clear_on_resolved) {
+                    Some(MatchKind::Act) if !stopped => {
+                        linear.push((i as u32, MatchKind::Act));
+                        stopped = rule.stop;
                     }
+                    Some(MatchKind::Clear) => linear.push((i as u32, MatchKind::Clear)),
+                    _ => {}
                 }
             }
             prop_assert_eq!(indexed, linear);

@@ -30,6 +30,30 @@ pub const VARIABLES: &[&str] = &[
     "target",
 ];
 
+/// MiniJinja's global functions (not variables, but reported among undeclared names).
+const GLOBAL_FUNCTIONS: &[&str] = &["range", "dict", "namespace", "debug"];
+
+/// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].
+struct CappedWriter {
+    buf: Vec<u8>,
+    overflow: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_RENDERED_BYTES {
+            self.overflow = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Why a template could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -71,13 +95,14 @@ impl Templates {
     /// Renders a compiled template.
     pub fn render(&self, name: &str, context: &Value) -> Result<String, TemplateError> {
         let template = self.env.get_template(name).map_err(|e| TemplateError(describe(&e)))?;
-        let out = template.render(context).map_err(|e| TemplateError(describe(&e)))?;
-        if out.len() > MAX_RENDERED_BYTES {
-            return Err(TemplateError(format!(
-                "rendered text is {} bytes, the limit is {MAX_RENDERED_BYTES}",
-                out.len()
-            )));
+        // Written through a capped buffer: a loop cannot build megabytes before the size check.
+        let mut capped = CappedWriter { buf: Vec::new(), overflow: false };
+        let result = template.render_captured_to(context, &mut capped).map(drop);
+        if capped.overflow {
+            return Err(TemplateError(format!("rendered text is longer than the limit of {MAX_RENDERED_BYTES} bytes")));
         }
+        result.map_err(|e| TemplateError(describe(&e)))?;
+        let out = String::from_utf8(capped.buf).map_err(|_| TemplateError("rendered text is not UTF-8".into()))?;
         if out.contains('\0') {
             return Err(TemplateError("rendered text contains a NUL byte".into()));
         }
@@ -105,6 +130,11 @@ impl Templates {
         }
     }
 
+    /// Does the template read this top-level variable?
+    pub fn reads(&self, name: &str, variable: &str) -> bool {
+        self.env.get_template(name).is_ok_and(|t| t.undeclared_variables(false).contains(variable))
+    }
+
     /// The dotted label and annotation names a template reads (`labels.instance` → ("labels", "instance")),
     /// and any top-level name that is not a template variable.
     pub fn references(&self, name: &str) -> (Vec<(String, String)>, Vec<String>) {
@@ -121,7 +151,9 @@ impl Templates {
                     let field = field.split('.').next().unwrap_or(field);
                     fields.push((top.to_owned(), field.to_owned()));
                 }
-                (top, _) if !VARIABLES.contains(&top) => unknown.push(top.to_owned()),
+                (top, _) if !VARIABLES.contains(&top) && !GLOBAL_FUNCTIONS.contains(&top) => {
+                    unknown.push(top.to_owned())
+                }
                 _ => {}
             }
         }
