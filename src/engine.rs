@@ -299,8 +299,11 @@ impl Decision {
 
     /// The decision as published and printed by `rules test --output json`.
     pub fn to_json(&self) -> Value {
+        let decided_at = self.decided_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let mut v = json!({
-            "decided_at": self.decided_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "record": "decision",
+            "@timestamp": decided_at,
+            "decided_at": decided_at,
             "event_id": self.event.id,
             "correlation_id": self.event.correlation_id,
             "source": self.event.source,

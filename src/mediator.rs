@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::bpcs::{self, ArgValue, BPCS_VERSION, PluginInput, PluginRef, PluginStatus, SafetyClass, runner_exit};
 use crate::inventory::{Host, TransportKind};
 use crate::plugins::{LibFile, Plugin};
-use crate::results::{PluginIdentity, ResultEnvelope, Status};
+use crate::results::{PluginIdentity, RecordKind, ResultEnvelope, Status};
 use crate::transport::{
     Invocation, RawOutcome, SessionFile, SessionRun, Transport, TransportError, push_printf_literal,
 };
@@ -261,6 +261,8 @@ pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
     let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(run_id = %spec.run_id, host = %spec.host.name, status = %verdict.status, duration_ms, "run finished");
     ResultEnvelope {
+        record: RecordKind::Result,
+        timestamp: finished_at,
         run_id: spec.run_id.clone(),
         correlation_id: spec.correlation_id.clone(),
         action: spec.action.clone(),
@@ -275,6 +277,7 @@ pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
         finished_at,
         duration_ms,
         status: verdict.status,
+        outcome: verdict.status.into(),
         exit_code: raw.exit_code,
         output: verdict.output,
         error: verdict.error,
@@ -282,6 +285,7 @@ pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
         truncated: raw.stdout_truncated,
         dry_run: spec.dry_run,
         operator: spec.operator.clone(),
+        trigger: (*spec.trigger).clone(),
     }
 }
 

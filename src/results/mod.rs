@@ -76,9 +76,36 @@ pub struct PluginIdentity {
     pub sha256: String,
 }
 
+/// ECS-style outcome of a run (`event.outcome`): whether it counts as a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl From<Status> for Outcome {
+    fn from(s: Status) -> Outcome {
+        if s.is_success() { Outcome::Success } else { Outcome::Failure }
+    }
+}
+
+/// What kind of record a line of the result stream is (results and decisions may share a file or a sink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Result,
+    Decision,
+}
+
 /// One run on one host: the documented, stable result record (one JSON line per host with `--output json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultEnvelope {
+    /// Always `result` (decisions carry `decision`).
+    pub record: RecordKind,
+    /// The instant the run finished (= `finished_at`), under the name SIEMs index on.
+    #[serde(rename = "@timestamp")]
+    pub timestamp: DateTime<Utc>,
     pub run_id: String,
     pub correlation_id: String,
     pub action: String,
@@ -89,6 +116,8 @@ pub struct ResultEnvelope {
     pub finished_at: DateTime<Utc>,
     pub duration_ms: u64,
     pub status: Status,
+    /// `success` for ok, warn, skipped and dry_run; `failure` otherwise.
+    pub outcome: Outcome,
     /// The plugin's exit code, when it ran to an exit.
     pub exit_code: Option<i32>,
     /// The plugin's BPCS output object, when it produced a valid one.
@@ -101,4 +130,7 @@ pub struct ResultEnvelope {
     pub truncated: bool,
     pub dry_run: bool,
     pub operator: String,
+    /// What started the run: `{"source": "cli", "operator": ...}` by hand; for an alert its source, rule,
+    /// event id, subject, status, fingerprint and labels.
+    pub trigger: Value,
 }
