@@ -19,6 +19,7 @@
 //! - [`orchestrator`]: turns a run request into per-host runs with bounded parallelism.
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
+//! - [`bridge`]: the daemon's core: events → engine → published decisions → bounded runs → published results.
 //! - [`event`]: the normalised event every source produces.
 //! - [`rules`]: rule files: loading with every error at once, compiled conditions, index, templates.
 //! - [`engine`]: event → matching rules → gates → decisions (admitted with a host lease, or suppressed with a
@@ -30,6 +31,7 @@
 //! - [`cli`]: the `rune` command line.
 
 pub mod bpcs;
+pub mod bridge;
 pub mod cli;
 pub mod engine;
 pub mod event;

@@ -2,6 +2,8 @@
 //!
 //! The JSON field names are a stable, documented interface (docs/results.md); add fields, never rename them.
 
+pub mod publish;
+
 use std::fmt;
 
 use chrono::{DateTime, Utc};

@@ -1,0 +1,375 @@
+//! The daemon's core (`rune serve`): events in, decisions and runs out. Intakes (webhooks, NATS) hand parsed
+//! events to [`Bridge::accept`]; the engine decides; every decision is published; admitted runs go to the
+//! orchestrator (bounded in number), and their results are published and fed back to the rule's breaker.
+//!
+//! `accept` returns once every decision of the events is *recorded* — its run started, or its suppression
+//! published — which is the moment an intake may acknowledge its message.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Decision, Engine, ReloadSummary, Verdict};
+use crate::event::Event;
+use crate::gate::dedup::{DedupStore, MemoryDedup};
+use crate::orchestrator::Orchestrator;
+use crate::results::publish::{Publish, PublishError};
+use crate::rules::RuleDiagnostic;
+
+/// Runtime knobs of the bridge (from the configuration).
+#[derive(Debug, Clone)]
+pub struct BridgeOptions {
+    pub rules_dir: PathBuf,
+    /// Runs executing at once; admitted runs beyond it wait for a slot (their host lease is already held).
+    pub max_in_flight: usize,
+    /// How long shutdown waits for in-flight runs.
+    pub shutdown_grace: Duration,
+}
+
+/// A cloneable handle on the daemon's core.
+pub struct Bridge<D: DedupStore = MemoryDedup> {
+    inner: Arc<Inner<D>>,
+}
+
+impl<D: DedupStore> Clone for Bridge<D> {
+    fn clone(&self) -> Self {
+        Bridge { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<D: DedupStore> {
+    engine: Engine<D>,
+    orchestrator: Orchestrator,
+    publish: Arc<dyn Publish>,
+    options: BridgeOptions,
+    /// Slots for runs executing at once; each run task holds one while its plugin runs.
+    runs: Arc<Semaphore>,
+    /// Every run task and the deferred-run timer; shutdown waits on it.
+    tracker: TaskTracker,
+    /// Cancelled by [`Bridge::shutdown`]: the timer stops, `accept` refuses new events.
+    shutdown: CancellationToken,
+    /// Wakes the deferred-run timer when a `once_after` run was parked.
+    parked: Notify,
+}
+
+/// Why `accept` could not record every decision (the intake must not acknowledge).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    #[error("shutting down: not accepting new events")]
+    ShuttingDown,
+    #[error("a decision could not be published: {0}")]
+    Publish(#[from] PublishError),
+}
+
+impl<D: DedupStore> Bridge<D> {
+    pub fn new(
+        engine: Engine<D>,
+        orchestrator: Orchestrator,
+        publish: Arc<dyn Publish>,
+        options: BridgeOptions,
+    ) -> Self {
+        let runs = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+        Bridge {
+            inner: Arc::new(Inner {
+                engine,
+                orchestrator,
+                publish,
+                options,
+                runs,
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+                parked: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine<D> {
+        &self.inner.engine
+    }
+
+    /// Runs executing right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.options.max_in_flight.max(1) - self.inner.runs.available_permits()
+    }
+
+    /// Decides every event and records every decision: publishes it, and starts the run of an admitted one.
+    /// Err when a suppression or deferral could not be published (the caller should not acknowledge; a
+    /// redelivered copy is decided again — as a duplicate if it had acted).
+    pub async fn accept(&self, events: Vec<Event>) -> Result<Vec<uuid::Uuid>, AcceptError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(AcceptError::ShuttingDown);
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        let mut first_error = None;
+        for event in events {
+            ids.push(event.id);
+            let decisions = self.inner.engine.decide(Arc::new(event)).await;
+            if let Err(e) = self.dispatch(decisions).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(AcceptError::Publish(e)),
+            None => Ok(ids),
+        }
+    }
+
+    /// Publishes each decision and starts the admitted runs.
+    async fn dispatch(&self, decisions: Vec<Decision>) -> Result<(), PublishError> {
+        let mut result = Ok(());
+        for d in decisions {
+            let record = d.to_json();
+            log_decision(&d);
+            let published = self.inner.publish.decision(&d.rule, &record).await;
+            match d.verdict {
+                Verdict::Admitted(_) => {
+                    // The run is the record that counts; a lost decision line must not stop it.
+                    self.spawn_run(d);
+                }
+                Verdict::Deferred { .. } => {
+                    self.inner.parked.notify_one();
+                    result = result.and(published);
+                }
+                _ => result = result.and(published),
+            }
+        }
+        result
+    }
+
+    fn spawn_run(&self, mut d: Decision) {
+        let bridge = self.clone();
+        self.inner.tracker.spawn(async move {
+            let Some(request) = d.run_request() else { return };
+            let Verdict::Admitted(admission) = std::mem::replace(&mut d.verdict, Verdict::Cleared { cancelled_pending: false })
+            else {
+                return;
+            };
+            let Ok(_slot) = bridge.inner.runs.clone().acquire_owned().await else { return };
+            let plan = match bridge.inner.orchestrator.plan(&request) {
+                Ok(plan) => plan,
+                Err(refused) => {
+                    // The engine checked target and arguments already; this is the orchestrator's second look.
+                    tracing::error!(rule = %d.rule, correlation_id = %d.event.correlation_id, error = %refused, "admitted run refused by the orchestrator");
+                    let mut record = d.to_json();
+                    record["decision"] = json!("refused");
+                    record["detail"] = json!(refused.to_string());
+                    let _ = bridge.inner.publish.decision(&d.rule, &record).await;
+                    drop(admission);
+                    return;
+                }
+            };
+            let mut results = bridge.inner.orchestrator.execute(plan, 1);
+            let mut success = true;
+            while let Some(envelope) = results.recv().await {
+                success &= envelope.status.is_success();
+                tracing::info!(
+                    run_id = %envelope.run_id,
+                    correlation_id = %envelope.correlation_id,
+                    rule = %d.rule,
+                    action = %envelope.action,
+                    host = %envelope.host,
+                    status = %envelope.status,
+                    duration_ms = envelope.duration_ms,
+                    "run finished"
+                );
+                let _ = bridge.inner.publish.result(&envelope).await;
+            }
+            admission.finish(success);
+        });
+    }
+
+    /// Starts the timer that runs parked `once_after` matches when their windows close.
+    pub fn start_deferred_timer(&self) {
+        let bridge = self.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                let next = bridge.inner.engine.next_due();
+                let wait = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = bridge.inner.shutdown.cancelled() => break,
+                    _ = bridge.inner.parked.notified() => continue,
+                    _ = wait => {}
+                }
+                let due = bridge.inner.engine.take_due(tokio::time::Instant::now()).await;
+                if let Err(e) = bridge.dispatch(due).await {
+                    tracing::error!(error = %e, "a deferred decision could not be published");
+                }
+            }
+        });
+    }
+
+    /// Reloads the rules folder: atomic; on any error the rules in force stay and every error is returned.
+    pub fn reload(&self) -> Result<ReloadSummary, Vec<RuleDiagnostic>> {
+        let outcome = self.inner.engine.reload_from(&self.inner.options.rules_dir);
+        match &outcome {
+            Ok(s) => tracing::info!(rules = s.rules, kept_state = s.kept_state, "rules reloaded"),
+            Err(errors) => {
+                for e in errors {
+                    tracing::error!(error = %e, "rules reload refused; the rules in force stay");
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Stops accepting events and the timer, then waits up to the grace period for in-flight runs. Returns the
+    /// number of runs still going when it gave up.
+    pub async fn shutdown(&self) -> usize {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        let grace = self.inner.options.shutdown_grace;
+        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+            let left = self.in_flight();
+            tracing::warn!(in_flight = left, grace_s = grace.as_secs(), "shutdown grace over with runs in flight");
+            return left.max(1);
+        }
+        0
+    }
+}
+
+/// One log line per decision, fields first.
+fn log_decision(d: &Decision) {
+    let host = d.host.as_deref().unwrap_or("-");
+    let e = &d.event;
+    match &d.verdict {
+        Verdict::Admitted(_) => tracing::info!(
+            correlation_id = %e.correlation_id, event_id = %e.id, rule = %d.rule, action = %d.action, host,
+            "admitted"
+        ),
+        Verdict::Suppressed { reason, detail } => tracing::info!(
+            correlation_id = %e.correlation_id, event_id = %e.id, rule = %d.rule, action = %d.action, host,
+            reason = %reason, detail = %detail, "suppressed"
+        ),
+        Verdict::Deferred { until } => tracing::info!(
+            correlation_id = %e.correlation_id, event_id = %e.id, rule = %d.rule, host, until = %until, "deferred"
+        ),
+        Verdict::Cleared { cancelled_pending } => tracing::debug!(
+            correlation_id = %e.correlation_id, event_id = %e.id, rule = %d.rule, host,
+            cancelled_pending = *cancelled_pending, "dedup key cleared"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use chrono::Utc;
+    use futures::future::BoxFuture;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::event::{AlertStatus, Source};
+    use crate::inventory::Inventory;
+    use crate::plugins::Registry;
+    use crate::results::ResultEnvelope;
+    use crate::transport::ssh::SshTransport;
+
+    /// Records what was published (a test double beside the real local transport and plugin runs).
+    #[derive(Default)]
+    struct Recorder {
+        results: Mutex<Vec<ResultEnvelope>>,
+        decisions: Mutex<Vec<Value>>,
+        notify: tokio::sync::Notify,
+    }
+
+    impl Publish for Recorder {
+        fn result<'a>(&'a self, envelope: &'a ResultEnvelope) -> BoxFuture<'a, Result<(), PublishError>> {
+            self.results.lock().unwrap_or_else(|e| e.into_inner()).push(envelope.clone());
+            self.notify.notify_waiters();
+            Box::pin(async { Ok(()) })
+        }
+        fn decision<'a>(&'a self, _rule: &'a str, decision: &'a Value) -> BoxFuture<'a, Result<(), PublishError>> {
+            self.decisions.lock().unwrap_or_else(|e| e.into_inner()).push(decision.clone());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    const RULES: &str = "
+rules:
+  - name: hello
+    match: { labels: { alertname: Hello } }
+    target: { host_from: \"{{ labels.instance | strip_port }}\" }
+    action: noop
+    args: { message: \"{{ labels.alertname }} from {{ rule }}\" }
+";
+
+    fn bridge(recorder: Arc<Recorder>) -> Bridge {
+        let registry = Arc::new(Registry::load(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins")]));
+        let inventory = Arc::new(Inventory::embedded_default().unwrap_or_else(|e| panic!("{e:?}")));
+        let files = vec![(PathBuf::from("t.yaml"), RULES.to_owned())];
+        let set = crate::rules::parse_files(&files, &registry, &inventory).unwrap_or_else(|e| panic!("{e:?}"));
+        let engine = Engine::new(set, registry.clone(), inventory.clone());
+        let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default());
+        let options = BridgeOptions {
+            rules_dir: PathBuf::from("rules"),
+            max_in_flight: 4,
+            shutdown_grace: Duration::from_secs(30),
+        };
+        Bridge::new(engine, orchestrator, recorder, options)
+    }
+
+    fn alert(fingerprint: &str, instance: &str) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7(),
+            source: Source::Alertmanager,
+            subject: "hooks.alertmanager".into(),
+            status: AlertStatus::Firing,
+            labels: BTreeMap::from([("alertname".into(), "Hello".into()), ("instance".into(), instance.into())]),
+            annotations: BTreeMap::new(),
+            fingerprint: fingerprint.into(),
+            starts_at: None,
+            received_at: Utc::now(),
+            correlation_id: format!("corr-{fingerprint}"),
+            request: None,
+            raw: Arc::from("{}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_alert_runs_its_plugin_and_every_decision_and_result_is_published() {
+        let recorder = Arc::new(Recorder::default());
+        let b = bridge(recorder.clone());
+        let accepted = b.accept(vec![alert("fp1", "localhost:9100")]).await;
+        assert_eq!(accepted.map(|ids| ids.len()), Ok(1));
+        // A duplicate and a host outside the inventory: published suppressions, no run.
+        assert!(b.accept(vec![alert("fp1", "localhost:9100"), alert("fp2", "web-9:9100")]).await.is_ok());
+        assert_eq!(b.shutdown().await, 0, "the run finished within the grace period");
+        let decisions = recorder.decisions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let kinds: Vec<(String, String)> = decisions
+            .iter()
+            .map(|d| (d["decision"].as_str().unwrap_or("").to_owned(), d["reason"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("admitted".to_owned(), String::new()),
+                ("suppressed".to_owned(), "duplicate".to_owned()),
+                ("suppressed".to_owned(), "unknown_target".to_owned())
+            ]
+        );
+        let results = recorder.results.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(results.len(), 1);
+        let r = &results[0];
+        assert_eq!(r.status, crate::results::Status::Ok, "{r:?}");
+        assert_eq!(r.correlation_id, "corr-fp1");
+        assert_eq!(r.host, "localhost");
+        assert_eq!(r.operator, "rule:hello");
+        assert_eq!(r.trigger["rule"], "hello");
+        assert_eq!(r.trigger["fingerprint"], "fp1");
+        assert_eq!(r.output.as_ref().map(|o| o["data"]["message"].clone()), Some(json!("Hello from hello")));
+        // After shutdown nothing is accepted.
+        assert_eq!(b.accept(vec![alert("fp3", "localhost")]).await, Err(AcceptError::ShuttingDown));
+    }
+}
