@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::engine::{Decision, Engine, ReloadSummary, Verdict};
 use crate::event::Event;
 use crate::gate::dedup::{DedupStore, MemoryDedup};
+use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
 use crate::results::publish::{Publish, PublishError};
 use crate::rules::RuleDiagnostic;
@@ -46,6 +47,7 @@ struct Inner<D: DedupStore> {
     engine: Engine<D>,
     orchestrator: Orchestrator,
     publish: Arc<dyn Publish>,
+    metrics: Metrics,
     options: BridgeOptions,
     /// Slots for runs executing at once; each run task holds one while its plugin runs.
     runs: Arc<Semaphore>,
@@ -71,14 +73,17 @@ impl<D: DedupStore> Bridge<D> {
         engine: Engine<D>,
         orchestrator: Orchestrator,
         publish: Arc<dyn Publish>,
+        metrics: Metrics,
         options: BridgeOptions,
     ) -> Self {
         let runs = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+        metrics.rules_loaded(engine.rules().rules.len());
         Bridge {
             inner: Arc::new(Inner {
                 engine,
                 orchestrator,
                 publish,
+                metrics,
                 options,
                 runs,
                 tracker: TaskTracker::new(),
@@ -90,6 +95,10 @@ impl<D: DedupStore> Bridge<D> {
 
     pub fn engine(&self) -> &Engine<D> {
         &self.inner.engine
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Runs executing right now.
@@ -108,6 +117,7 @@ impl<D: DedupStore> Bridge<D> {
         let mut first_error = None;
         for event in events {
             ids.push(event.id);
+            self.inner.metrics.event_received(event.source.as_str());
             let decisions = self.inner.engine.decide(Arc::new(event)).await;
             if let Err(e) = self.dispatch(decisions).await {
                 first_error.get_or_insert(e);
@@ -125,7 +135,12 @@ impl<D: DedupStore> Bridge<D> {
         for d in decisions {
             let record = d.to_json();
             log_decision(&d);
+            let reason = d.verdict.reason();
+            self.inner.metrics.decision(&d.rule, d.verdict.kind(), reason.map(|r| r.as_str()));
             let published = self.inner.publish.decision(&d.rule, &record).await;
+            if published.is_err() {
+                self.inner.metrics.publish_error();
+            }
             match d.verdict {
                 Verdict::Admitted(_) => {
                     // The run is the record that counts; a lost decision line must not stop it.
@@ -163,10 +178,15 @@ impl<D: DedupStore> Bridge<D> {
                     return;
                 }
             };
+            let metrics = &bridge.inner.metrics;
+            metrics.run_started();
             let mut results = bridge.inner.orchestrator.execute(plan, 1);
             let mut success = true;
+            let mut finished = false;
             while let Some(envelope) = results.recv().await {
                 success &= envelope.status.is_success();
+                finished = true;
+                metrics.run_finished(&envelope.action, envelope.status.as_str(), Duration::from_millis(envelope.duration_ms));
                 tracing::info!(
                     run_id = %envelope.run_id,
                     correlation_id = %envelope.correlation_id,
@@ -177,7 +197,13 @@ impl<D: DedupStore> Bridge<D> {
                     duration_ms = envelope.duration_ms,
                     "run finished"
                 );
-                let _ = bridge.inner.publish.result(&envelope).await;
+                if bridge.inner.publish.result(&envelope).await.is_err() {
+                    metrics.publish_error();
+                }
+            }
+            if !finished {
+                // The orchestrator ended without a result (it never does); keep the gauge honest anyway.
+                metrics.run_finished(&request.action, "error", Duration::ZERO);
             }
             admission.finish(success);
         });
@@ -211,8 +237,12 @@ impl<D: DedupStore> Bridge<D> {
     /// Reloads the rules folder: atomic; on any error the rules in force stay and every error is returned.
     pub fn reload(&self) -> Result<ReloadSummary, Vec<RuleDiagnostic>> {
         let outcome = self.inner.engine.reload_from(&self.inner.options.rules_dir);
+        self.inner.metrics.reload(outcome.is_ok());
         match &outcome {
-            Ok(s) => tracing::info!(rules = s.rules, kept_state = s.kept_state, "rules reloaded"),
+            Ok(s) => {
+                self.inner.metrics.rules_loaded(s.rules);
+                tracing::info!(rules = s.rules, kept_state = s.kept_state, "rules reloaded");
+            }
             Err(errors) => {
                 for e in errors {
                     tracing::error!(error = %e, "rules reload refused; the rules in force stay");
@@ -317,7 +347,7 @@ rules:
             max_in_flight: 4,
             shutdown_grace: Duration::from_secs(30),
         };
-        Bridge::new(engine, orchestrator, recorder, options)
+        Bridge::new(engine, orchestrator, recorder, Metrics::new(), options)
     }
 
     fn alert(fingerprint: &str, instance: &str) -> Event {
@@ -369,6 +399,9 @@ rules:
         assert_eq!(r.trigger["rule"], "hello");
         assert_eq!(r.trigger["fingerprint"], "fp1");
         assert_eq!(r.output.as_ref().map(|o| o["data"]["message"].clone()), Some(json!("Hello from hello")));
+        let metrics = b.metrics().encode();
+        assert!(metrics.contains("rune_runs_total{action=\"noop\",status=\"ok\"} 1"), "{metrics}");
+        assert!(metrics.contains("rune_runs_in_flight 0"), "{metrics}");
         // After shutdown nothing is accepted.
         assert_eq!(b.accept(vec![alert("fp3", "localhost")]).await, Err(AcceptError::ShuttingDown));
     }

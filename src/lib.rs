@@ -20,6 +20,7 @@
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
 //! - [`bridge`]: the daemon's core: events → engine → published decisions → bounded runs → published results.
+//! - [`metrics`]: Prometheus metrics of the daemon.
 //! - [`event`]: the normalised event every source produces.
 //! - [`rules`]: rule files: loading with every error at once, compiled conditions, index, templates.
 //! - [`engine`]: event → matching rules → gates → decisions (admitted with a host lease, or suppressed with a
@@ -38,6 +39,7 @@ pub mod event;
 pub mod gate;
 pub mod inventory;
 pub mod mediator;
+pub mod metrics;
 pub mod orchestrator;
 pub mod plugins;
 pub mod results;
