@@ -2,6 +2,7 @@
 //!
 //! The JSON field names are a stable, documented interface (docs/results.md); add fields, never rename them.
 
+pub mod nats;
 pub mod publish;
 
 use std::fmt;
