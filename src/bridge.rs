@@ -110,27 +110,36 @@ impl<D: DedupStore> Bridge<D> {
     /// Err when a suppression or deferral could not be published (the caller should not acknowledge; a
     /// redelivered copy is decided again — as a duplicate if it had acted).
     pub async fn accept(&self, events: Vec<Event>) -> Result<Vec<uuid::Uuid>, AcceptError> {
+        let ids = events.iter().map(|e| e.id).collect();
+        self.decide(events).await.map(|_| ids)
+    }
+
+    /// Like [`Bridge::accept`], returning the decision records (what a chatops reply tells).
+    pub async fn decide(&self, events: Vec<Event>) -> Result<Vec<serde_json::Value>, AcceptError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(AcceptError::ShuttingDown);
         }
-        let mut ids = Vec::with_capacity(events.len());
+        let mut records = Vec::new();
         let mut first_error = None;
         for event in events {
-            ids.push(event.id);
             self.inner.metrics.event_received(event.source.as_str());
             let decisions = self.inner.engine.decide(Arc::new(event)).await;
-            if let Err(e) = self.dispatch(decisions).await {
+            if let Err(e) = self.dispatch(decisions, &mut records).await {
                 first_error.get_or_insert(e);
             }
         }
         match first_error {
             Some(e) => Err(AcceptError::Publish(e)),
-            None => Ok(ids),
+            None => Ok(records),
         }
     }
 
-    /// Publishes each decision and starts the admitted runs.
-    async fn dispatch(&self, decisions: Vec<Decision>) -> Result<(), PublishError> {
+    /// Publishes each decision and starts the admitted runs; the records are appended to `records`.
+    async fn dispatch(
+        &self,
+        decisions: Vec<Decision>,
+        records: &mut Vec<serde_json::Value>,
+    ) -> Result<(), PublishError> {
         let mut result = Ok(());
         for d in decisions {
             let record = d.to_json();
@@ -141,6 +150,7 @@ impl<D: DedupStore> Bridge<D> {
             if published.is_err() {
                 self.inner.metrics.publish_error();
             }
+            records.push(record);
             match d.verdict {
                 Verdict::Admitted(_) => {
                     // The run is the record that counts; a lost decision line must not stop it.
@@ -227,7 +237,7 @@ impl<D: DedupStore> Bridge<D> {
                     _ = wait => {}
                 }
                 let due = bridge.inner.engine.take_due(tokio::time::Instant::now()).await;
-                if let Err(e) = bridge.dispatch(due).await {
+                if let Err(e) = bridge.dispatch(due, &mut Vec::new()).await {
                     tracing::error!(error = %e, "a deferred decision could not be published");
                 }
             }

@@ -99,12 +99,11 @@ impl Publish for NatsPublisher {
             headers.insert("Nats-Msg-Id", envelope.run_id.as_str());
             headers.insert(CORRELATION_HEADER, envelope.correlation_id.as_str());
             match &self.jetstream {
-                None => {
-                    self.client
-                        .publish_with_headers(subject.clone(), headers, payload)
-                        .await
-                        .map_err(|e| self.error(&subject, e))
-                }
+                None => self
+                    .client
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                    .map_err(|e| self.error(&subject, e)),
                 Some(js) => {
                     // The stream deduplicates on Nats-Msg-Id, so a retry after a lost ack never stores twice.
                     let mut last = String::new();
@@ -135,7 +134,10 @@ impl Publish for NatsPublisher {
             if let Some(c) = decision["correlation_id"].as_str() {
                 headers.insert(CORRELATION_HEADER, c);
             }
-            self.client.publish_with_headers(subject.clone(), headers, payload).await.map_err(|e| self.error(&subject, e))
+            self.client
+                .publish_with_headers(subject.clone(), headers, payload)
+                .await
+                .map_err(|e| self.error(&subject, e))
         })
     }
 }

@@ -10,11 +10,13 @@
 //! - [`grafana`]: Grafana unified alerting webhook.
 //! - [`generic`]: RUNE's own event shape, one object or an array of them.
 //! - [`chatops`]: a request naming its action, target and arguments.
+//! - [`nats`]: the NATS intake (core subscriptions, JetStream consumer, chatops request/reply) feeding the bridge.
 
 pub mod alertmanager;
 pub mod chatops;
 pub mod generic;
 pub mod grafana;
+pub mod nats;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -1,0 +1,358 @@
+//! NATS intake: core subscriptions in a queue group, a durable JetStream pull consumer (ack only after every
+//! decision is recorded, poison messages to a dead-letter subject), and chatops request/reply.
+//!
+//! Which adapter a message needs: the `Rune-Format` header when present, else the first subject token that
+//! names a format (`rune.alerts.grafana.prod` → grafana), else `generic`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_nats::{HeaderMap, Message};
+use bytes::Bytes;
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{AcceptError, Bridge};
+use crate::event::{Event, Intake, Limits, Source, is_correlation_id};
+use crate::gate::dedup::DedupStore;
+use crate::results::nats::{CORRELATION_HEADER, decode_token};
+
+/// Header naming the payload format of a message (`alertmanager`, `grafana`, `generic`).
+pub const FORMAT_HEADER: &str = "Rune-Format";
+/// Longest payload text copied into a dead-letter record.
+const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
+
+/// The adapter for a message (chatops only through the requests subject, never from an alerts subject).
+pub fn format_for(subject: &str, headers: Option<&HeaderMap>) -> Result<Source, String> {
+    if let Some(value) = headers.and_then(|h| h.get(FORMAT_HEADER)) {
+        return match value.as_str() {
+            "alertmanager" => Ok(Source::Alertmanager),
+            "grafana" => Ok(Source::Grafana),
+            "generic" => Ok(Source::Generic),
+            other => Err(format!("header {FORMAT_HEADER}: unknown format `{other}` (alertmanager, grafana, generic)")),
+        };
+    }
+    for token in subject.split('.') {
+        match token {
+            "alertmanager" => return Ok(Source::Alertmanager),
+            "grafana" => return Ok(Source::Grafana),
+            "generic" => return Ok(Source::Generic),
+            _ => {}
+        }
+    }
+    Ok(Source::Generic)
+}
+
+fn header_correlation(headers: Option<&HeaderMap>) -> Result<Option<String>, String> {
+    match headers.and_then(|h| h.get(CORRELATION_HEADER)) {
+        None => Ok(None),
+        Some(v) if is_correlation_id(v.as_str()) => Ok(Some(v.as_str().to_owned())),
+        Some(_) => Err(format!("header {CORRELATION_HEADER}: not a valid correlation id")),
+    }
+}
+
+/// Parses one alert message into events (the subject it arrived on is the events' subject).
+pub fn parse_message(
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+    limits: &Limits,
+) -> Result<Vec<Event>, String> {
+    let format = format_for(subject, headers)?;
+    let correlation = header_correlation(headers)?;
+    let intake = Intake { subject, received_at: Utc::now(), correlation_id: correlation.as_deref() };
+    crate::sources::parse(format, payload, &intake, limits).map_err(|e| e.to_string())
+}
+
+/// The record published on the dead-letter subject for a message RUNE cannot use.
+fn dead_letter_record(subject: &str, payload: &[u8], error: &str, deliveries: Option<i64>) -> Value {
+    let shown = &payload[..payload.len().min(DEAD_LETTER_PAYLOAD_BYTES)];
+    json!({
+        "record": "dead_letter",
+        "@timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "subject": subject,
+        "error": error,
+        "deliveries": deliveries,
+        "payload_bytes": payload.len(),
+        "payload": String::from_utf8_lossy(shown),
+        "payload_truncated": payload.len() > DEAD_LETTER_PAYLOAD_BYTES,
+    })
+}
+
+async fn dead_letter(client: &async_nats::Client, dead_letter: &str, record: &Value) {
+    let body = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
+    if let Err(e) = client.publish(dead_letter.to_owned(), body).await {
+        tracing::error!(error = %e, subject = dead_letter, "dead-letter record not published");
+    }
+}
+
+/// Core NATS: subscribes to every alerts subject in `queue_group` (each message to one instance of the group)
+/// until `shutdown`. At-most-once: a message that arrives while no instance is subscribed is lost — use
+/// JetStream mode where that matters.
+pub async fn run_core<D: DedupStore>(
+    client: async_nats::Client,
+    subjects: Vec<String>,
+    queue_group: String,
+    dead_letter_subject: String,
+    bridge: Bridge<D>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut subscriptions = Vec::with_capacity(subjects.len());
+    for s in subjects {
+        subscriptions.push(client.queue_subscribe(s, queue_group.clone()).await?);
+    }
+    let mut messages = futures::stream::select_all(subscriptions);
+    loop {
+        let message: Message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = messages.next() => match m { Some(m) => m, None => break },
+        };
+        let subject = message.subject.to_string();
+        match parse_message(&subject, message.headers.as_ref(), &message.payload, &limits) {
+            Ok(events) => {
+                if let Err(e) = bridge.accept(events).await {
+                    tracing::error!(error = %e, subject, "alert not fully recorded (core NATS cannot redeliver)");
+                }
+            }
+            Err(error) => {
+                bridge.metrics().payload_refused("nats");
+                tracing::warn!(subject, error, "alert refused; published to the dead-letter subject");
+                let record = dead_letter_record(&subject, &message.payload, &error, None);
+                dead_letter(&client, &dead_letter_subject, &record).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// JetStream alerts stream and its durable consumer.
+#[derive(Debug, Clone)]
+pub struct JetStreamIntake {
+    pub stream: String,
+    pub subjects: Vec<String>,
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub durable: String,
+    pub max_deliver: i64,
+    pub ack_wait: Duration,
+    /// Redelivery delays after a nak; the last one repeats.
+    pub backoff: Vec<Duration>,
+    pub dead_letter_subject: String,
+}
+
+/// JetStream: a durable pull consumer shared by every instance (each message to one of them). A message is
+/// acked only after every decision it produced is recorded; a failure naks it for redelivery (with backoff);
+/// a payload that cannot be parsed, or whose last delivery failed, goes to the dead-letter subject and is
+/// terminated. A message in progress when shutdown comes is left unacked (redelivered to another instance).
+pub async fn run_jetstream<D: DedupStore>(
+    client: async_nats::Client,
+    settings: JetStreamIntake,
+    bridge: Bridge<D>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: settings.stream.clone(),
+            subjects: settings.subjects.clone(),
+            max_age: settings.max_age,
+            max_bytes: settings.max_bytes,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("alerts stream {}: {e}", settings.stream))?;
+    let consumer: pull::Stream = stream
+        .get_or_create_consumer(
+            &settings.durable,
+            pull::Config {
+                durable_name: Some(settings.durable.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: settings.ack_wait,
+                max_deliver: settings.max_deliver,
+                backoff: settings.backoff.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {}: {e}", settings.durable))?
+        .messages()
+        .await
+        .map_err(|e| format!("consumer {} messages: {e}", settings.durable))?;
+    let mut consumer = consumer;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = consumer.next() => m,
+        };
+        let message = match next {
+            None => break,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "JetStream consumer error; continuing");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let deliveries = message.info().map(|i| i.delivered).ok();
+        let subject = message.subject.to_string();
+        let last_try = deliveries.is_some_and(|d| settings.max_deliver > 0 && d >= settings.max_deliver);
+        let outcome = match parse_message(&subject, message.headers.as_ref(), &message.payload, &limits) {
+            Err(error) => Err((error, true)),
+            Ok(events) => match bridge.accept(events).await {
+                Ok(_) => Ok(()),
+                Err(AcceptError::ShuttingDown) => {
+                    // Not ours to finish: give it back at once for another instance.
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    break;
+                }
+                Err(e) => Err((e.to_string(), false)),
+            },
+        };
+        match outcome {
+            Ok(()) => {
+                if let Err(e) = message.ack().await {
+                    tracing::warn!(error = %e, subject, "ack failed; the alert may be redelivered (dedup suppresses it)");
+                }
+            }
+            Err((error, poison)) if poison || last_try => {
+                bridge.metrics().payload_refused("jetstream");
+                tracing::warn!(subject, error, deliveries, "alert dead-lettered");
+                let record = dead_letter_record(&subject, &message.payload, &error, deliveries);
+                dead_letter(&client, &settings.dead_letter_subject, &record).await;
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+            Err((error, _)) => {
+                let n = usize::try_from(deliveries.unwrap_or(1).max(1) - 1).unwrap_or(0);
+                let delay =
+                    settings.backoff.get(n).or(settings.backoff.last()).copied().unwrap_or(Duration::from_secs(1));
+                tracing::warn!(
+                    subject,
+                    error,
+                    deliveries,
+                    delay_ms = delay.as_millis() as u64,
+                    "alert not recorded; will be redelivered"
+                );
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Chatops: request/reply on `<prefix>.<action>` in `queue_group`. The reply is the decision (accepted, or
+/// refused with its reason); the result follows on the results subject with the same correlation id.
+pub async fn run_requests<D: DedupStore>(
+    client: async_nats::Client,
+    prefix: String,
+    queue_group: String,
+    results_prefix: String,
+    bridge: Bridge<D>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut requests = client.queue_subscribe(format!("{prefix}.*"), queue_group).await?;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = requests.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply) = message.reply.clone() else {
+            tracing::warn!(subject = %message.subject, "chatops request without a reply subject; ignored");
+            continue;
+        };
+        let answer = answer_request(&message, &prefix, &results_prefix, &bridge, &limits).await;
+        let body = Bytes::from(serde_json::to_vec(&answer).unwrap_or_default());
+        if let Err(e) = client.publish(reply, body).await {
+            tracing::warn!(error = %e, "chatops reply not sent");
+        }
+    }
+    Ok(())
+}
+
+async fn answer_request<D: DedupStore>(
+    message: &Message,
+    prefix: &str,
+    results_prefix: &str,
+    bridge: &Bridge<D>,
+    limits: &Limits,
+) -> Value {
+    let refuse = |reason: &str, detail: String| json!({"accepted": false, "reason": reason, "detail": detail});
+    let subject = message.subject.as_str();
+    let action_token = subject.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')).unwrap_or("");
+    let Some(subject_action) = decode_token(action_token) else {
+        return refuse("invalid_request", format!("subject `{subject}` does not name an action"));
+    };
+    let correlation = match header_correlation(message.headers.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return refuse("invalid_request", e),
+    };
+    let intake = Intake { subject, received_at: Utc::now(), correlation_id: correlation.as_deref() };
+    let events = match crate::sources::parse(Source::Chatops, &message.payload, &intake, limits) {
+        Ok(events) => events,
+        Err(e) => return refuse("invalid_request", e.to_string()),
+    };
+    let named = events.first().and_then(|e| e.request.as_ref()).map(|r| r.action.clone()).unwrap_or_default();
+    let plugin_name = named.split('@').next().unwrap_or("");
+    if plugin_name != subject_action {
+        return refuse(
+            "invalid_request",
+            format!("the subject asks for `{subject_action}` but the payload for `{named}`"),
+        );
+    }
+    let correlation_id = events.first().map(|e| e.correlation_id.clone()).unwrap_or_default();
+    match bridge.decide(events).await {
+        Ok(records) => {
+            let Some(record) = records.into_iter().next() else {
+                return refuse("invalid_request", "no decision".into());
+            };
+            let accepted = record["decision"] == "admitted";
+            let host = record["host"].as_str().map(crate::results::nats::encode_token).unwrap_or_default();
+            let mut answer = json!({
+                "accepted": accepted,
+                "correlation_id": correlation_id,
+                "decision": record,
+            });
+            if accepted {
+                answer["results_subject"] =
+                    json!(format!("{results_prefix}.{}.{host}", crate::results::nats::encode_token(plugin_name)));
+            } else {
+                answer["reason"] = record["reason"].clone();
+                answer["detail"] = record["detail"].clone();
+            }
+            answer
+        }
+        Err(e) => refuse("unavailable", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_from_header_or_subject() {
+        let mut h = HeaderMap::new();
+        h.insert(FORMAT_HEADER, "grafana");
+        assert_eq!(format_for("rune.alerts.x", Some(&h)), Ok(Source::Grafana));
+        assert_eq!(format_for("rune.alerts.alertmanager.prod", None), Ok(Source::Alertmanager));
+        assert_eq!(format_for("rune.alerts.prod", None), Ok(Source::Generic));
+        let mut bad = HeaderMap::new();
+        bad.insert(FORMAT_HEADER, "chatops");
+        assert!(format_for("rune.alerts", Some(&bad)).is_err());
+    }
+
+    #[test]
+    fn dead_letter_records_are_bounded() {
+        let payload = vec![b'x'; 10_000];
+        let r = dead_letter_record("rune.alerts.generic", &payload, "bad", Some(5));
+        assert_eq!(r["payload_bytes"], 10_000);
+        assert_eq!(r["payload_truncated"], true);
+        assert_eq!(r["payload"].as_str().map(str::len), Some(DEAD_LETTER_PAYLOAD_BYTES));
+    }
+}
