@@ -244,6 +244,50 @@ impl<D: DedupStore> Bridge<D> {
         });
     }
 
+    /// Reloads the rules on SIGHUP, and when a file of the rules folder changes (polled every `interval`,
+    /// reloaded once the folder has been quiet for one interval), until shutdown.
+    pub fn start_rule_watch(&self, interval: Duration) {
+        let bridge = self.clone();
+        self.inner.tracker.spawn(async move {
+            let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no SIGHUP handler; rules reload on file change only");
+                    None
+                }
+            };
+            let dir = bridge.inner.options.rules_dir.clone();
+            let mut seen = folder_state(&dir).await;
+            let mut changed_at: Option<tokio::time::Instant> = None;
+            loop {
+                let sighup = async {
+                    match hangup.as_mut() {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = bridge.inner.shutdown.cancelled() => break,
+                    _ = sighup => {
+                        tracing::info!("SIGHUP: reloading rules");
+                        let _ = bridge.reload();
+                        seen = folder_state(&dir).await;
+                        continue;
+                    }
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let now = folder_state(&dir).await;
+                if now != seen {
+                    seen = now;
+                    changed_at = Some(tokio::time::Instant::now());
+                } else if changed_at.take().is_some() {
+                    tracing::info!(dir = %dir.display(), "rules folder changed: reloading");
+                    let _ = bridge.reload();
+                }
+            }
+        });
+    }
+
     /// Reloads the rules folder: atomic; on any error the rules in force stay and every error is returned.
     pub fn reload(&self) -> Result<ReloadSummary, Vec<RuleDiagnostic>> {
         let outcome = self.inner.engine.reload_from(&self.inner.options.rules_dir);
@@ -275,6 +319,23 @@ impl<D: DedupStore> Bridge<D> {
         }
         0
     }
+}
+
+/// Names, sizes and modification times of the rule files (what a change is judged by).
+async fn folder_state(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return out };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let path = entry.path();
+        if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            continue;
+        }
+        if let Ok(meta) = entry.metadata().await {
+            out.push((path, meta.len(), meta.modified().ok()));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// One log line per decision, fields first.
@@ -375,6 +436,34 @@ rules:
             request: None,
             raw: Arc::from("{}"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_rules_folder_is_reloaded_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("a.yaml"), RULES).unwrap_or_else(|e| panic!("{e}"));
+        let recorder = Arc::new(Recorder::default());
+        let mut b = bridge(recorder);
+        if let Some(inner) = Arc::get_mut(&mut b.inner) {
+            inner.options.rules_dir = dir.path().to_owned();
+        }
+        b.start_rule_watch(Duration::from_millis(50));
+        let second = RULES.replace("name: hello", "name: hello-again").replace("Hello }", "Again }");
+        std::fs::write(dir.path().join("b.yaml"), second).unwrap_or_else(|e| panic!("{e}"));
+        let mut reloaded = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if b.engine().rules().rules.len() == 2 {
+                reloaded = true;
+                break;
+            }
+        }
+        assert!(reloaded, "the new file was not picked up");
+        std::fs::write(dir.path().join("c.yaml"), "rules: [{ name: broken }]\n").unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(b.engine().rules().rules.len(), 2, "a broken folder leaves the rules in force");
+        assert!(b.metrics().encode().contains("rune_rule_reloads_total{result=\"refused\"}"));
+        b.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
