@@ -26,7 +26,8 @@
 //! - [`engine`]: event → matching rules → gates → decisions (admitted with a host lease, or suppressed with a
 //!   reason); once_after parking; atomic reload.
 //! - [`gate`]: the gate primitives a rule passes before it runs (circuit breaker, dedup, blast radius, host
-//!   locks, rate limits); each refusal is a value with a reason.
+//!   locks, rate limits); each refusal is a value with a reason. Dedup and host locks exist in-process and, for
+//!   several instances on one NATS, on JetStream KV (`gate::kv`).
 //! - [`results`]: the result envelope every run produces, whoever started it.
 //! - [`sources`]: payload adapters (Alertmanager, Grafana, generic, chatops): bytes in, [`event::Event`]s out.
 //! - [`cli`]: the `rune` command line.

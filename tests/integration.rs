@@ -1,7 +1,9 @@
-//! Integration tests against real OpenSSH sshd daemons on loopback (started by `support::sshd`), and the
-//! local transport. One binary: every test starts the servers it needs and they die with it (Drop).
+//! Integration tests against real OpenSSH sshd daemons on loopback (started by `support::sshd`), the local
+//! transport, and the KV gates against a real nats-server (`support::nats`, tests in `nats_kv`). One binary: every
+//! test starts the servers it needs and they die with it (Drop).
 
 mod cli_rules;
+mod nats_kv;
 mod support;
 
 use std::collections::BTreeMap;

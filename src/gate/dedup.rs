@@ -33,10 +33,13 @@ pub enum DedupError {
     /// Every one of `max_keys` keys is live; evicting one could let its alert run twice, so the claim is refused.
     #[error("dedup store full: all {max_keys} keys are held; refusing to claim rather than evict a live key")]
     Full { max_keys: usize },
+    /// A shared store (NATS JetStream KV, [`crate::gate::kv::KvDedup`]) did not answer or refused the request.
+    #[error("dedup store unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// Where dedup keys are held. In-process ([`MemoryDedup`]) now; a cluster-wide store (NATS JetStream KV) is the next
-/// implementation, hence the async methods.
+/// Where dedup keys are held: in-process ([`MemoryDedup`]) or cluster-wide on NATS JetStream KV
+/// ([`crate::gate::kv::KvDedup`]), hence the async methods.
 pub trait DedupStore: Send + Sync + 'static {
     /// Is `key` currently held (claimed and not expired)? A read; claims nothing.
     fn is_held(&self, key: &str, now: Instant) -> impl Future<Output = Result<bool, DedupError>> + Send;

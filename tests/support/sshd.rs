@@ -663,25 +663,25 @@ impl Drop for SilentListener {
 // ---- processes -------------------------------------------------------------------------------------------
 
 /// Spawns `command` from one thread that lives as long as the process, so `--pdeathsig` (which follows the
-/// spawning *thread*) fires only when the test process ends.
-fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
+/// spawning *thread*) fires only when the test process ends. Shared with the other daemons of `support`.
+pub(super) fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
     type Request = (Command, mpsc::Sender<io::Result<Child>>);
     static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<Request>();
         thread::Builder::new()
-            .name("sshd-spawner".to_string())
+            .name("daemon-spawner".to_string())
             .spawn(move || {
                 for (mut command, reply) in receiver {
                     let _ = reply.send(command.spawn());
                 }
             })
-            .unwrap_or_else(|e| panic!("cannot spawn the sshd spawner thread: {e}"));
+            .unwrap_or_else(|e| panic!("cannot spawn the daemon spawner thread: {e}"));
         sender
     });
     let (reply, answer) = mpsc::channel();
-    spawner.send((command, reply)).map_err(|_| io::Error::other("sshd spawner thread is gone"))?;
-    answer.recv().map_err(|_| io::Error::other("sshd spawner thread is gone"))?
+    spawner.send((command, reply)).map_err(|_| io::Error::other("daemon spawner thread is gone"))?;
+    answer.recv().map_err(|_| io::Error::other("daemon spawner thread is gone"))?
 }
 
 /// Descendants of `roots` (not the roots) from one scan of `/proc`, by generation: children first.
@@ -754,7 +754,7 @@ fn kill_daemons(listeners: Vec<Child>) {
     }
 }
 
-fn setpriv() -> Option<&'static str> {
+pub(super) fn setpriv() -> Option<&'static str> {
     static FOUND: OnceLock<bool> = OnceLock::new();
     FOUND.get_or_init(|| Path::new(SETPRIV).is_file()).then_some(SETPRIV)
 }
@@ -781,7 +781,7 @@ fn effective_uid() -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
+pub(super) fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
@@ -910,7 +910,7 @@ fn read_banner(stream: &mut TcpStream) -> String {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it).
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     let listener = TcpListener::bind((LOOPBACK, 0)).unwrap_or_else(|e| panic!("cannot bind {LOOPBACK}:0: {e}"));
     listener.local_addr().unwrap_or_else(|e| panic!("cannot read the address of a fresh listener: {e}")).port()
 }
