@@ -774,3 +774,28 @@ format = \"json\"
     let NatsAuth::Token { token } = &from_toml.nats.as_ref().unwrap().auth else { panic!() };
     assert_eq!(token.expose(), CANARY.as_bytes());
 }
+
+/// The documented example (`examples/rune.yaml`, shown in full in docs/configuration.md) stays valid.
+#[test]
+fn the_example_file_loads() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rune.yaml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let docs = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md")).unwrap();
+    assert!(docs.contains(text.trim()), "docs/configuration.md must show examples/rune.yaml in full");
+    // A copy beside its secrets (never committed) and the rules and plugins folders it names.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("examples");
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    for name in ["alertmanager.token", "grafana.hmac"] {
+        write_secret(&conf, &format!("secrets/{name}"), CANARY);
+    }
+    let path = write(&conf, "rune.yaml", &text);
+    let s = load_from(Some(&path), &env(&[("NATS_TOKEN", CANARY)])).unwrap_or_else(|e| panic!("{}", lines(&e)));
+    assert!(s.warnings.is_empty(), "{}", lines(&s.warnings));
+    let nats = s.nats.as_ref().unwrap();
+    assert_eq!(nats.urls, ["nats://127.0.0.1:4222"]);
+    assert!(nats.jetstream.is_some());
+    assert!(matches!(s.webhook.alertmanager, Some(EndpointAuth::Bearer { .. })));
+    assert!(!s.redacted_json().to_string().contains(CANARY));
+}
