@@ -176,14 +176,16 @@ pub struct Origin {
     pub env: Vec<EnvOverride>,
 }
 
+/// The NATS connection (present only when `nats.urls` is not empty).
 #[derive(Debug, Clone, Serialize)]
 pub struct Nats {
-    /// `nats://` or `tls://` URLs, at least one.
+    /// `nats://` or `tls://` URLs, at least one, without credentials.
     pub urls: Vec<String>,
     /// Client name shown by the server (`connz`).
     pub name: String,
     pub auth: NatsAuth,
     pub tls: NatsTls,
+    /// Limit for the first connection.
     #[serde(serialize_with = "as_text")]
     pub connect_timeout: Duration,
     pub reconnect: Reconnect,
@@ -192,23 +194,25 @@ pub struct Nats {
     pub jetstream: Option<JetStream>,
 }
 
-/// How RUNE authenticates to NATS.
+/// How RUNE authenticates to NATS (at most one method).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum NatsAuth {
     None,
+    /// A token, from `token_file` or `token_env`.
     Token {
         token: Secret,
     },
+    /// `user` with the password from `password_file` or `password_env`.
     UserPassword {
         user: String,
         password: Secret,
     },
-    /// An NKey user seed (`SU…`).
+    /// An NKey user seed (`SU…`) from `nkey_seed_file`.
     Nkey {
         seed: Secret,
     },
-    /// A `.creds` file (JWT and seed), read at load time.
+    /// A `.creds` file (JWT and seed), read at load time; `file` for messages only.
     Credentials {
         file: PathBuf,
         contents: Secret,
@@ -217,7 +221,9 @@ pub enum NatsAuth {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NatsTls {
+    /// CA certificates to trust; `None`: the system roots.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (both exist at load time).
     pub client_cert: Option<ClientCert>,
     /// Refuse to connect without TLS (`tls://` URLs require it anyway).
     pub required: bool,
@@ -231,22 +237,29 @@ pub struct ClientCert {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Reconnect {
-    /// `None`: forever.
+    /// Attempts before giving up; `None`: forever.
     pub max_attempts: Option<u64>,
+    /// Longest wait between two attempts.
     #[serde(serialize_with = "as_text")]
     pub max_delay: Duration,
 }
 
+/// Subjects RUNE subscribes to and publishes on. No alert pattern matches a subject RUNE publishes on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Subjects {
-    /// Core subscriptions (patterns) for alerts, in the queue group.
+    /// Core subscriptions (patterns) for alerts, in the queue group; may be empty.
     pub alerts: Vec<String>,
+    /// Queue group of the subscriptions, so that instances share the work.
     pub queue_group: String,
-    /// Requests arrive on `<requests_prefix>.<action>`.
+    /// Requests (chatops) arrive on `<requests_prefix>.<action>`.
     pub requests_prefix: String,
+    /// Results are published under it.
     pub results_prefix: String,
+    /// Decisions (admitted, suppressed with a reason) are published under it.
     pub decisions_prefix: String,
+    /// Subject of audit events.
     pub audit: String,
+    /// Subject of payloads that could not be processed.
     pub dead_letter: String,
 }
 
@@ -259,57 +272,74 @@ pub struct JetStream {
     pub kv: Kv,
 }
 
+/// The stream alerts are stored in.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertsStream {
     pub name: String,
+    /// At least one pattern; `nats.subjects.alerts` unless given.
     pub subjects: Vec<String>,
     #[serde(serialize_with = "as_text")]
     pub max_age: Duration,
     pub max_bytes: u64,
+    /// 1 to 5.
     pub replicas: usize,
 }
 
 /// The durable pull consumer on the alerts stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct Consumer {
+    /// Durable name.
     pub name: String,
+    /// At least 1, and above `backoff.len()` (as NATS requires).
     pub max_deliver: i64,
     #[serde(serialize_with = "as_text")]
     pub ack_wait: Duration,
+    /// Redelivery delays; empty: redeliver after `ack_wait`.
     #[serde(serialize_with = "list_as_text")]
     pub backoff: Vec<Duration>,
 }
 
+/// The stream results are kept in.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResultsStream {
+    /// Differs from the alerts stream's.
     pub name: String,
     /// `<results_prefix>.>`.
     pub subjects: Vec<String>,
     #[serde(serialize_with = "as_text")]
     pub max_age: Duration,
     pub max_bytes: u64,
+    /// `None`: no limit on the count.
     pub max_msgs: Option<u64>,
 }
 
+/// KV buckets shared by all instances.
 #[derive(Debug, Clone, Serialize)]
 pub struct Kv {
+    /// Dedup windows.
     pub dedup_bucket: String,
+    /// Per-host locks (differs from `dedup_bucket`).
     pub locks_bucket: String,
+    /// A host lock expires after this unless renewed.
     #[serde(serialize_with = "as_text")]
     pub lease_ttl: Duration,
 }
 
+/// The HTTP listener: webhook endpoints and `/metrics`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Webhook {
     pub listen: SocketAddr,
+    /// Larger bodies are refused (1 KiB to 256 MiB).
     pub max_body_bytes: usize,
     #[serde(serialize_with = "as_text")]
     pub request_timeout: Duration,
-    /// `None`: the endpoint is not served.
+    /// Alertmanager payloads; `None`: the endpoint is not served.
     pub alertmanager: Option<EndpointAuth>,
+    /// Grafana payloads; `None`: the endpoint is not served.
     pub grafana: Option<EndpointAuth>,
+    /// Generic payloads; `None`: the endpoint is not served.
     pub generic: Option<EndpointAuth>,
-    /// Publish raw payloads to NATS instead of processing them in-process.
+    /// Publish raw payloads to NATS instead of processing them in-process (only with NATS).
     pub publish_to_nats: bool,
 }
 
@@ -321,55 +351,71 @@ pub enum EndpointAuth {
     None,
     /// `Authorization: Bearer <token>`.
     Bearer { token: Secret },
-    /// HMAC-SHA256 of the body, hex, in `header`.
+    /// HMAC-SHA256 of the body under `secret`, in `header` (default `X-Rune-Signature`).
     Hmac { secret: Secret, header: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Chatops {
+    /// Take chatops requests from NATS (only with NATS).
     pub enabled: bool,
+    /// The longest a requester waits for RUNE's reply.
     #[serde(serialize_with = "as_text")]
     pub reply_timeout: Duration,
 }
 
+/// Paths, resolved: relative ones from the file are joined to the file's folder.
 #[derive(Debug, Clone, Serialize)]
 pub struct Paths {
     pub rules_dir: PathBuf,
+    /// At least one; earlier ones win for shared helpers.
     pub plugins_dirs: Vec<PathBuf>,
+    /// The inventory file (exists at load time; `./inventory.yaml` when present and none was given);
     /// `None`: the embedded default inventory (only `localhost`).
     pub inventory: Option<PathBuf>,
+    /// Where state is kept between restarts; `None`: nowhere.
     pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Limits {
+    /// Plugin runs at once across all events.
     pub max_in_flight_runs: NonZeroUsize,
+    /// Hosts one request runs on at once.
     pub parallel: NonZeroUsize,
+    /// On SIGTERM, how long runs in flight may finish.
     #[serde(serialize_with = "as_text")]
     pub shutdown_grace: Duration,
+    /// Quiet time after a change to rules or plugins before reloading.
     #[serde(serialize_with = "as_text")]
     pub reload_debounce: Duration,
 }
 
+/// Where result envelopes go (any combination).
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
+    /// One JSON line per result on stdout.
     pub stdout: bool,
+    /// Appended, one JSON line per result (its folder exists at load time).
     pub jsonl_file: Option<PathBuf>,
+    /// Published under `nats.subjects.results_prefix` (only with NATS).
     pub nats: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Metrics {
+    /// Prometheus metrics at `/metrics` on the webhook listener.
     pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Log {
-    /// A tracing `EnvFilter` directive (`info`, `rune=debug,warn`).
+    /// A tracing `EnvFilter` directive (`info`, `rune=debug,warn`), checked at load time.
     pub level: String,
     pub format: LogFormat,
 }
 
+/// Log lines on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {

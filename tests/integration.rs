@@ -1,6 +1,7 @@
 //! Integration tests against real OpenSSH sshd daemons on loopback (started by `support::sshd`), and the
 //! local transport. One binary: every test starts the servers it needs and they die with it (Drop).
 
+mod cli_config;
 mod cli_rules;
 mod support;
 

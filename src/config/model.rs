@@ -9,6 +9,9 @@
 //! Durations are strings (`30s`, `10m`, `1h 30m`) and sizes are integers or strings (`1048576`, `1MiB`);
 //! both are parsed by the compile step so that a bad one is an error with its position, not a shape error.
 //! Secrets have no field of their own: only `*_file` and `*_env` forms exist.
+//!
+//! Every key's type, default and meaning is in `docs/configuration.md` (one table per section); the comments
+//! here only say what the types alone do not.
 
 use std::fmt;
 use std::path::PathBuf;

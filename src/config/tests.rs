@@ -391,9 +391,6 @@ fn every_validation_error() {
     ];
     for (what, text, field, message, line) in table {
         let found = errors(text, &[]);
-        if std::env::var_os("RUNE_TEST_SHOW").is_some() {
-            eprint!("{what}:\n{}", lines(&found));
-        }
         let Some(e) = found.iter().find(|e| e.field == *field) else {
             panic!("{what}: no error for `{field}` in\n{}", lines(&found));
         };
