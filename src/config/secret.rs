@@ -54,11 +54,12 @@ impl Serialize for Secret {
 
 /// A secret read from a file, and a warning when the file is readable by group or others.
 pub fn read_file(path: &Path) -> Result<(Secret, Option<String>), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?;
-    let metadata = file.metadata().map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?;
+    // Checked before opening: opening a FIFO would block until something writes to it.
+    let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?;
     if !metadata.is_file() {
         return Err(format!("secret file `{}` is not a regular file", path.display()));
     }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read secret file `{}`: {e}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(MAX_SECRET_BYTES + 1)
         .read_to_end(&mut bytes)

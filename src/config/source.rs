@@ -405,6 +405,12 @@ pub fn read_file(path: &Path) -> Result<FileNode, Vec<ConfigError>> {
     if !matches!(extension.as_str(), "yaml" | "yml" | "toml") {
         return Err(whole("unknown configuration file type: the name must end in .yaml, .yml or .toml".into()));
     }
+    // Checked before opening: opening a FIFO would block until something writes to it.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Err(whole("not a regular file".into())),
+        Ok(_) => {}
+        Err(e) => return Err(whole(format!("cannot read: {e}"))),
+    }
     let file = std::fs::File::open(path).map_err(|e| whole(format!("cannot read: {e}")))?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| whole(format!("cannot read: {e}")))?;

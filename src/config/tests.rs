@@ -230,6 +230,13 @@ fn every_validation_error() {
             4,
         ),
         (
+            "secret file is a folder",
+            format!("{nats}  auth:\n    token_file: secrets\n"),
+            "nats.auth.token_file",
+            "not a regular file",
+            4,
+        ),
+        (
             "unset secret variable",
             format!("{nats}  auth:\n    token_env: NO_SUCH_VAR\n"),
             "nats.auth.token_env",
@@ -470,6 +477,9 @@ fn syntax_errors_have_positions() {
     assert!(other[0].message.contains(".yaml, .yml or .toml"), "{}", other[0]);
     let missing = load_from(Some(&dir.path().join("missing.yaml")), &[]).unwrap_err();
     assert!(missing[0].message.contains("cannot read"), "{}", missing[0]);
+    std::fs::create_dir(dir.path().join("secrets.yaml")).unwrap();
+    let folder = load_from(Some(&dir.path().join("secrets.yaml")), &[]).unwrap_err();
+    assert!(folder[0].message.contains("not a regular file"), "{}", folder[0]);
     let list = load_text(dir.path(), "list.yaml", "- a\n- b\n", &[]).unwrap_err();
     assert!(list[0].message.contains("mapping of sections"), "{}", list[0]);
 }
