@@ -30,11 +30,14 @@
 //!   several instances on one NATS, on JetStream KV (`gate::kv`).
 //! - [`results`]: the result envelope every run produces, whoever started it.
 //! - [`sources`]: payload adapters (Alertmanager, Grafana, generic, chatops): bytes in, [`event::Event`]s out.
+//! - [`config`]: the daemon's settings (one YAML/TOML file + `RUNE_*` overrides) validated into
+//!   [`config::Settings`], every error at once with its position; secrets read from files or variables.
 //! - [`cli`]: the `rune` command line.
 
 pub mod bpcs;
 pub mod bridge;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod event;
 pub mod gate;

@@ -1,6 +1,7 @@
 //! The `rune` command line: argument parsing, logging set-up, and the documented exit codes.
 
 mod actions;
+pub mod config;
 pub mod rules;
 mod run;
 
@@ -76,6 +77,9 @@ pub enum Command {
     /// Rules: check, list, test against a payload, print the schema.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// The daemon's settings: check a settings file and the RUNE_* overrides.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Show one plugin's header, arguments and versions.
     PluginInfo {
         /// NAME or NAME@VERSION
@@ -117,5 +121,6 @@ pub async fn main(cli: Cli) -> i32 {
         Command::ListActions { plugins, output } => actions::list(&plugins, output),
         Command::PluginInfo { action, plugins, output } => actions::info(&action, &plugins, output),
         Command::Rules(command) => rules::main(command).await,
+        Command::Config(command) => config::main(command),
     }
 }
