@@ -27,6 +27,7 @@
 //!   locks, rate limits); each refusal is a value with a reason.
 //! - [`results`]: the result envelope every run produces, whoever started it.
 //! - [`sources`]: payload adapters (Alertmanager, Grafana, generic, chatops): bytes in, [`event::Event`]s out.
+//!   [`sources::webhook`] is the HTTP intake in front of them (auth, body bounds) that hands events to a sink.
 //! - [`cli`]: the `rune` command line.
 
 pub mod bpcs;
