@@ -193,8 +193,10 @@ pub fn router<S: EventSink>(config: WebhookConfig, sink: Arc<S>) -> Router {
 /// Serves `router` on `listener` (HTTP/1.1) until `shutdown` resolves, then stops accepting, lets each connection
 /// finish the request it is in, and returns when all have closed.
 ///
-/// A client gets `header_read_timeout` to send each request's headers (and no longer to sit idle between
-/// requests); after that the route's own timeout applies. Together they bound how long a shutdown waits.
+/// A client gets `header_read_timeout` to send each request's headers, and no longer to sit idle between requests
+/// on a kept-alive connection (30 s, hyper's own default, suits Alertmanager and Grafana, whose HTTP clients open a
+/// new connection when an idle one was closed); after that the route's own timeout applies. Together they bound
+/// how long a shutdown waits.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
