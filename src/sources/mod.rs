@@ -11,12 +11,15 @@
 //! - [`generic`]: RUNE's own event shape, one object or an array of them.
 //! - [`chatops`]: a request naming its action, target and arguments.
 //! - [`nats`]: the NATS intake (core subscriptions, JetStream consumer, chatops request/reply) feeding the bridge.
+//!
+//! [`webhook`] is the HTTP intake in front of the first three: authentication, body bounds, then the adapter.
 
 pub mod alertmanager;
 pub mod chatops;
 pub mod generic;
 pub mod grafana;
 pub mod nats;
+pub mod webhook;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -314,7 +317,7 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
 }
 
 /// Payload text for an error message: debug-quoted (control characters escaped) and cut to [`QUOTE_CHARS`].
-fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     match text.char_indices().nth(QUOTE_CHARS) {
         Some((end, _)) => format!("{:?}…", text.get(..end).unwrap_or_default()),
         None => format!("{text:?}"),
