@@ -4,6 +4,7 @@ mod actions;
 pub mod config;
 pub mod rules;
 mod run;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +81,8 @@ pub enum Command {
     /// The daemon's settings: check a settings file and the RUNE_* overrides.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Run the daemon: webhooks (and NATS when configured) in, rules and gates, plugin runs, results out.
+    Serve(serve::ServeArgs),
     /// Show one plugin's header, arguments and versions.
     PluginInfo {
         /// NAME or NAME@VERSION
@@ -122,5 +125,6 @@ pub async fn main(cli: Cli) -> i32 {
         Command::PluginInfo { action, plugins, output } => actions::info(&action, &plugins, output),
         Command::Rules(command) => rules::main(command).await,
         Command::Config(command) => config::main(command),
+        Command::Serve(args) => serve::serve(args).await,
     }
 }

@@ -139,12 +139,13 @@ pub enum EndpointAuth {
     Hmac { secret: Secret, header: HeaderName },
 }
 
-/// The authentication of each endpoint, all three spelled out.
+/// Each endpoint: served with its authentication (an explicit choice, `None` included), or not served at all.
 #[derive(Debug, Clone)]
 pub struct HookAuth {
-    pub alertmanager: EndpointAuth,
-    pub grafana: EndpointAuth,
-    pub generic: EndpointAuth,
+    /// `None`: the endpoint is not served (404), as when the configuration leaves it out.
+    pub alertmanager: Option<EndpointAuth>,
+    pub grafana: Option<EndpointAuth>,
+    pub generic: Option<EndpointAuth>,
 }
 
 /// What [`router`] needs.
@@ -182,6 +183,7 @@ pub fn router<S: EventSink>(config: WebhookConfig, sink: Arc<S>) -> Router {
     for (format, auth) in
         [(Source::Alertmanager, auth.alertmanager), (Source::Grafana, auth.grafana), (Source::Generic, auth.generic)]
     {
+        let Some(auth) = auth else { continue };
         let endpoint = Arc::new(Endpoint { format, subject: format!("hooks.{format}"), auth: Check::new(auth) });
         let intake = Arc::clone(&intake);
         let handler = move |request: Request| handle(Arc::clone(&intake), Arc::clone(&endpoint), request);
@@ -747,7 +749,11 @@ mod tests {
     }
 
     fn all(auth: EndpointAuth) -> WebhookConfig {
-        WebhookConfig::new(HookAuth { alertmanager: auth.clone(), grafana: auth.clone(), generic: auth })
+        WebhookConfig::new(HookAuth {
+            alertmanager: Some(auth.clone()),
+            grafana: Some(auth.clone()),
+            generic: Some(auth),
+        })
     }
 
     fn sign(key: &str, body: &[u8]) -> String {
@@ -962,8 +968,11 @@ mod tests {
     #[tokio::test]
     async fn each_endpoint_has_its_own_auth() {
         let sink = RecordingSink::with(Behaviour::Accept);
-        let config =
-            WebhookConfig::new(HookAuth { alertmanager: bearer(), grafana: hmac_auth(), generic: EndpointAuth::None });
+        let config = WebhookConfig::new(HookAuth {
+            alertmanager: Some(bearer()),
+            grafana: Some(hmac_auth()),
+            generic: Some(EndpointAuth::None),
+        });
         let router = router(config, Arc::clone(&sink));
         let alertmanager = fixture("alertmanager-docker-down.json");
         let grafana = fixture("grafana-critical.json");
@@ -1210,7 +1219,11 @@ mod tests {
         let sink = RecordingSink::with(Behaviour::Accept);
         let config = WebhookConfig {
             request_timeout: Duration::from_millis(300),
-            ..WebhookConfig::new(HookAuth { alertmanager: bearer(), grafana: bearer(), generic: bearer() })
+            ..WebhookConfig::new(HookAuth {
+                alertmanager: Some(bearer()),
+                grafana: Some(bearer()),
+                generic: Some(bearer()),
+            })
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server =

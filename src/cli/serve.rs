@@ -1,0 +1,458 @@
+//! `rune serve`: the daemon. Loads the settings, plugins, inventory and rules; connects to NATS when configured;
+//! serves the webhooks (and `/healthz`, `/readyz`, `/metrics`); runs until SIGTERM or ctrl-c, then drains.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::{EXIT_OK, EXIT_USAGE, load_inventory};
+use crate::bridge::{Bridge, BridgeOptions};
+use crate::config::{self, Settings};
+use crate::engine::Engine;
+use crate::event::{Event, Limits, Source};
+use crate::gate::dedup::{DedupStore, MemoryDedup};
+use crate::gate::kv::{KvDedup, KvDedupSettings};
+use crate::metrics::Metrics;
+use crate::orchestrator::Orchestrator;
+use crate::plugins::Registry;
+use crate::results::nats::NatsPublisher;
+use crate::results::publish::{JsonLines, Publish, Publishers};
+use crate::rules::matcher::SubjectPattern;
+use crate::sources::webhook::{self, EndpointAuth, EventSink, HookAuth, SinkError, WebhookConfig};
+use crate::transport::ssh::SshTransport;
+
+/// Exit code: the daemon could not start (bad settings, rules, NATS unreachable at start with JetStream…).
+pub const EXIT_START_FAILED: i32 = 3;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Settings file (YAML or TOML); none = the embedded default (webhooks in, results to stdout).
+    #[arg(long, env = "RUNE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+pub async fn serve(args: ServeArgs) -> i32 {
+    let settings = match config::load(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s) in the settings; see `rune config check`", errors.len());
+            return EXIT_USAGE;
+        }
+    };
+    for w in &settings.warnings {
+        tracing::warn!(warning = %w, "settings");
+    }
+    match start(settings).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            EXIT_START_FAILED
+        }
+    }
+}
+
+/// Everything `serve` builds before choosing the dedup store.
+struct Parts {
+    settings: Settings,
+    registry: Arc<Registry>,
+    inventory: Arc<crate::inventory::Inventory>,
+    rules: crate::rules::RuleSet,
+    metrics: Metrics,
+    nats: Option<async_nats::Client>,
+}
+
+async fn start(settings: Settings) -> Result<i32, String> {
+    let registry = Arc::new(Registry::load(&settings.paths.plugins_dirs));
+    for p in registry.problems() {
+        tracing::warn!(problem = %p, "plugin not loaded");
+    }
+    let inventory = load_inventory(settings.paths.inventory.as_ref()).map_err(|e| e.join("; "))?;
+    let files = crate::rules::load_dir(&settings.paths.rules_dir).map_err(|e| join(&e))?;
+    let rules = crate::rules::parse_files(&files, &registry, &inventory).map_err(|e| join(&e))?;
+    for w in &rules.warnings {
+        tracing::warn!(warning = %w, "rules");
+    }
+    let metrics = Metrics::new();
+    let nats = match &settings.nats {
+        Some(n) => Some(connect_nats(n, &metrics).await?),
+        None => None,
+    };
+    let parts = Parts { settings, registry, inventory, rules, metrics, nats };
+    // Cluster-wide dedup on JetStream KV when JetStream is configured; in-process otherwise.
+    let kv = match (&parts.nats, parts.settings.nats.as_ref().and_then(|n| n.jetstream.as_ref())) {
+        (Some(client), Some(js)) => {
+            let settings = KvDedupSettings { bucket: js.kv.dedup_bucket.clone(), ..KvDedupSettings::default() };
+            Some(KvDedup::open(client.clone(), &settings).await.map_err(|e| format!("dedup store: {e}"))?)
+        }
+        _ => None,
+    };
+    match kv {
+        Some(store) => run(parts, store).await,
+        None => run(parts, MemoryDedup::default()).await,
+    }
+}
+
+fn join(d: &[crate::rules::RuleDiagnostic]) -> String {
+    d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+async fn connect_nats(n: &config::Nats, metrics: &Metrics) -> Result<async_nats::Client, String> {
+    use async_nats::ConnectOptions;
+    let secret = |s: &config::Secret| s.expose_str().map(str::to_owned).ok_or("a NATS secret is not UTF-8".to_owned());
+    let mut options = match &n.auth {
+        config::NatsAuth::None => ConnectOptions::new(),
+        config::NatsAuth::Token { token } => ConnectOptions::with_token(secret(token)?),
+        config::NatsAuth::UserPassword { user, password } => {
+            ConnectOptions::with_user_and_password(user.clone(), secret(password)?)
+        }
+        config::NatsAuth::Nkey { seed } => ConnectOptions::with_nkey(secret(seed)?),
+        config::NatsAuth::Credentials { contents, file } => {
+            ConnectOptions::with_credentials(&secret(contents)?).map_err(|e| format!("{}: {e}", file.display()))?
+        }
+    };
+    if let Some(ca) = &n.tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some(cert) = &n.tls.client_cert {
+        options = options.add_client_certificate(cert.cert_file.clone(), cert.key_file.clone());
+    }
+    let metrics = metrics.clone();
+    let max_delay = n.reconnect.max_delay;
+    options = options
+        .require_tls(n.tls.required)
+        .name(&n.name)
+        .connection_timeout(n.connect_timeout)
+        .max_reconnects(n.reconnect.max_attempts.map(|a| usize::try_from(a).unwrap_or(usize::MAX)))
+        .reconnect_delay_callback(move |attempts| {
+            let exp = 100u64.saturating_mul(1 << attempts.min(10));
+            Duration::from_millis(exp).min(max_delay)
+        })
+        .event_callback(move |event| {
+            let metrics = metrics.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        metrics.nats_connected(true);
+                        tracing::info!("NATS connected");
+                    }
+                    async_nats::Event::Disconnected => {
+                        metrics.nats_connected(false);
+                        tracing::warn!("NATS disconnected; reconnecting");
+                    }
+                    other => tracing::info!(event = %other, "NATS"),
+                }
+            }
+        });
+    let client = options.connect(n.urls.clone()).await.map_err(|e| format!("NATS {}: {e}", n.urls.join(",")))?;
+    metrics_connected(&client, &n.name);
+    Ok(client)
+}
+
+fn metrics_connected(client: &async_nats::Client, name: &str) {
+    tracing::info!(server = %client.server_info().server_name, client = name, "NATS ready");
+}
+
+/// Webhook sink: events decided in this process.
+struct InProcess<D: DedupStore>(Bridge<D>);
+
+impl<D: DedupStore> EventSink for InProcess<D> {
+    async fn submit(
+        &self,
+        _format: Source,
+        _body: Bytes,
+        events: Vec<Event>,
+        _correlation_id: Option<String>,
+    ) -> Result<(), SinkError> {
+        self.0.accept(events).await.map(drop).map_err(|e| SinkError::Unavailable(e.to_string()))
+    }
+}
+
+/// Webhook sink: the raw payload goes into the NATS alerts subjects (any instance may decide it).
+struct ToNats {
+    client: async_nats::Client,
+    /// `<prefix>.<format>`, checked at start to be covered by the alert subscriptions.
+    prefix: String,
+}
+
+impl EventSink for ToNats {
+    async fn submit(
+        &self,
+        format: Source,
+        body: Bytes,
+        _events: Vec<Event>,
+        correlation_id: Option<String>,
+    ) -> Result<(), SinkError> {
+        let subject = format!("{}.{format}", self.prefix);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(crate::sources::nats::FORMAT_HEADER, format.as_str());
+        if let Some(c) = &correlation_id {
+            headers.insert(crate::results::nats::CORRELATION_HEADER, c.as_str());
+        }
+        let js = async_nats::jetstream::new(self.client.clone());
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, body)
+            .await
+            .map_err(|e| SinkError::Unavailable(format!("NATS {subject}: {e}")))?;
+        ack.await.map_err(|e| SinkError::Unavailable(format!("NATS {subject}: {e}"))).map(drop)
+    }
+}
+
+fn endpoint_auth(auth: &Option<config::EndpointAuth>) -> Result<Option<EndpointAuth>, String> {
+    Ok(match auth {
+        None => None,
+        Some(config::EndpointAuth::None) => Some(EndpointAuth::None),
+        Some(config::EndpointAuth::Bearer { token }) => Some(EndpointAuth::Bearer(
+            webhook::Secret::new(token.expose().to_vec()).map_err(|e| format!("webhook bearer token: {e}"))?,
+        )),
+        Some(config::EndpointAuth::Hmac { secret, header }) => Some(EndpointAuth::Hmac {
+            secret: webhook::Secret::new(secret.expose().to_vec()).map_err(|e| format!("webhook HMAC secret: {e}"))?,
+            header: header.parse().map_err(|e| format!("webhook HMAC header `{header}`: {e}"))?,
+        }),
+    })
+}
+
+async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
+    let Parts { settings, registry, inventory, rules, metrics, nats } = parts;
+    let engine = Engine::with_store(rules, registry.clone(), inventory.clone(), dedup);
+    let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default());
+    // Publishers: JSON Lines (stdout, file) and NATS.
+    let mut sinks: Vec<Arc<dyn Publish>> = Vec::new();
+    if settings.results.stdout || settings.results.jsonl_file.is_some() {
+        let jsonl = JsonLines::open(settings.results.stdout, settings.results.jsonl_file.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        sinks.push(Arc::new(jsonl));
+    }
+    if let (Some(client), Some(n)) = (&nats, &settings.nats)
+        && settings.results.nats
+    {
+        let js = match n.jetstream.as_ref().and_then(|j| j.results_stream.as_ref()) {
+            Some(rs) => {
+                let ctx = async_nats::jetstream::new(client.clone());
+                ctx.get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: rs.name.clone(),
+                    subjects: rs.subjects.clone(),
+                    max_age: rs.max_age,
+                    max_bytes: i64::try_from(rs.max_bytes).unwrap_or(i64::MAX),
+                    max_messages: rs.max_msgs.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("results stream {}: {e}", rs.name))?;
+                Some(ctx)
+            }
+            None => None,
+        };
+        let s = &n.subjects;
+        sinks.push(Arc::new(NatsPublisher::new(client.clone(), js, &s.results_prefix, &s.decisions_prefix)));
+    }
+    let options = BridgeOptions {
+        rules_dir: settings.paths.rules_dir.clone(),
+        max_in_flight: settings.limits.max_in_flight_runs.get(),
+        shutdown_grace: settings.limits.shutdown_grace,
+    };
+    let bridge = Bridge::new(engine, orchestrator, Arc::new(Publishers(sinks)), metrics.clone(), options);
+    bridge.start_deferred_timer();
+    bridge.start_rule_watch(settings.limits.reload_debounce);
+    let stop = CancellationToken::new();
+    let limits = Limits { max_body_bytes: settings.webhook.max_body_bytes, ..Limits::default() };
+    let mut intakes = Vec::new();
+    if let (Some(client), Some(n)) = (&nats, &settings.nats) {
+        let s = &n.subjects;
+        match &n.jetstream {
+            Some(js) => {
+                let intake = crate::sources::nats::JetStreamIntake {
+                    stream: js.alerts_stream.name.clone(),
+                    subjects: js.alerts_stream.subjects.clone(),
+                    max_age: js.alerts_stream.max_age,
+                    max_bytes: i64::try_from(js.alerts_stream.max_bytes).unwrap_or(i64::MAX),
+                    durable: js.consumer.name.clone(),
+                    max_deliver: js.consumer.max_deliver,
+                    ack_wait: js.consumer.ack_wait,
+                    backoff: js.consumer.backoff.clone(),
+                    dead_letter_subject: s.dead_letter.clone(),
+                };
+                let task =
+                    crate::sources::nats::run_jetstream(client.clone(), intake, bridge.clone(), limits, stop.clone());
+                intakes.push(tokio::spawn(async move {
+                    if let Err(e) = task.await {
+                        tracing::error!(error = %e, "JetStream intake stopped");
+                    }
+                }));
+            }
+            None => {
+                let task = crate::sources::nats::run_core(
+                    client.clone(),
+                    s.alerts.clone(),
+                    s.queue_group.clone(),
+                    s.dead_letter.clone(),
+                    bridge.clone(),
+                    limits,
+                    stop.clone(),
+                );
+                intakes.push(tokio::spawn(async move {
+                    if let Err(e) = task.await {
+                        tracing::error!(error = %e, "NATS intake stopped");
+                    }
+                }));
+            }
+        }
+        if settings.chatops.enabled {
+            let task = crate::sources::nats::run_requests(
+                client.clone(),
+                s.requests_prefix.clone(),
+                s.queue_group.clone(),
+                s.results_prefix.clone(),
+                bridge.clone(),
+                limits,
+                stop.clone(),
+            );
+            intakes.push(tokio::spawn(async move {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "chatops intake stopped");
+                }
+            }));
+        }
+    }
+    // Webhooks, health and metrics on one listener.
+    let w = &settings.webhook;
+    let mut auth = HookAuth {
+        alertmanager: endpoint_auth(&w.alertmanager)?,
+        grafana: endpoint_auth(&w.grafana)?,
+        generic: endpoint_auth(&w.generic)?,
+    };
+    let unconfigured = auth.alertmanager.is_none() && auth.grafana.is_none() && auth.generic.is_none();
+    if settings.origin.file.is_none() && unconfigured && w.listen.ip().is_loopback() {
+        // The embedded default (no settings file at all): the three webhooks, unauthenticated, on loopback only.
+        tracing::warn!(listen = %w.listen, "no settings file: webhooks served WITHOUT authentication, on loopback only");
+        auth = HookAuth {
+            alertmanager: Some(EndpointAuth::None),
+            grafana: Some(EndpointAuth::None),
+            generic: Some(EndpointAuth::None),
+        };
+    }
+    let webhook_config = WebhookConfig { request_timeout: w.request_timeout, limits, auth };
+    let hooks = match (&nats, &settings.nats) {
+        (Some(client), Some(n)) if w.publish_to_nats => {
+            let prefix = publish_prefix(&n.subjects.alerts)?;
+            webhook::router(webhook_config, Arc::new(ToNats { client: client.clone(), prefix }))
+        }
+        _ => webhook::router(webhook_config, Arc::new(InProcess(bridge.clone()))),
+    };
+    let ready = Arc::new(AtomicBool::new(true));
+    let app: Router = hooks.merge(ops_routes(&bridge, settings.metrics.enabled, nats.clone(), ready.clone()));
+    let listener = tokio::net::TcpListener::bind(w.listen).await.map_err(|e| format!("listen on {}: {e}", w.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(listen = %local, nats = nats.is_some(), rules = bridge.engine().rules().rules.len(), "rune serve ready");
+    eprintln!("rune serve: listening on http://{local} (webhooks /hooks/…, /healthz, /readyz, /metrics)");
+    let http_stop = stop.clone();
+    let http =
+        tokio::spawn(webhook::serve(
+            listener,
+            app,
+            Duration::from_secs(30),
+            async move { http_stop.cancelled().await },
+        ));
+    wait_for_signal().await;
+    tracing::info!("shutting down: intake stopped, draining runs");
+    ready.store(false, Ordering::SeqCst);
+    stop.cancel();
+    for t in intakes {
+        let _ = t.await;
+    }
+    let left = bridge.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    if let Some(client) = nats {
+        let _ = client.flush().await;
+    }
+    if left > 0 {
+        tracing::warn!(in_flight = left, "exited with runs still in flight");
+    }
+    Ok(EXIT_OK)
+}
+
+/// The subject prefix webhook payloads are published under (`<prefix>.<format>`): the literal head of an
+/// alerts pattern ending in `>`, so that the subscriptions are sure to receive them.
+fn publish_prefix(alerts: &[String]) -> Result<String, String> {
+    for pattern in alerts {
+        if let Some(head) = pattern.strip_suffix(".>")
+            && !head.split('.').any(|t| t == "*")
+            && SubjectPattern::parse(pattern).is_ok()
+        {
+            return Ok(head.to_owned());
+        }
+    }
+    Err(format!(
+        "webhook.publish_to_nats needs an alerts subject ending in `.>` to publish under (have: {})",
+        alerts.join(", ")
+    ))
+}
+
+fn ops_routes<D: DedupStore>(
+    bridge: &Bridge<D>,
+    metrics_enabled: bool,
+    nats: Option<async_nats::Client>,
+    ready: Arc<AtomicBool>,
+) -> Router {
+    let mut router = Router::new().route("/healthz", get(|| async { (StatusCode::OK, "ok\n") })).route(
+        "/readyz",
+        get(move || {
+            let nats = nats.clone();
+            let ready = ready.clone();
+            async move {
+                let nats_up =
+                    nats.as_ref().is_none_or(|c| c.connection_state() == async_nats::connection::State::Connected);
+                if ready.load(Ordering::SeqCst) && nats_up {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+        }),
+    );
+    if metrics_enabled {
+        let metrics = bridge.metrics().clone();
+        router = router.route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        );
+    }
+    router
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
