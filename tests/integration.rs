@@ -5,6 +5,7 @@
 mod bridge_nats;
 mod cli_config;
 mod cli_rules;
+mod cli_serve;
 mod nats_kv;
 mod support;
 

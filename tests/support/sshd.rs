@@ -910,7 +910,7 @@ fn read_banner(stream: &mut TcpStream) -> String {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it).
-pub(super) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((LOOPBACK, 0)).unwrap_or_else(|e| panic!("cannot bind {LOOPBACK}:0: {e}"));
     listener.local_addr().unwrap_or_else(|e| panic!("cannot read the address of a fresh listener: {e}")).port()
 }

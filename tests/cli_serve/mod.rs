@@ -1,0 +1,232 @@
+//! `rune serve` as a user runs it: the real binary, real HTTP on loopback, real plugin runs (local transport),
+//! and — with NATS configured — a real nats-server with JetStream.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::support::nats::NatsServer;
+use crate::support::sshd::free_port;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running `rune serve`; killed on drop. Its stdout lines (JSON records) arrive on `lines`.
+struct Serve {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Serve {
+    fn start(config: Option<&Path>, extra_env: &[(&str, String)]) -> Serve {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rune"));
+        cmd.arg("serve")
+            .current_dir(repo())
+            .env_remove("RUNE_CONFIG")
+            .env("RUNE_WEBHOOK__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUNE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn rune serve: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        let sink = stderr_text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("rune serve: listening") {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&line);
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push('\n');
+            }
+        });
+        let s = Serve { child, port, lines, stderr: stderr_text };
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("rune serve did not start:\n{}", s.stderr());
+        }
+        s
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// POSTs `body` to `path`; returns (status, response body).
+    fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap_or_else(|e| panic!("connect: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("write: {e}"));
+        stream.write_all(body).unwrap_or_else(|e| panic!("write: {e}"));
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+
+    /// The next stdout record whose `record` field is `kind`.
+    fn next_record(&self, kind: &str) -> Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no {kind} record within 60 s; stderr:\n{}", self.stderr()));
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["record"] == kind
+            {
+                return v;
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn example_alert() -> Vec<u8> {
+    std::fs::read(repo().join("examples/alert-localhost.json")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn embedded_default_handles_a_real_alertmanager_payload_end_to_end() {
+    let serve = Serve::start(None, &[]);
+    let (status, body) =
+        serve.post("/hooks/alertmanager", &example_alert(), &[("X-Correlation-Id", "readme-quick-start")]);
+    assert_eq!(status, 202, "{body}");
+    let decision = serve.next_record("decision");
+    assert_eq!(decision["rule"], "critical-gather-logs");
+    assert_eq!(decision["decision"], "admitted", "{decision}");
+    let result = serve.next_record("result");
+    assert_eq!(result["action"], "gather-logs");
+    assert_eq!(result["host"], "localhost");
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["correlation_id"], "readme-quick-start");
+    // A second copy is a published duplicate; a bad payload is a 400 naming the field.
+    let (status, _) = serve.post("/hooks/alertmanager", &example_alert(), &[]);
+    assert_eq!(status, 202);
+    assert_eq!(serve.next_record("decision")["reason"], "duplicate");
+    let (status, body) = serve.post("/hooks/alertmanager", br#"{"version":"4","alerts":[{"status":"firing"}]}"#, &[]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("alerts[0].labels"), "{body}");
+    assert_eq!(serve.terminate(), Some(0));
+}
+
+#[test]
+fn a_bad_token_gets_401_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("rune.yaml");
+    let text = format!(
+        "paths:\n  rules_dir: {}\n  plugins_dirs: [{}]\nwebhook:\n  alertmanager: {{ bearer_token_file: token }}\n",
+        repo().join("rules").display(),
+        repo().join("plugins").display()
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let serve = Serve::start(Some(&config), &[]);
+    let (status, _) = serve.post("/hooks/alertmanager", &example_alert(), &[("Authorization", "Bearer wrong")]);
+    assert_eq!(status, 401);
+    let (status, _) = serve.post("/hooks/alertmanager", &example_alert(), &[]);
+    assert_eq!(status, 401);
+    let (status, _) = serve.post("/hooks/grafana", &example_alert(), &[]);
+    assert_eq!(status, 404, "an endpoint left out of the settings is not served");
+    assert!(serve.lines.recv_timeout(Duration::from_millis(500)).is_err(), "nothing was decided or run");
+    let (status, body) =
+        serve.post("/hooks/alertmanager", &example_alert(), &[("Authorization", "Bearer s3cret-token")]);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(serve.next_record("result")["status"], "ok");
+    assert!(!serve.stderr().contains("s3cret-token"), "the token leaked into the logs");
+    assert_eq!(serve.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_and_jetstream_an_alert_published_on_nats_runs_and_its_result_is_published() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("rune.yaml");
+    let text = format!(
+        "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    results_stream: {{ enabled: true }}\n\
+         paths:\n  rules_dir: {}\n  plugins_dirs: [{}]\nresults:\n  stdout: true\n\
+         webhook:\n  alertmanager: {{ none: true }}\n  publish_to_nats: true\n",
+        server.url(),
+        repo().join("rules").display(),
+        repo().join("plugins").display()
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let serve =
+        tokio::task::spawn_blocking(move || Serve::start(Some(&config), &[])).await.unwrap_or_else(|e| panic!("{e}"));
+    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut results = client.subscribe("rune.results.>").await.unwrap_or_else(|e| panic!("{e}"));
+    client.flush().await.ok();
+    // Through the webhook, which publishes into the alerts stream; the JetStream consumer decides it.
+    let post = tokio::task::block_in_place(|| {
+        serve.post("/hooks/alertmanager", &example_alert(), &[("X-Correlation-Id", "via-nats")])
+    });
+    assert_eq!(post.0, 202, "{}", post.1);
+    let msg = tokio::time::timeout(Duration::from_secs(60), results.next())
+        .await
+        .unwrap_or_else(|_| panic!("no result on NATS; stderr:\n{}", serve.stderr()))
+        .unwrap_or_else(|| panic!("subscription ended"));
+    assert_eq!(msg.subject.as_str(), "rune.results.gather-logs.localhost");
+    let result: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+    assert_eq!(result["correlation_id"], "via-nats", "{result}");
+    assert_eq!(result["status"], "ok");
+    // The results stream kept it for replay.
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream("RUNE_RESULTS").await.unwrap_or_else(|e| panic!("{e}"));
+    let info = stream.info().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(info.state.messages >= 1);
+    let code = tokio::task::spawn_blocking(move || serve.terminate()).await.unwrap_or(None);
+    assert_eq!(code, Some(0));
+}
