@@ -23,6 +23,7 @@ use crate::event::{AlertStatus, Event};
 use crate::gate::blast::{BlastRadius as BlastGate, BlastTicket};
 use crate::gate::breaker::{BreakerPermit, BreakerSpec, CircuitBreaker};
 use crate::gate::dedup::{DedupStore, MemoryDedup};
+use crate::gate::kv::{KvError, KvLease, KvLocks};
 use crate::gate::lock::{HostLease, HostLocks};
 use crate::gate::ratelimit::{KeyedRateLimit, RateLimit, RateSpec};
 use crate::inventory::Inventory;
@@ -171,14 +172,58 @@ impl Serialize for Trace {
     }
 }
 
+/// Where host leases come from: this process, or a JetStream KV bucket shared by every instance.
+pub enum HostLockBackend {
+    Local(HostLocks),
+    Cluster(KvLocks),
+}
+
+/// A held host lease, from either backend; dropping it releases the host.
+pub enum Lease {
+    Local(HostLease),
+    Cluster(KvLease),
+}
+
+impl Lease {
+    /// Cancelled when a cluster lease is lost (renewals failed); never for a local one.
+    pub fn lost(&self) -> Option<tokio_util::sync::CancellationToken> {
+        match self {
+            Lease::Local(_) => None,
+            Lease::Cluster(l) => Some(l.lost()),
+        }
+    }
+}
+
+impl HostLockBackend {
+    /// Ok(lease), or Err((reason, detail)): busy, or the lock store could not answer (fail closed).
+    async fn try_acquire(&self, host: &str, holder: String, now: Instant) -> Result<Lease, (SuppressReason, String)> {
+        match self {
+            HostLockBackend::Local(locks) => locks
+                .try_acquire(host, holder, now)
+                .map(Lease::Local)
+                .map_err(|busy| (SuppressReason::HostBusy, busy.to_string())),
+            HostLockBackend::Cluster(locks) => match locks.try_acquire(host, &holder).await {
+                Ok(lease) => Ok(Lease::Cluster(lease)),
+                Err(e @ KvError::Busy { .. }) => Err((SuppressReason::HostBusy, e.to_string())),
+                Err(e) => Err((SuppressReason::HostBusy, format!("host lock store unavailable (fail closed): {e}"))),
+            },
+        }
+    }
+}
+
 /// The run an admitted decision may start. Holding it holds the host lease; [`Admission::finish`] reports the
 /// run's outcome to the rule's circuit breaker and releases the host.
 pub struct Admission {
-    lease: Option<HostLease>,
+    lease: Option<Lease>,
     permit: Option<(BreakerPermit, Arc<RuleGates>)>,
 }
 
 impl Admission {
+    /// Cancelled if the cluster lease on the host is lost while the run goes on.
+    pub fn lease_lost(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.lease.as_ref().and_then(Lease::lost)
+    }
+
     /// Records the run's outcome (success = the plugin reported ok/warn/skipped) and releases the host lease.
     pub fn finish(self, success: bool) {
         if let Some((permit, gates)) = self.permit {
@@ -441,7 +486,7 @@ pub struct Engine<D: DedupStore = MemoryDedup> {
     dedup: D,
     /// One lease per host across all rules and chatops; leases travel inside admitted decisions and are
     /// released when the run finishes ([`Admission::finish`]) or the decision is dropped.
-    locks: HostLocks,
+    locks: HostLockBackend,
     parked: Mutex<Pending>,
     /// Reloads one at a time (each builds the new state outside the lock decisions read).
     reloading: Mutex<()>,
@@ -467,7 +512,7 @@ impl<D: DedupStore> Engine<D> {
             registry,
             inventory,
             dedup,
-            locks: HostLocks::default(),
+            locks: HostLockBackend::Local(HostLocks::default()),
             parked: Mutex::new(Pending::default()),
             reloading: Mutex::new(()),
         }
@@ -526,6 +571,12 @@ impl<D: DedupStore> Engine<D> {
         let summary = ReloadSummary { rules: new.rules.rules.len(), kept_state: kept };
         *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         summary
+    }
+
+    /// Takes host leases from a JetStream KV bucket shared by every instance instead of this process only.
+    pub fn with_cluster_locks(mut self, locks: KvLocks) -> Self {
+        self.locks = HostLockBackend::Cluster(locks);
+        self
     }
 
     /// Loads the rules folder and swaps it in, or — if any file has any error — keeps the rule set in force and
@@ -779,7 +830,7 @@ impl<D: DedupStore> Engine<D> {
         } else {
             trace.set(Gate::Dedup, Step::Skipped);
         }
-        let (lease, ticket) = match self.lock_and_blast(rule, gates, host, trace, now) {
+        let (lease, ticket) = match self.lock_and_blast(rule, gates, host, trace, now).await {
             Ok(x) => x,
             Err(v) => return v,
         };
@@ -820,24 +871,24 @@ impl<D: DedupStore> Engine<D> {
 
     /// Host lock, then blast radius (remediations only). The lock first: with it held, no two tickets for one
     /// host can be outstanding, so a rollback always undoes exactly its own admission.
-    fn lock_and_blast(
+    async fn lock_and_blast(
         &self,
         rule: &Rule,
         gates: &RuleGates,
         host: &str,
         trace: &mut Trace,
         now: Instant,
-    ) -> Result<(Option<HostLease>, Option<BlastTicket>), Verdict> {
+    ) -> Result<(Option<Lease>, Option<BlastTicket>), Verdict> {
         if rule.plugin.class != SafetyClass::Remediation {
             trace.set(Gate::HostLock, Step::Skipped);
             trace.set(Gate::BlastRadius, Step::Skipped);
             return Ok((None, None));
         }
-        let lease = match self.locks.try_acquire(host, format!("rule {}", rule.name), now) {
+        let lease = match self.locks.try_acquire(host, format!("rule {}", rule.name), now).await {
             Ok(l) => l,
-            Err(busy) => {
+            Err((reason, detail)) => {
                 trace.set(Gate::HostLock, Step::Suppressed);
-                return Err(Verdict::suppressed(SuppressReason::HostBusy, busy.to_string()));
+                return Err(Verdict::suppressed(reason, detail));
             }
         };
         trace.set(Gate::HostLock, Step::Passed);
@@ -1123,14 +1174,14 @@ impl<D: DedupStore> Engine<D> {
             }
         }
         let lease = if plugin.class == SafetyClass::Remediation {
-            match self.locks.try_acquire(&req.target, format!("chatops {}", req.requester), Instant::now()) {
+            match self.locks.try_acquire(&req.target, format!("chatops {}", req.requester), Instant::now()).await {
                 Ok(l) => {
                     d.trace.set(Gate::HostLock, Step::Passed);
                     Some(l)
                 }
-                Err(busy) => {
+                Err((reason, detail)) => {
                     d.trace.set(Gate::HostLock, Step::Suppressed);
-                    d.verdict = Verdict::suppressed(SuppressReason::HostBusy, busy.to_string());
+                    d.verdict = Verdict::suppressed(reason, detail);
                     return d;
                 }
             }

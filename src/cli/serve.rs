@@ -18,7 +18,7 @@ use crate::config::{self, Settings};
 use crate::engine::Engine;
 use crate::event::{Event, Limits, Source};
 use crate::gate::dedup::{DedupStore, MemoryDedup};
-use crate::gate::kv::{KvDedup, KvDedupSettings};
+use crate::gate::kv::{KvDedup, KvDedupSettings, KvLockSettings, KvLocks};
 use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
 use crate::plugins::Registry;
@@ -69,6 +69,8 @@ struct Parts {
     rules: crate::rules::RuleSet,
     metrics: Metrics,
     nats: Option<async_nats::Client>,
+    /// Cluster-wide host leases (JetStream mode).
+    locks: Option<KvLocks>,
 }
 
 async fn start(settings: Settings) -> Result<i32, String> {
@@ -87,19 +89,37 @@ async fn start(settings: Settings) -> Result<i32, String> {
         Some(n) => Some(connect_nats(n, &metrics).await?),
         None => None,
     };
-    let parts = Parts { settings, registry, inventory, rules, metrics, nats };
-    // Cluster-wide dedup on JetStream KV when JetStream is configured; in-process otherwise.
-    let kv = match (&parts.nats, parts.settings.nats.as_ref().and_then(|n| n.jetstream.as_ref())) {
+    // Cluster-wide dedup and host leases on JetStream KV when JetStream is configured; in-process otherwise.
+    let (kv, locks) = match (&nats, settings.nats.as_ref().and_then(|n| n.jetstream.as_ref())) {
         (Some(client), Some(js)) => {
-            let settings = KvDedupSettings { bucket: js.kv.dedup_bucket.clone(), ..KvDedupSettings::default() };
-            Some(KvDedup::open(client.clone(), &settings).await.map_err(|e| format!("dedup store: {e}"))?)
+            let dedup = KvDedupSettings { bucket: js.kv.dedup_bucket.clone(), ..KvDedupSettings::default() };
+            let store = KvDedup::open(client.clone(), &dedup).await.map_err(|e| format!("dedup store: {e}"))?;
+            let lease_ttl = js.kv.lease_ttl;
+            let lock_settings = KvLockSettings {
+                bucket: js.kv.locks_bucket.clone(),
+                lease_ttl,
+                renew_every: lease_ttl / 3,
+                ..KvLockSettings::default()
+            };
+            let instance = format!("{}-{}", settings.nats.as_ref().map_or("rune", |n| n.name.as_str()), instance_id());
+            let locks = KvLocks::open(client.clone(), &instance, &lock_settings)
+                .await
+                .map_err(|e| format!("host locks: {e}"))?;
+            (Some(store), Some(locks))
         }
-        _ => None,
+        _ => (None, None),
     };
+    let parts = Parts { settings, registry, inventory, rules, metrics, nats, locks };
     match kv {
         Some(store) => run(parts, store).await,
         None => run(parts, MemoryDedup::default()).await,
     }
+}
+
+/// Unique per process: the pid and a random part (pids repeat across hosts and containers).
+fn instance_id() -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", std::process::id(), random.get(..8).unwrap_or(&random))
 }
 
 fn join(d: &[crate::rules::RuleDiagnostic]) -> String {
@@ -222,8 +242,11 @@ fn endpoint_auth(auth: &Option<config::EndpointAuth>) -> Result<Option<EndpointA
 }
 
 async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
-    let Parts { settings, registry, inventory, rules, metrics, nats } = parts;
-    let engine = Engine::with_store(rules, registry.clone(), inventory.clone(), dedup);
+    let Parts { settings, registry, inventory, rules, metrics, nats, locks } = parts;
+    let mut engine = Engine::with_store(rules, registry.clone(), inventory.clone(), dedup);
+    if let Some(locks) = locks {
+        engine = engine.with_cluster_locks(locks);
+    }
     let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default());
     // Publishers: JSON Lines (stdout, file) and NATS.
     let mut sinks: Vec<Arc<dyn Publish>> = Vec::new();

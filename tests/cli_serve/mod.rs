@@ -230,3 +230,73 @@ async fn with_nats_and_jetstream_an_alert_published_on_nats_runs_and_its_result_
     let code = tokio::task::spawn_blocking(move || serve.terminate()).await.unwrap_or(None);
     assert_eq!(code, Some(0));
 }
+
+/// Cluster mode: three `rune serve` instances on one JetStream, a burst of alerts each sent three times: every
+/// distinct alert runs exactly once (cluster-wide dedup on JetStream KV), none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_run_each_distinct_alert_of_a_burst_exactly_once() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        rules.join("burst.yaml"),
+        "policy:\n  rate_limit:\n    global: { count: 100000, per: 1s }\n    host: { count: 100000, per: 1s }\n\
+         rules:\n  - name: burst\n    match: { labels: { alertname: Burst } }\n    target: { host: localhost }\n    \
+         action: noop\n    args: { message: \"{{ labels.n }}\" }\n    dedup: { window: 1h }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("rune.yaml");
+    let text = format!(
+        "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    consumer: {{ ack_wait: 5s }}\n\
+         paths:\n  rules_dir: {}\n  plugins_dirs: [{}]\nresults:\n  stdout: true\n",
+        server.url(),
+        rules.display(),
+        repo().join("plugins").display()
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let instances = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || (0..3).map(|_| Serve::start(Some(&config), &[])).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut results = client.subscribe("rune.results.>").await.unwrap_or_else(|e| panic!("{e}"));
+    client.flush().await.ok();
+    let js = async_nats::jetstream::new(client.clone());
+    const DISTINCT: usize = 30;
+    for copy in 0..3 {
+        for n in 0..DISTINCT {
+            let body = serde_json::json!({
+                "version": "4", "groupKey": "g", "status": "firing", "receiver": "rune",
+                "alerts": [{"status": "firing", "labels": {"alertname": "Burst", "n": n.to_string()},
+                            "fingerprint": format!("burst-{n}")}]
+            });
+            let ack = js
+                .publish("rune.alerts.alertmanager", body.to_string().into())
+                .await
+                .unwrap_or_else(|e| panic!("publish {n}/{copy}: {e}"));
+            ack.await.unwrap_or_else(|e| panic!("ack {n}/{copy}: {e}"));
+        }
+    }
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    while seen.len() < DISTINCT {
+        let msg = tokio::time::timeout(Duration::from_secs(60), results.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {DISTINCT} alerts ran: {seen:?}", seen.len()))
+            .unwrap_or_else(|| panic!("subscription ended"));
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+        *seen.entry(v["output"]["data"]["message"].as_str().unwrap_or("").to_owned()).or_default() += 1;
+    }
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(3), results.next()).await {
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+        *seen.entry(v["output"]["data"]["message"].as_str().unwrap_or("").to_owned()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), DISTINCT, "{seen:?}");
+    assert!(seen.values().all(|&c| c == 1), "an alert ran twice: {seen:?}");
+    let codes = tokio::task::spawn_blocking(move || instances.into_iter().map(Serve::terminate).collect::<Vec<_>>())
+        .await
+        .unwrap_or_default();
+    assert_eq!(codes, [Some(0), Some(0), Some(0)]);
+}
