@@ -248,6 +248,8 @@ impl<D: DedupStore> Bridge<D> {
     /// reloaded once the folder has been quiet for one interval), until shutdown.
     pub fn start_rule_watch(&self, interval: Duration) {
         let bridge = self.clone();
+        // Taken now, not when the task first runs: a change made right after this call must count as a change.
+        let initial = folder_state_now(&self.inner.options.rules_dir);
         self.inner.tracker.spawn(async move {
             let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(s) => Some(s),
@@ -257,7 +259,7 @@ impl<D: DedupStore> Bridge<D> {
                 }
             };
             let dir = bridge.inner.options.rules_dir.clone();
-            let mut seen = folder_state(&dir).await;
+            let mut seen = initial;
             let mut changed_at: Option<tokio::time::Instant> = None;
             loop {
                 let sighup = async {
@@ -322,20 +324,29 @@ impl<D: DedupStore> Bridge<D> {
 }
 
 /// Names, sizes and modification times of the rule files (what a change is judged by).
-async fn folder_state(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+type FolderState = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+/// The folder state, read now (blocking).
+fn folder_state_now(dir: &std::path::Path) -> FolderState {
     let mut out = Vec::new();
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return out };
-    while let Ok(Some(entry)) = entries.next_entry().await {
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
         let path = entry.path();
         if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
             continue;
         }
-        if let Ok(meta) = entry.metadata().await {
+        if let Ok(meta) = entry.metadata() {
             out.push((path, meta.len(), meta.modified().ok()));
         }
     }
     out.sort();
     out
+}
+
+/// The folder state off the runtime's threads (a directory read may block).
+async fn folder_state(dir: &std::path::Path) -> FolderState {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || folder_state_now(&dir)).await.unwrap_or_default()
 }
 
 /// One log line per decision, fields first.
@@ -460,9 +471,16 @@ rules:
         }
         assert!(reloaded, "the new file was not picked up");
         std::fs::write(dir.path().join("c.yaml"), "rules: [{ name: broken }]\n").unwrap_or_else(|e| panic!("{e}"));
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut refused = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if b.metrics().encode().contains("rune_rule_reloads_total{result=\"refused\"}") {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the broken file was not noticed");
         assert_eq!(b.engine().rules().rules.len(), 2, "a broken folder leaves the rules in force");
-        assert!(b.metrics().encode().contains("rune_rule_reloads_total{result=\"refused\"}"));
         b.shutdown().await;
     }
 

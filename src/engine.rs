@@ -175,13 +175,13 @@ impl Serialize for Trace {
 /// Where host leases come from: this process, or a JetStream KV bucket shared by every instance.
 pub enum HostLockBackend {
     Local(HostLocks),
-    Cluster(KvLocks),
+    Cluster(Box<KvLocks>),
 }
 
 /// A held host lease, from either backend; dropping it releases the host.
 pub enum Lease {
     Local(HostLease),
-    Cluster(KvLease),
+    Cluster(Box<KvLease>),
 }
 
 impl Lease {
@@ -203,7 +203,7 @@ impl HostLockBackend {
                 .map(Lease::Local)
                 .map_err(|busy| (SuppressReason::HostBusy, busy.to_string())),
             HostLockBackend::Cluster(locks) => match locks.try_acquire(host, &holder).await {
-                Ok(lease) => Ok(Lease::Cluster(lease)),
+                Ok(lease) => Ok(Lease::Cluster(Box::new(lease))),
                 Err(e @ KvError::Busy { .. }) => Err((SuppressReason::HostBusy, e.to_string())),
                 Err(e) => Err((SuppressReason::HostBusy, format!("host lock store unavailable (fail closed): {e}"))),
             },
@@ -575,7 +575,7 @@ impl<D: DedupStore> Engine<D> {
 
     /// Takes host leases from a JetStream KV bucket shared by every instance instead of this process only.
     pub fn with_cluster_locks(mut self, locks: KvLocks) -> Self {
-        self.locks = HostLockBackend::Cluster(locks);
+        self.locks = HostLockBackend::Cluster(Box::new(locks));
         self
     }
 
