@@ -300,3 +300,38 @@ async fn three_instances_run_each_distinct_alert_of_a_burst_exactly_once() {
         .unwrap_or_default();
     assert_eq!(codes, [Some(0), Some(0), Some(0)]);
 }
+
+/// Graceful shutdown: SIGTERM while a run is in flight — the run finishes, its result is published, exit 0.
+#[test]
+fn sigterm_lets_the_run_in_flight_finish_and_publish_its_result() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        rules.join("slow.yaml"),
+        "rules:\n  - name: slow\n    match: { labels: { alertname: HostDiskFull } }\n    target: { host: localhost }\n    action: slow-ok\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("rune.yaml");
+    let text = format!(
+        "paths:\n  rules_dir: {}\n  plugins_dirs: [{}, {}]\nwebhook:\n  alertmanager: {{ none: true }}\nlimits:\n  shutdown_grace: 30s\n",
+        rules.display(),
+        repo().join("plugins").display(),
+        repo().join("tests/fixtures/plugins").display()
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let serve = Serve::start(Some(&config), &[]);
+    let (status, body) = serve.post("/hooks/alertmanager", &example_alert(), &[("X-Correlation-Id", "drain-1")]);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(serve.next_record("decision")["decision"], "admitted");
+    // SIGTERM while slow-ok sleeps: the daemon must wait for it.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(serve.child.id() as i32, libc::SIGTERM);
+    }
+    let result = serve.next_record("result");
+    assert_eq!(result["action"], "slow-ok");
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["correlation_id"], "drain-1");
+    assert_eq!(serve.terminate(), Some(0));
+}
