@@ -193,7 +193,34 @@ impl<D: DedupStore> Bridge<D> {
             let mut results = bridge.inner.orchestrator.execute(plan, 1);
             let mut success = true;
             let mut finished = false;
-            while let Some(envelope) = results.recv().await {
+            // A cluster lease lost mid-run (renewals failed): another instance may now act on the host. The run
+            // cannot be recalled safely half-way, so this is said loudly, once.
+            let lost = admission.lease_lost();
+            let lost_signal = async {
+                match &lost {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(lost_signal);
+            let mut lost_reported = false;
+            loop {
+                let envelope = tokio::select! {
+                    envelope = results.recv() => match envelope {
+                        Some(e) => e,
+                        None => break,
+                    },
+                    _ = &mut lost_signal, if !lost_reported => {
+                        lost_reported = true;
+                        tracing::error!(
+                            rule = %d.rule,
+                            host = request.hosts.first().map(String::as_str).unwrap_or("-"),
+                            correlation_id = %d.event.correlation_id,
+                            "host lease lost while the run goes on: another instance may act on this host"
+                        );
+                        continue;
+                    }
+                };
                 success &= envelope.status.is_success();
                 finished = true;
                 metrics.run_finished(&envelope.action, envelope.status.as_str(), Duration::from_millis(envelope.duration_ms));
