@@ -6,6 +6,7 @@ mod bridge_nats;
 mod cli_config;
 mod cli_rules;
 mod cli_serve;
+mod deploy;
 mod nats_kv;
 mod support;
 
