@@ -24,12 +24,13 @@ pub const EXIT_USAGE: i32 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "rune", version, about = "Event-driven alert-to-remediation bridge: run BPCS plugins on Linux hosts")]
 pub struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RUNE_LOG_FORMAT")]
-    pub log_format: LogFormat,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `rune=debug`.
-    #[arg(long, global = true, default_value = "warn", env = "RUNE_LOG")]
-    pub log: String,
+    /// Log format on stderr (default text; for `serve`, the settings' `log.format`).
+    #[arg(long, global = true, value_enum, env = "RUNE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `rune=debug` (default `warn`; for `serve`, the
+    /// settings' `log.level`). The flag and its variable win over the settings file.
+    #[arg(long, global = true, env = "RUNE_LOG")]
+    pub log: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -106,11 +107,12 @@ pub fn load_inventory(path: Option<&PathBuf>) -> Result<Arc<Inventory>, Vec<Stri
     loaded.map(Arc::new).map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
-fn init_logging(cli: &Cli) {
+/// Installs the stderr logger (once per process; later calls do nothing).
+pub fn init_logging(filter: &str, format: LogFormat) {
     let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match cli.log_format {
+    let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
@@ -118,13 +120,17 @@ fn init_logging(cli: &Cli) {
 
 /// Runs the CLI and returns the process exit code.
 pub async fn main(cli: Cli) -> i32 {
-    init_logging(&cli);
+    if let Command::Serve(args) = cli.command {
+        // The daemon's logging may come from its settings file; it sets it up once they are loaded.
+        return serve::serve(args, cli.log, cli.log_format).await;
+    }
+    init_logging(cli.log.as_deref().unwrap_or("warn"), cli.log_format.unwrap_or(LogFormat::Text));
     match cli.command {
         Command::Run(args) => run::run(*args).await,
         Command::ListActions { plugins, output } => actions::list(&plugins, output),
         Command::PluginInfo { action, plugins, output } => actions::info(&action, &plugins, output),
         Command::Rules(command) => rules::main(command).await,
         Command::Config(command) => config::main(command),
-        Command::Serve(args) => serve::serve(args).await,
+        Command::Serve(_) => EXIT_USAGE,
     }
 }

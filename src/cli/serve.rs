@@ -38,8 +38,21 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
-pub async fn serve(args: ServeArgs) -> i32 {
-    let settings = match config::load(args.config.as_deref()) {
+pub async fn serve(args: ServeArgs, log: Option<String>, log_format: Option<super::LogFormat>) -> i32 {
+    let loaded = config::load(args.config.as_deref());
+    // --log / RUNE_LOG and --log-format / RUNE_LOG_FORMAT win over the settings' `log` section.
+    let (level, format) = match &loaded {
+        Ok(s) => (
+            log.unwrap_or_else(|| s.log.level.clone()),
+            log_format.unwrap_or(match s.log.format {
+                config::LogFormat::Text => super::LogFormat::Text,
+                config::LogFormat::Json => super::LogFormat::Json,
+            }),
+        ),
+        Err(_) => (log.unwrap_or_else(|| "warn".into()), log_format.unwrap_or(super::LogFormat::Text)),
+    };
+    super::init_logging(&level, format);
+    let settings = match loaded {
         Ok(s) => s,
         Err(errors) => {
             for e in &errors {
