@@ -1,26 +1,12 @@
 //! `rune config check` as a user runs it: exit codes, every error on stderr, and no secret in any output.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
-use std::process::{Command, Output};
+
+use crate::support::{rune, text};
 
 const CANARY: &str = "canary-5e8b21-must-never-be-printed";
 
 /// Runs `rune` with only the given `RUNE_*` variables (none inherited from the test's environment).
-fn rune(args: &[&str], dir: &Path, vars: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rune"));
-    command.args(args).current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().to_ascii_uppercase().starts_with("RUNE_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(vars.iter().copied()).output().unwrap_or_else(|e| panic!("cannot run rune: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
 
 #[test]
 fn config_check_valid_settings_exit_0_and_never_print_secrets() {

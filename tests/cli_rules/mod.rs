@@ -2,7 +2,7 @@
 //! Grafana, generic and chatops payloads from `tests/fixtures/events/`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -18,14 +18,7 @@ hosts:
 ";
 
 fn rune(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rune"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUNE_RULES_DIR")
-        .env_remove("RUNE_INVENTORY")
-        .env_remove("RUNE_PLUGINS_DIR")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run rune: {e}"))
+    crate::support::rune(args, dir, &[])
 }
 
 fn json(out: &Output) -> Value {

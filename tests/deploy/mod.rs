@@ -5,9 +5,10 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
+
+use crate::support::{rune, text};
 
 const CANARY: &str = "canary-d3f1a7-deploy-secret-must-never-be-printed";
 /// Where the rune image and docker-compose.yml put deploy/rune.yaml.
@@ -23,22 +24,6 @@ fn read(rel: &str) -> String {
 
 fn yaml(rel: &str) -> Value {
     serde_saphyr::from_str::<Value>(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-/// Runs `rune` in `dir` with only the given `RUNE_*` variables (none inherited from the test's environment).
-fn rune(args: &[&str], dir: &Path, vars: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rune"));
-    command.args(args).current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().to_ascii_uppercase().starts_with("RUNE_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(vars.iter().copied()).output().unwrap_or_else(|e| panic!("cannot run rune: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// A copy of the rune container's `/etc/rune/` in a temporary folder: deploy/rune.yaml and deploy/inventory.yaml

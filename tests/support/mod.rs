@@ -2,3 +2,24 @@
 
 pub mod nats;
 pub mod sshd;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the `rune` binary in `dir` with exactly the `RUNE_*` variables given (every inherited one is removed,
+/// so a developer's environment cannot change a test).
+pub fn rune(args: &[&str], dir: &Path, vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rune"));
+    command.args(args).current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().to_ascii_uppercase().starts_with("RUNE_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(vars.iter().copied()).output().unwrap_or_else(|e| panic!("cannot run rune: {e}"))
+}
+
+/// stdout then stderr, as text (for assertion messages).
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
