@@ -6,8 +6,6 @@ use crate::support::{rune, text};
 
 const CANARY: &str = "canary-5e8b21-must-never-be-printed";
 
-/// Runs `rune` with only the given `RUNE_*` variables (none inherited from the test's environment).
-
 #[test]
 fn config_check_valid_settings_exit_0_and_never_print_secrets() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
