@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 /// Runs the `rune` binary in `dir` with exactly the `RUNE_*` variables given (every inherited one is removed,
 /// so a developer's environment cannot change a test).
+#[allow(dead_code)] // not every binary that includes this module runs the CLI
 pub fn rune(args: &[&str], dir: &Path, vars: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_rune"));
     command.args(args).current_dir(dir);
@@ -20,6 +21,7 @@ pub fn rune(args: &[&str], dir: &Path, vars: &[(&str, &str)]) -> Output {
 }
 
 /// stdout then stderr, as text (for assertion messages).
+#[allow(dead_code)] // not every binary that includes this module runs the CLI
 pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
