@@ -66,6 +66,21 @@ pub struct SessionFile {
     pub contents: std::sync::Arc<[u8]>,
 }
 
+/// Feeds a channel's input while draining its output, until the drain ends. When the feed ends first it is not
+/// polled again; when the channel closes first (the far end exited without reading all its input), the feed is
+/// dropped: waiting for window space that will never come would only run into the deadline.
+pub async fn feed_while_draining(feed: impl Future<Output = ()>, drain: impl Future<Output = ()>) {
+    tokio::pin!(feed);
+    tokio::pin!(drain);
+    let mut fed = false;
+    loop {
+        tokio::select! {
+            _ = &mut feed, if !fed => fed = true,
+            _ = &mut drain => break,
+        }
+    }
+}
+
 /// Appends `bytes` as the body of a single-quoted `printf %b` argument: printable ASCII and newlines as they
 /// are, everything else (and `'`, `\\` and `@`) as `\xHH`. The result holds no quote and no backslash but those of
 /// the escapes, so the shell takes it literally and only the printf builtin decodes it, byte for byte.

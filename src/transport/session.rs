@@ -181,15 +181,7 @@ impl Shell {
                     }
                 }
             };
-            tokio::pin!(feed);
-            tokio::pin!(drain);
-            let mut fed = false;
-            loop {
-                tokio::select! {
-                    _ = &mut feed, if !fed => fed = true,
-                    _ = &mut drain => break,
-                }
-            }
+            super::feed_while_draining(feed, drain).await;
         };
         let deadline_hit = tokio::time::timeout(invocation.deadline, work).await.is_err();
         let finished = out_end.code.is_some() && err_end.code.is_some();

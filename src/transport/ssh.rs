@@ -499,17 +499,7 @@ async fn exec(
                 }
             }
         };
-        // When the channel closes first (the runner exited without reading all its input), stop feeding:
-        // waiting for window space that will never come would only run into the deadline.
-        tokio::pin!(feed);
-        tokio::pin!(drain);
-        let mut fed = false;
-        loop {
-            tokio::select! {
-                _ = &mut feed, if !fed => fed = true,
-                _ = &mut drain => break,
-            }
-        }
+        super::feed_while_draining(feed, drain).await;
     };
     let deadline_hit = tokio::time::timeout(invocation.deadline, work).await.is_err();
     let _ = write.close().await;
