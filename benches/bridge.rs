@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -372,19 +372,6 @@ fn js_intake() -> JetStreamIntake {
         ack_wait: Duration::from_secs(30),
         backoff: Vec::new(),
         dead_letter_subject: "rune.dead_letter".into(),
-    }
-}
-
-/// The alerts stream exactly as `run_jetstream` creates it.
-fn alerts_stream_config(settings: &JetStreamIntake) -> stream::Config {
-    stream::Config {
-        name: settings.stream.clone(),
-        subjects: settings.subjects.clone(),
-        max_age: settings.max_age,
-        max_bytes: settings.max_bytes,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
     }
 }
 
@@ -720,7 +707,7 @@ async fn publish(client: &async_nats::Client, intake: Intake, a: Alert) {
 /// Publishes every alert into the JetStream alerts stream, [`PUBLISH_WINDOW`] acks outstanding.
 async fn load_stream(client: &async_nats::Client, alerts: Vec<Alert>) -> Duration {
     let js = jetstream::new(client.clone());
-    js.get_or_create_stream(alerts_stream_config(&js_intake())).await.unwrap_or_else(|e| panic!("stream: {e}"));
+    js.get_or_create_stream(js_intake().stream_config()).await.unwrap_or_else(|e| panic!("stream: {e}"));
     let start = Instant::now();
     let mut pending = VecDeque::with_capacity(PUBLISH_WINDOW);
     for a in alerts {

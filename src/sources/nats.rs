@@ -143,6 +143,21 @@ pub struct JetStreamIntake {
     pub dead_letter_subject: String,
 }
 
+impl JetStreamIntake {
+    /// The alerts stream as the intake creates it (file storage, a 2-minute `Nats-Msg-Id` dedup window).
+    pub fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.stream.clone(),
+            subjects: self.subjects.clone(),
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        }
+    }
+}
+
 /// JetStream: a durable pull consumer shared by every instance (each message to one of them). A message is
 /// acked only after every decision it produced is recorded; a failure naks it for redelivery (with backoff);
 /// a payload that cannot be parsed, or whose last delivery failed, goes to the dead-letter subject and is
@@ -156,15 +171,7 @@ pub async fn run_jetstream<D: DedupStore>(
 ) -> Result<(), String> {
     let js = jetstream::new(client.clone());
     let stream = js
-        .get_or_create_stream(stream::Config {
-            name: settings.stream.clone(),
-            subjects: settings.subjects.clone(),
-            max_age: settings.max_age,
-            max_bytes: settings.max_bytes,
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        .get_or_create_stream(settings.stream_config())
         .await
         .map_err(|e| format!("alerts stream {}: {e}", settings.stream))?;
     let consumer: pull::Stream = stream
