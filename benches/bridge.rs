@@ -31,6 +31,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -44,6 +47,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use common::{alertmanager_payload, machine_cpu, mib, own_cpu, percentile, pid_cpu, status_kib};
 use futures::StreamExt;
 use rune::bridge::{Bridge, BridgeOptions};
 use rune::engine::Engine;
@@ -174,16 +178,9 @@ fn inventory(fleet: Option<&SshdFleet>) -> Inventory {
 
 // ---- alerts ----------------------------------------------------------------------------------------------------
 
-/// A one-alert Alertmanager v4 payload (8 labels, 2 annotations, ~1 KB) like a real node-exporter alert.
+/// The benchmark's alert payload (`n` as the 8th label).
 fn payload(alertname: &str, instance: &str, fingerprint: &str, n: usize) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"version":"4","groupKey":"{{}}:{{alertname=\"{alertname}\"}}","truncatedAlerts":0,"status":"firing","receiver":"rune",
-"groupLabels":{{"alertname":"{alertname}"}},"commonLabels":{{"alertname":"{alertname}","severity":"critical"}},"commonAnnotations":{{}},
-"externalURL":"http://127.0.0.1:9093","alerts":[{{"status":"firing","labels":{{"alertname":"{alertname}","instance":"{instance}:9100",
-"job":"node","severity":"critical","env":"prod","team":"sre","n":"{n}","device":"sda"}},"annotations":{{"summary":"{alertname} on {instance}",
-"runbook_url":"http://127.0.0.1/runbooks/{alertname}"}},"startsAt":"2026-11-23T10:00:00Z","endsAt":"0001-01-01T00:00:00Z",
-"generatorURL":"http://127.0.0.1:9090/graph","fingerprint":"{fingerprint}"}}]}}"#
-    ))
+    Bytes::from(alertmanager_payload(alertname, instance, fingerprint, ("n", &n.to_string())))
 }
 
 /// The alert as published: subject, headers (correlation id `b<seq>`), payload.
@@ -245,69 +242,6 @@ fn field<'a>(payload: &'a [u8], key: &str) -> Option<&'a str> {
 
 // ---- measurements ----------------------------------------------------------------------------------------------
 
-fn status_kib(path: &str, field: &str) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-/// CPU time used so far by this process (all threads).
-fn own_cpu() -> Duration {
-    // SAFETY: getrusage(2) only writes the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
-}
-
-/// CPU time used so far by process `pid` (utime + stime from /proc/PID/stat).
-fn pid_cpu(pid: Option<u32>) -> Duration {
-    let Some(pid) = pid else { return Duration::ZERO };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name (which may contain spaces) come fields 3, 4, …; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    let ticks = field(14) + field(15);
-    Duration::from_micros(ticks * 1_000_000 / clock_ticks())
-}
-
-/// CPU time used so far by the whole machine (all cores, every process), from /proc/stat.
-fn machine_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: u64 = stat
-        .lines()
-        .next()
-        .map(|cpu| {
-            cpu.split_whitespace()
-                .skip(1)
-                .take(8)
-                .enumerate()
-                .filter(|(i, _)| *i != 3 && *i != 4)
-                .filter_map(|(_, v)| v.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    Duration::from_micros(ticks * 1_000_000 / clock_ticks())
-}
-
 /// CPU used during a phase: this process, the nats-server, the whole machine.
 struct Cpu {
     own: Duration,
@@ -333,11 +267,6 @@ impl CpuMark {
             machine: machine_cpu().saturating_sub(self.machine),
         }
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -7,6 +7,9 @@
 #[path = "../tests/support/sshd.rs"]
 mod sshd;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{machine_cpu, own_cpu, status_kib};
 use rune::bpcs::RawArg;
 use rune::inventory::Inventory;
 use rune::orchestrator::{Orchestrator, RunRequest};
@@ -102,51 +106,6 @@ fn openssh_floor(fleet: &SshdFleet, hosts: &[String]) -> Duration {
     took
 }
 
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// CPU time used so far by this process (all threads; the sshd hosts are other processes).
-fn own_cpu() -> Duration {
-    // SAFETY: getrusage(2) only writes the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// CPU time used so far by the whole machine (all cores, every process), from /proc/stat.
-fn machine_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: u64 = stat
-        .lines()
-        .next()
-        .map(|cpu| {
-            // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
-            cpu.split_whitespace()
-                .skip(1)
-                .take(8)
-                .enumerate()
-                .filter(|(i, _)| *i != 3 && *i != 4)
-                .filter_map(|(_, v)| v.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let sizes: Vec<usize> = std::env::var("RUNE_BENCH_SIZES")
@@ -230,13 +189,13 @@ fn main() {
             w.as_secs_f64() * 1e3,
             c.as_secs_f64() / f.as_secs_f64(),
             f.as_secs_f64() / w.as_secs_f64(),
-            rss_kib("VmHWM:") as f64 / 1024.0,
+            status_kib("/proc/self/status", "VmHWM:") as f64 / 1024.0,
             median(warm_cpu_rune).as_secs_f64() * 1e3,
             median(warm_cpu_all).as_secs_f64() * 1e3
         );
     }
     println!(
         "peak RSS of the benchmark process (RUNE client side, no ssh children): {:.1} MiB",
-        rss_kib("VmHWM:") as f64 / 1024.0
+        status_kib("/proc/self/status", "VmHWM:") as f64 / 1024.0
     );
 }

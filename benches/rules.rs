@@ -5,12 +5,16 @@
 //! Prints events/s and the per-event latency distribution; figures are recorded in BENCHMARKS.md. Nothing here
 //! asserts a time.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use common::{alertmanager_payload, percentile};
 use rune::engine::{Engine, Verdict};
 use rune::event::{Intake, Limits, Source};
 use rune::inventory::Inventory;
@@ -59,17 +63,10 @@ fn rules(n: usize) -> Vec<(PathBuf, String)> {
     files
 }
 
-/// A one-alert Alertmanager v4 payload, 8 labels and 2 annotations, like a real node-exporter alert.
+/// The benchmark's alert payload on host `web-<host>` (`region` as the 8th label).
 fn payload(alertname: &str, host: usize, fingerprint: u64) -> Vec<u8> {
-    format!(
-        r#"{{"version":"4","groupKey":"{{}}:{{alertname=\"{alertname}\"}}","truncatedAlerts":0,"status":"firing","receiver":"rune",
-"groupLabels":{{"alertname":"{alertname}"}},"commonLabels":{{"alertname":"{alertname}","severity":"critical"}},"commonAnnotations":{{}},
-"externalURL":"http://127.0.0.1:9093","alerts":[{{"status":"firing","labels":{{"alertname":"{alertname}","instance":"web-{host}:9100",
-"job":"node","severity":"critical","env":"prod","team":"sre","region":"eu-1","device":"sda"}},"annotations":{{"summary":"{alertname} on web-{host}",
-"runbook_url":"http://127.0.0.1/runbooks/{alertname}"}},"startsAt":"2026-11-23T10:00:00Z","endsAt":"0001-01-01T00:00:00Z",
-"generatorURL":"http://127.0.0.1:9090/graph","fingerprint":"{fingerprint:016x}"}}]}}"#
-    )
-    .into_bytes()
+    alertmanager_payload(alertname, &format!("web-{host}"), &format!("{fingerprint:016x}"), ("region", "eu-1"))
+        .into_bytes()
 }
 
 /// `count` payloads: MATCHING_PERCENT% name a ruled alert (drawn from 500 distinct alert×host pairs, so most of
@@ -105,11 +102,6 @@ fn pin_to_one_core() {
         libc::CPU_SET(0, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
 }
 
 #[derive(Default)]
