@@ -301,6 +301,7 @@ fn js_intake() -> JetStreamIntake {
         ack_wait: Duration::from_secs(30),
         backoff: Vec::new(),
         dead_letter_subject: "rune.dead_letter".into(),
+        concurrency: 32,
     }
 }
 

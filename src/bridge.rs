@@ -2,19 +2,23 @@
 //! events to [`Bridge::accept`]; the engine decides; every decision is published; admitted runs go to the
 //! orchestrator (bounded in number), and their results are published and fed back to the rule's breaker.
 //!
-//! `accept` returns once every decision of the events is *recorded* — its run started, or its suppression
-//! published — which is the moment an intake may acknowledge its message.
+//! `accept` returns once every decision of the events is *recorded* — its suppression published, its run handed to
+//! a run task — which is when an intake that cannot redeliver (webhooks, core NATS) answers. An intake that can
+//! redeliver (JetStream) calls [`Bridge::accept_started`] instead, which also waits until each admitted run has
+//! *started* (a run slot taken, its dedup claim committed): a message acknowledged then never loses a run that had
+//! not begun, and a message not acknowledged is redelivered and takes its own pending claim over (see
+//! [`crate::gate::dedup`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{Decision, Engine, ReloadSummary, Verdict};
+use crate::engine::{Decision, Engine, ReloadSummary, SuppressReason, Verdict};
 use crate::event::Event;
 use crate::gate::dedup::{DedupStore, MemoryDedup};
 use crate::metrics::Metrics;
@@ -66,6 +70,20 @@ pub enum AcceptError {
     ShuttingDown,
     #[error("a decision could not be published: {0}")]
     Publish(#[from] PublishError),
+    /// An admitted run did not start and nothing was recorded in its place (dedup store unreachable at commit,
+    /// shutdown before a run slot was free): the message must be redelivered.
+    #[error("an admitted run did not start: {0}")]
+    NotStarted(String),
+}
+
+/// What became of an admitted run before its plugin started.
+#[derive(Debug)]
+enum Start {
+    Started,
+    /// Did not start, and a record says so (refused by the orchestrator, claim lost): nothing to redeliver.
+    Recorded,
+    /// Did not start and nothing says so: the carrying message must be redelivered.
+    NotStarted(String),
 }
 
 impl<D: DedupStore> Bridge<D> {
@@ -111,34 +129,66 @@ impl<D: DedupStore> Bridge<D> {
     /// redelivered copy is decided again — as a duplicate if it had acted).
     pub async fn accept(&self, events: Vec<Event>) -> Result<Vec<uuid::Uuid>, AcceptError> {
         let ids = events.iter().map(|e| e.id).collect();
-        self.decide(events).await.map(|_| ids)
+        self.decide_inner(events, false).await.map(|_| ids)
+    }
+
+    /// Like [`Bridge::accept`], and returns only when every admitted run has started (or did not start and a
+    /// record says why). Err([`AcceptError::NotStarted`]) when one could not start and nothing was recorded: the
+    /// caller must let its message be redelivered. For intakes that redeliver (JetStream); while runs wait for a
+    /// slot their message stays unacknowledged, which is the intake's backpressure.
+    pub async fn accept_started(&self, events: Vec<Event>) -> Result<Vec<uuid::Uuid>, AcceptError> {
+        let ids = events.iter().map(|e| e.id).collect();
+        self.decide_inner(events, true).await.map(|_| ids)
     }
 
     /// Like [`Bridge::accept`], returning the decision records (what a chatops reply tells).
     pub async fn decide(&self, events: Vec<Event>) -> Result<Vec<serde_json::Value>, AcceptError> {
+        self.decide_inner(events, false).await
+    }
+
+    async fn decide_inner(
+        &self,
+        events: Vec<Event>,
+        redeliverable: bool,
+    ) -> Result<Vec<serde_json::Value>, AcceptError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(AcceptError::ShuttingDown);
         }
         let mut records = Vec::new();
+        let mut starts = Vec::new();
         let mut first_error = None;
         for event in events {
             self.inner.metrics.event_received(event.source.as_str());
             let decisions = self.inner.engine.decide(Arc::new(event)).await;
-            if let Err(e) = self.dispatch(decisions, &mut records).await {
-                first_error.get_or_insert(e);
+            if let Err(e) = self.dispatch(decisions, &mut records, &mut starts, redeliverable).await {
+                first_error.get_or_insert(AcceptError::Publish(e));
+            }
+        }
+        for start in starts {
+            match start.await {
+                Ok(Start::Started | Start::Recorded) => {}
+                Ok(Start::NotStarted(why)) => {
+                    first_error.get_or_insert(AcceptError::NotStarted(why));
+                }
+                Err(_) => {
+                    first_error.get_or_insert(AcceptError::NotStarted("the run task ended before it started".into()));
+                }
             }
         }
         match first_error {
-            Some(e) => Err(AcceptError::Publish(e)),
+            Some(e) => Err(e),
             None => Ok(records),
         }
     }
 
-    /// Publishes each decision and starts the admitted runs; the records are appended to `records`.
+    /// Publishes each decision and starts the admitted runs; the records are appended to `records`, and for each
+    /// admitted run a receiver of its start to `starts` (when `redeliverable`).
     async fn dispatch(
         &self,
         decisions: Vec<Decision>,
         records: &mut Vec<serde_json::Value>,
+        starts: &mut Vec<oneshot::Receiver<Start>>,
+        redeliverable: bool,
     ) -> Result<(), PublishError> {
         let mut result = Ok(());
         for d in decisions {
@@ -154,7 +204,10 @@ impl<D: DedupStore> Bridge<D> {
             match d.verdict {
                 Verdict::Admitted(_) => {
                     // The run is the record that counts; a lost decision line must not stop it.
-                    self.spawn_run(d);
+                    let started = self.spawn_run(d, redeliverable);
+                    if redeliverable {
+                        starts.push(started);
+                    }
                 }
                 Verdict::Deferred { .. } => {
                     self.inner.parked.notify_one();
@@ -166,15 +219,33 @@ impl<D: DedupStore> Bridge<D> {
         result
     }
 
-    fn spawn_run(&self, mut d: Decision) {
+    /// Starts the task of an admitted run: it waits for a run slot, commits the dedup claim, runs the plugin and
+    /// publishes the result. The receiver tells whether the plugin started. With `redeliverable`, a run still
+    /// waiting for a slot at shutdown gives up (its message is redelivered); otherwise it waits for the slot.
+    fn spawn_run(&self, mut d: Decision, redeliverable: bool) -> oneshot::Receiver<Start> {
+        let (started, receiver) = oneshot::channel();
         let bridge = self.clone();
         self.inner.tracker.spawn(async move {
-            let Some(request) = d.run_request() else { return };
-            let Verdict::Admitted(admission) = std::mem::replace(&mut d.verdict, Verdict::Cleared { cancelled_pending: false })
-            else {
+            let engine = &bridge.inner.engine;
+            let Some(request) = d.run_request() else {
+                let _ = started.send(Start::Recorded);
                 return;
             };
-            let Ok(_slot) = bridge.inner.runs.clone().acquire_owned().await else { return };
+            let Verdict::Admitted(admission) = std::mem::replace(&mut d.verdict, Verdict::Cleared { cancelled_pending: false })
+            else {
+                let _ = started.send(Start::Recorded);
+                return;
+            };
+            let slot = bridge.inner.runs.clone().acquire_owned();
+            let slot = tokio::select! {
+                slot = slot => slot.ok(),
+                _ = bridge.inner.shutdown.cancelled(), if redeliverable => None,
+            };
+            let Some(_slot) = slot else {
+                engine.release_claim(&admission).await;
+                let _ = started.send(Start::NotStarted("shutting down before a run slot was free".into()));
+                return;
+            };
             let plan = match bridge.inner.orchestrator.plan(&request) {
                 Ok(plan) => plan,
                 Err(refused) => {
@@ -184,10 +255,35 @@ impl<D: DedupStore> Bridge<D> {
                     record["decision"] = json!("refused");
                     record["detail"] = json!(refused.to_string());
                     let _ = bridge.inner.publish.decision(&d.rule, &record).await;
-                    drop(admission);
+                    engine.release_claim(&admission).await;
+                    let _ = started.send(Start::Recorded);
                     return;
                 }
             };
+            match engine.commit(&admission).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let reason = SuppressReason::ClaimLost;
+                    tracing::warn!(rule = %d.rule, correlation_id = %d.event.correlation_id, reason = %reason, "admitted run not started: its dedup claim was taken over or cleared");
+                    bridge.inner.metrics.decision(&d.rule, "suppressed", Some(reason.as_str()));
+                    let mut record = d.to_json();
+                    record["decision"] = json!("suppressed");
+                    record["reason"] = json!(reason.as_str());
+                    record["detail"] = json!(
+                        "before the run started its pending dedup claim was taken over by a redelivery of the alert's message or cleared by a resolved alert"
+                    );
+                    let _ = bridge.inner.publish.decision(&d.rule, &record).await;
+                    let _ = started.send(Start::Recorded);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(rule = %d.rule, correlation_id = %d.event.correlation_id, error = %e, "admitted run not started: its dedup claim could not be committed");
+                    engine.release_claim(&admission).await;
+                    let _ = started.send(Start::NotStarted(format!("dedup claim not committed: {e}")));
+                    return;
+                }
+            }
+            let _ = started.send(Start::Started);
             let metrics = &bridge.inner.metrics;
             metrics.run_started();
             let mut results = bridge.inner.orchestrator.execute(plan, 1);
@@ -244,6 +340,7 @@ impl<D: DedupStore> Bridge<D> {
             }
             admission.finish(success);
         });
+        receiver
     }
 
     /// Starts the timer that runs parked `once_after` matches when their windows close.
@@ -264,7 +361,7 @@ impl<D: DedupStore> Bridge<D> {
                     _ = wait => {}
                 }
                 let due = bridge.inner.engine.take_due(tokio::time::Instant::now()).await;
-                if let Err(e) = bridge.dispatch(due, &mut Vec::new()).await {
+                if let Err(e) = bridge.dispatch(due, &mut Vec::new(), &mut Vec::new(), false).await {
                     tracing::error!(error = %e, "a deferred decision could not be published");
                 }
             }
@@ -333,6 +430,12 @@ impl<D: DedupStore> Bridge<D> {
             }
         }
         outcome
+    }
+
+    /// Stops accepting events and the timer; runs admitted by [`Bridge::accept_started`] that still wait for a run
+    /// slot give up (their messages are redelivered). [`Bridge::shutdown`] does this first too.
+    pub fn stop_accepting(&self) {
+        self.inner.shutdown.cancel();
     }
 
     /// Stops accepting events and the timer, then waits up to the grace period for in-flight runs. Returns the
@@ -472,6 +575,7 @@ rules:
             received_at: Utc::now(),
             correlation_id: format!("corr-{fingerprint}"),
             request: None,
+            delivery: None,
             raw: Arc::from("{}"),
         }
     }

@@ -297,6 +297,8 @@ pub struct Consumer {
     /// Redelivery delays; empty: redeliver after `ack_wait`.
     #[serde(serialize_with = "list_as_text")]
     pub backoff: Vec<Duration>,
+    /// Messages decided at once (1–1024), in lanes by alert fingerprint so one alert's messages stay in order.
+    pub concurrency: usize,
 }
 
 /// The stream results are kept in.

@@ -22,7 +22,7 @@ use crate::bpcs::{RawArg, SafetyClass, check_args};
 use crate::event::{AlertStatus, Event};
 use crate::gate::blast::{BlastRadius as BlastGate, BlastTicket};
 use crate::gate::breaker::{BreakerPermit, BreakerSpec, CircuitBreaker};
-use crate::gate::dedup::{DedupStore, MemoryDedup};
+use crate::gate::dedup::{ClaimRef, DedupError, DedupStore, MemoryDedup};
 use crate::gate::kv::{KvError, KvLease, KvLocks};
 use crate::gate::lock::{HostLease, HostLocks};
 use crate::gate::ratelimit::{KeyedRateLimit, RateLimit, RateSpec};
@@ -69,6 +69,9 @@ pub enum SuppressReason {
     NotAllowed,
     /// A chatops request naming an unknown action.
     InvalidRequest,
+    /// Admitted, but before the run started its pending dedup claim was taken over by a redelivery of its message
+    /// (now deciding on another consumer) or cleared by a resolved alert: the run does not start.
+    ClaimLost,
 }
 
 impl SuppressReason {
@@ -89,6 +92,7 @@ impl SuppressReason {
             SuppressReason::PendingFull => "pending_full",
             SuppressReason::NotAllowed => "not_allowed",
             SuppressReason::InvalidRequest => "invalid_request",
+            SuppressReason::ClaimLost => "claim_lost",
         }
     }
 }
@@ -216,9 +220,16 @@ impl HostLockBackend {
 pub struct Admission {
     lease: Option<Lease>,
     permit: Option<(BreakerPermit, Arc<RuleGates>)>,
+    /// The pending dedup claim, committed by [`Engine::commit`] just before the run starts.
+    claim: Option<Box<ClaimRef>>,
 }
 
 impl Admission {
+    /// The pending dedup claim of this run, if the rule dedups.
+    pub fn claim(&self) -> Option<&ClaimRef> {
+        self.claim.as_deref()
+    }
+
     /// Cancelled if the cluster lease on the host is lost while the run goes on.
     pub fn lease_lost(&self) -> Option<tokio_util::sync::CancellationToken> {
         self.lease.as_ref().and_then(Lease::lost)
@@ -721,7 +732,14 @@ impl<D: DedupStore> Engine<D> {
                     out.push(d);
                 }
                 (_, key) => {
-                    d.verdict = self.admit(loaded, rule, gates, &host, key.as_deref(), &mut d.trace, now).await;
+                    // The pending claim's owner: the carrying message (stable across redeliveries) and the host.
+                    let owner = key.as_ref().map(|_| match &event.delivery {
+                        Some(delivery) => format!("{delivery}#{host}"),
+                        None => format!("{}#{host}", event.id),
+                    });
+                    d.verdict = self
+                        .admit(loaded, rule, gates, &host, key.as_deref(), owner.as_deref(), &mut d.trace, now)
+                        .await;
                     out.push(d);
                 }
             }
@@ -800,6 +818,7 @@ impl<D: DedupStore> Engine<D> {
         gates: &Arc<RuleGates>,
         host: &str,
         key: Option<&str>,
+        owner: Option<&str>,
         trace: &mut Trace,
         now: Instant,
     ) -> Verdict {
@@ -812,7 +831,7 @@ impl<D: DedupStore> Engine<D> {
         };
         trace.set(Gate::Breaker, Step::Passed);
         if let Some(key) = key {
-            match self.dedup.is_held(key, now).await {
+            match self.dedup.is_held_for(key, owner, now).await {
                 Ok(false) => {}
                 Ok(true) => {
                     trace.set(Gate::Dedup, Step::Suppressed);
@@ -841,9 +860,14 @@ impl<D: DedupStore> Engine<D> {
         };
         // The claim is the atomic dedup step (a concurrent twin loses here); it can be released, rate-limit
         // tokens cannot, so it comes before them.
+        // Pending until the run starts (see `crate::gate::dedup`): the bridge commits it then.
+        let mut claim = None;
         if let Some(key) = key {
-            match self.dedup.claim(key, rule.dedup.window, now).await {
-                Ok(true) => trace.set(Gate::Dedup, Step::Passed),
+            match self.dedup.claim_as(key, rule.dedup.window, owner, now).await {
+                Ok(Some(c)) => {
+                    trace.set(Gate::Dedup, Step::Passed);
+                    claim = Some(Box::new(c));
+                }
                 other => {
                     rollback_blast(ticket);
                     trace.set(Gate::Dedup, Step::Suppressed);
@@ -858,15 +882,15 @@ impl<D: DedupStore> Engine<D> {
             }
         }
         if let Err(detail) = self.rates(loaded, Some(gates), host, None) {
-            if let Some(key) = key {
-                let _ = self.dedup.release(key).await;
+            if let Some(c) = &claim {
+                let _ = self.dedup.release_claim(c).await;
             }
             rollback_blast(ticket);
             trace.set(Gate::RateLimit, Step::Suppressed);
             return Verdict::suppressed(SuppressReason::RateLimited, detail);
         }
         trace.set(Gate::RateLimit, Step::Passed);
-        Verdict::Admitted(Admission { lease, permit: Some((permit, gates.clone())) })
+        Verdict::Admitted(Admission { lease, permit: Some((permit, gates.clone())), claim })
     }
 
     /// Host lock, then blast radius (remediations only). The lock first: with it held, no two tickets for one
@@ -1033,6 +1057,25 @@ impl<D: DedupStore> Engine<D> {
         }
     }
 
+    /// Commits an admitted run's pending dedup claim; call it just before the run starts. Ok(false): the claim is
+    /// gone (its message was redelivered and the redelivery took it over, or a resolved alert cleared it) and the
+    /// run must not start. Ok(true) when the rule does not dedup.
+    pub async fn commit(&self, admission: &Admission) -> Result<bool, DedupError> {
+        match &admission.claim {
+            Some(claim) => self.dedup.commit(claim, Instant::now()).await,
+            None => Ok(true),
+        }
+    }
+
+    /// Rolls back an admitted run's pending claim when the run will not start (a later claim of the key stays).
+    pub async fn release_claim(&self, admission: &Admission) {
+        if let Some(claim) = &admission.claim
+            && let Err(e) = self.dedup.release_claim(claim).await
+        {
+            tracing::warn!(key = %claim.key, error = %e, "pending dedup claim not rolled back; it expires with its window");
+        }
+    }
+
     /// When the earliest parked `once_after` run is due.
     pub fn next_due(&self) -> Option<Instant> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner()).by_key.values().map(|p| p.due).min()
@@ -1088,13 +1131,10 @@ impl<D: DedupStore> Engine<D> {
                 out.push(d);
                 continue;
             }
-            d.verdict = self.admit(&loaded, rule, gates, &p.host, None, &mut d.trace, now).await;
+            d.verdict = self.admit(&loaded, rule, gates, &p.host, None, None, &mut d.trace, now).await;
             if d.trace.get(Gate::Dedup) == Step::Skipped {
                 // The key was claimed when the run was parked.
                 d.trace.set(Gate::Dedup, Step::Passed);
-            }
-            if p.collected > 0 {
-                tracing::debug!(rule = %p.rule, collected = p.collected, "once_after window closed");
             }
             if p.collected > 0 {
                 tracing::debug!(rule = %p.rule, collected = p.collected, "once_after window closed");
@@ -1195,7 +1235,7 @@ impl<D: DedupStore> Engine<D> {
             return d;
         }
         d.trace.set(Gate::RateLimit, Step::Passed);
-        d.verdict = Verdict::Admitted(Admission { lease, permit: None });
+        d.verdict = Verdict::Admitted(Admission { lease, permit: None, claim: None });
         d
     }
 }
@@ -1237,6 +1277,7 @@ mod tests {
             received_at: Utc::now(),
             correlation_id: "corr-1".into(),
             request: None,
+            delivery: None,
             raw: Arc::from("{}"),
         })
     }

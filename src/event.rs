@@ -101,6 +101,11 @@ pub struct Event {
     pub correlation_id: String,
     /// Set for [`Source::Chatops`] only.
     pub request: Option<ChatopsRequest>,
+    /// Identity of the message that carried the event, the same on every redelivery (JetStream:
+    /// `<stream>:<sequence>:<place in the payload>`); None where nothing is redelivered. It owns the pending dedup
+    /// claims of the event's runs (see [`crate::gate::dedup`]), so a redelivery takes over its own claim.
+    #[serde(skip)]
+    pub delivery: Option<Arc<str>>,
     /// The whole payload as received (shared by all events cut from one payload); never interpreted again.
     #[serde(skip)]
     pub raw: Arc<str>,

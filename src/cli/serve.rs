@@ -318,6 +318,7 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
                     ack_wait: js.consumer.ack_wait,
                     backoff: js.consumer.backoff.clone(),
                     dead_letter_subject: s.dead_letter.clone(),
+                    concurrency: js.consumer.concurrency,
                 };
                 let task =
                     crate::sources::nats::run_jetstream(client.clone(), intake, bridge.clone(), limits, stop.clone());
@@ -404,6 +405,8 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     tracing::info!("shutting down: intake stopped, draining runs");
     ready.store(false, Ordering::SeqCst);
     stop.cancel();
+    // Runs still waiting for a slot give up now; their JetStream messages go back for another instance.
+    bridge.stop_accepting();
     for t in intakes {
         let _ = t.await;
     }

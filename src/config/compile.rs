@@ -523,6 +523,13 @@ impl Compiler<'_> {
             }
         };
         let ack_wait = self.duration("nats.jetstream.consumer.ack_wait", &c.ack_wait, false);
+        let concurrency = match c.concurrency {
+            1..=1024 => Some(c.concurrency as usize),
+            _ => {
+                self.error("nats.jetstream.consumer.concurrency", "must be 1 to 1024");
+                None
+            }
+        };
         let mut backoff = Some(Vec::new());
         for (i, b) in c.backoff.iter().enumerate() {
             match self.duration(&format!("nats.jetstream.consumer.backoff[{i}]"), b, false) {
@@ -599,6 +606,7 @@ impl Compiler<'_> {
                 max_deliver: max_deliver?,
                 ack_wait: ack_wait?,
                 backoff: backoff?,
+                concurrency: concurrency?,
             },
             results_stream,
             kv: Kv { dedup_bucket: dedup_bucket?, locks_bucket: locks_bucket?, lease_ttl: lease_ttl? },

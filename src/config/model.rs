@@ -220,6 +220,7 @@ pub struct ConsumerConfig {
     pub max_deliver: u64,
     pub ack_wait: String,
     pub backoff: Vec<String>,
+    pub concurrency: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -229,8 +230,13 @@ impl Default for ConsumerConfig {
             max_deliver: default_max_deliver(),
             ack_wait: default_ack_wait(),
             backoff: Vec::new(),
+            concurrency: default_consumer_concurrency(),
         }
     }
+}
+
+pub fn default_consumer_concurrency() -> u64 {
+    32
 }
 
 pub fn default_consumer_name() -> String {

@@ -13,6 +13,18 @@
 //!
 //! The check early in the gate pipeline is [`DedupStore::is_held`] (a read); the claim comes last, after every other
 //! gate has said yes, and a run that then does not happen releases its claim.
+//!
+//! # Pending claims and their owner
+//!
+//! An admitted run claims its key *pending*, in the name of an owner: the identity of the message that carried
+//! the alert (for JetStream, stream and sequence — the same on every redelivery — plus the event's place in the
+//! payload and the host). Just before the plugin starts, the run [`DedupStore::commit`]s the claim; from then on
+//! the key is held like any other. Until then, a claim of the *same owner* takes the pending claim over: when an
+//! instance dies (or stalls past the ack wait) between deciding and starting, the redelivered message re-claims
+//! its own key and runs, instead of being suppressed as a duplicate of a run that never happened. The takeover
+//! gives the claim a new revision, so the first holder's commit fails and it does not run: one run, not two. A
+//! committed claim is never taken over: a message redelivered after its run started (its ack was lost) is a
+//! duplicate.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -38,26 +50,73 @@ pub enum DedupError {
     Unavailable(String),
 }
 
+/// A claim made by [`DedupStore::claim_as`]: what [`DedupStore::commit`] and [`DedupStore::release_claim`] need to
+/// act on exactly this claim and not on a later one of the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRef {
+    pub key: String,
+    pub window: Duration,
+    /// The store's version of the key this claim wrote; 0 for a zero window (nothing held).
+    pub revision: u64,
+}
+
 /// Where dedup keys are held: in-process ([`MemoryDedup`]) or cluster-wide on NATS JetStream KV
 /// ([`crate::gate::kv::KvDedup`]), hence the async methods.
 pub trait DedupStore: Send + Sync + 'static {
-    /// Is `key` currently held (claimed and not expired)? A read; claims nothing.
-    fn is_held(&self, key: &str, now: Instant) -> impl Future<Output = Result<bool, DedupError>> + Send;
+    /// Is `key` held (claimed and not expired) by anything but a pending claim of `owner`? A read; claims nothing.
+    /// With no owner: is it held at all?
+    fn is_held_for(
+        &self,
+        key: &str,
+        owner: Option<&str>,
+        now: Instant,
+    ) -> impl Future<Output = Result<bool, DedupError>> + Send;
 
-    /// Atomically claims `key` for `window` if it is not held. Ok(true) = claimed by this call, Ok(false) = already
-    /// held.
-    fn claim(&self, key: &str, window: Duration, now: Instant)
-    -> impl Future<Output = Result<bool, DedupError>> + Send;
+    /// Atomically claims `key` for `window` if it is not held, or takes it over if it is held by a pending claim of
+    /// the same `owner`. With an owner the claim is pending until [`DedupStore::commit`]; without one it is
+    /// committed at once. Ok(None) = held by someone else.
+    fn claim_as(
+        &self,
+        key: &str,
+        window: Duration,
+        owner: Option<&str>,
+        now: Instant,
+    ) -> impl Future<Output = Result<Option<ClaimRef>, DedupError>> + Send;
 
-    /// Releases `key` (a resolved alert clears it, or a claim is rolled back). Ok(true) if it was held.
+    /// Commits a pending claim (its window starts again now). Ok(false) = the claim is no longer this one: taken
+    /// over by its owner's redelivery, released by a resolved alert, or expired — the run must not start.
+    fn commit(&self, claim: &ClaimRef, now: Instant) -> impl Future<Output = Result<bool, DedupError>> + Send;
+
+    /// Rolls back exactly this claim (a later gate said no, or its run did not start); a claim made after it stays.
+    /// Ok(true) if it was released.
+    fn release_claim(&self, claim: &ClaimRef) -> impl Future<Output = Result<bool, DedupError>> + Send;
+
+    /// Releases `key`, whoever holds it (a resolved alert clears it). Ok(true) if it was held.
     fn release(&self, key: &str) -> impl Future<Output = Result<bool, DedupError>> + Send;
+
+    /// Is `key` held at all?
+    fn is_held(&self, key: &str, now: Instant) -> impl Future<Output = Result<bool, DedupError>> + Send {
+        self.is_held_for(key, None, now)
+    }
+
+    /// A committed claim: Ok(true) = claimed by this call, Ok(false) = already held.
+    fn claim(
+        &self,
+        key: &str,
+        window: Duration,
+        now: Instant,
+    ) -> impl Future<Output = Result<bool, DedupError>> + Send {
+        async move { self.claim_as(key, window, None, now).await.map(|c| c.is_some()) }
+    }
 }
 
-/// One claim: when it was made and for how long it holds its key.
-#[derive(Debug, Clone, Copy)]
+/// One claim: when it was made, for how long it holds its key, whose pending claim it is (None: committed).
+#[derive(Debug, Clone)]
 struct Claim {
     at: Instant,
     window: Duration,
+    owner: Option<Box<str>>,
+    revision: u64,
 }
 
 impl Claim {
@@ -72,6 +131,8 @@ struct Held {
     claims: HashMap<Box<str>, Claim>,
     /// Claims since the last full sweep of expired keys; `claim` sweeps and resets it every [`SWEEP_EVERY_CLAIMS`].
     claims_since_sweep: u32,
+    /// The revision the last claim or commit was given.
+    revision: u64,
 }
 
 impl Held {
@@ -127,10 +188,10 @@ impl MemoryDedup {
         self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn is_held_now(&self, key: &str, now: Instant) -> bool {
+    fn is_held_now(&self, key: &str, owner: Option<&str>, now: Instant) -> bool {
         let mut held = self.lock();
         match held.claims.get(key) {
-            Some(claim) if claim.is_live(now) => true,
+            Some(claim) if claim.is_live(now) => owner.is_none() || claim.owner.as_deref() != owner,
             Some(_) => {
                 held.claims.remove(key);
                 false
@@ -139,28 +200,40 @@ impl MemoryDedup {
         }
     }
 
-    fn claim_now(&self, key: &str, window: Duration, now: Instant) -> Result<bool, DedupError> {
+    fn claim_now(
+        &self,
+        key: &str,
+        window: Duration,
+        owner: Option<&str>,
+        now: Instant,
+    ) -> Result<Option<ClaimRef>, DedupError> {
         let mut held = self.lock();
         held.claims_since_sweep += 1;
         if held.claims_since_sweep >= SWEEP_EVERY_CLAIMS {
             held.sweep(now);
         }
-        let claim = Claim { at: now, window };
+        let revision = held.revision + 1;
+        let claimed = ClaimRef { key: key.to_owned(), window, revision };
+        let claim = Claim { at: now, window, owner: owner.map(Box::from), revision };
         match held.claims.get_mut(key) {
-            Some(existing) if existing.is_live(now) => return Ok(false),
-            Some(expired) if !window.is_zero() => {
-                *expired = claim;
-                return Ok(true);
+            // A pending claim of the same owner is taken over (its redelivery).
+            Some(existing) if existing.is_live(now) && (owner.is_none() || existing.owner.as_deref() != owner) => {
+                return Ok(None);
+            }
+            Some(existing) if !window.is_zero() => {
+                *existing = claim;
+                held.revision = revision;
+                return Ok(Some(claimed));
             }
             Some(_) => {
                 held.claims.remove(key);
-                return Ok(true);
+                return Ok(Some(ClaimRef { revision: 0, ..claimed }));
             }
             None => {}
         }
         // A zero window holds nothing: the claim succeeds and needs no slot.
         if window.is_zero() {
-            return Ok(true);
+            return Ok(Some(ClaimRef { revision: 0, ..claimed }));
         }
         if held.claims.len() >= self.max_keys.get() {
             held.sweep(now);
@@ -169,7 +242,34 @@ impl MemoryDedup {
             }
         }
         held.claims.insert(key.into(), claim);
-        Ok(true)
+        held.revision = revision;
+        Ok(Some(claimed))
+    }
+
+    fn commit_now(&self, claim: &ClaimRef, now: Instant) -> bool {
+        if claim.revision == 0 {
+            return true;
+        }
+        let mut held = self.lock();
+        let revision = held.revision + 1;
+        match held.claims.get_mut(claim.key.as_str()) {
+            Some(c) if c.revision == claim.revision && c.is_live(now) => {
+                c.owner = None;
+                c.at = now;
+                c.revision = revision;
+                held.revision = revision;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn release_claim_now(&self, claim: &ClaimRef) -> bool {
+        let mut held = self.lock();
+        match held.claims.get(claim.key.as_str()) {
+            Some(c) if c.revision == claim.revision => held.claims.remove(claim.key.as_str()).is_some(),
+            _ => false,
+        }
     }
 
     fn release_now(&self, key: &str) -> bool {
@@ -178,12 +278,26 @@ impl MemoryDedup {
 }
 
 impl DedupStore for MemoryDedup {
-    async fn is_held(&self, key: &str, now: Instant) -> Result<bool, DedupError> {
-        Ok(self.is_held_now(key, now))
+    async fn is_held_for(&self, key: &str, owner: Option<&str>, now: Instant) -> Result<bool, DedupError> {
+        Ok(self.is_held_now(key, owner, now))
     }
 
-    async fn claim(&self, key: &str, window: Duration, now: Instant) -> Result<bool, DedupError> {
-        self.claim_now(key, window, now)
+    async fn claim_as(
+        &self,
+        key: &str,
+        window: Duration,
+        owner: Option<&str>,
+        now: Instant,
+    ) -> Result<Option<ClaimRef>, DedupError> {
+        self.claim_now(key, window, owner, now)
+    }
+
+    async fn commit(&self, claim: &ClaimRef, now: Instant) -> Result<bool, DedupError> {
+        Ok(self.commit_now(claim, now))
+    }
+
+    async fn release_claim(&self, claim: &ClaimRef) -> Result<bool, DedupError> {
+        Ok(self.release_claim_now(claim))
     }
 
     /// Ok(true) if the key was stored. Without a `now` this cannot tell an expired key not yet swept from a live
@@ -248,6 +362,44 @@ mod tests {
         assert_eq!(dedup.claim("a", MINUTE, t0).await, Ok(true), "claimable again at once");
         assert_eq!(dedup.release("a").await, Ok(true));
         assert_eq!(dedup.release("a").await, Ok(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_claim_is_taken_over_by_its_owner_until_committed() {
+        let dedup = MemoryDedup::default();
+        let t0 = Instant::now();
+        let first = dedup.claim_as("a", MINUTE, Some("msg-1"), t0).await.unwrap().unwrap();
+        assert_eq!(dedup.is_held("a", t0).await, Ok(true));
+        assert_eq!(dedup.is_held_for("a", Some("msg-1"), t0).await, Ok(false), "not held against its owner");
+        assert_eq!(dedup.is_held_for("a", Some("msg-2"), t0).await, Ok(true));
+        assert_eq!(dedup.claim_as("a", MINUTE, Some("msg-2"), t0).await, Ok(None), "another owner is refused");
+        assert_eq!(dedup.claim("a", MINUTE, t0).await, Ok(false));
+        // The owner's redelivery takes the claim over; the first holder can then neither commit nor release it.
+        let second = dedup.claim_as("a", MINUTE, Some("msg-1"), t0 + NS).await.unwrap().unwrap();
+        assert_ne!(first.revision, second.revision);
+        assert_eq!(dedup.commit(&first, t0 + NS).await, Ok(false));
+        assert_eq!(dedup.release_claim(&first).await, Ok(false));
+        assert_eq!(dedup.commit(&second, t0 + 2 * NS).await, Ok(true));
+        // Committed: held against everyone, its owner included; the window runs from the commit.
+        assert_eq!(dedup.is_held_for("a", Some("msg-1"), t0 + MINUTE).await, Ok(true));
+        assert_eq!(dedup.claim_as("a", MINUTE, Some("msg-1"), t0 + MINUTE).await, Ok(None));
+        assert_eq!(dedup.release_claim(&second).await, Ok(false), "the commit gave it a new revision");
+        assert_eq!(dedup.is_held("a", t0 + 2 * NS + MINUTE).await, Ok(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_claim_rolls_back_only_its_own_claim() {
+        let dedup = MemoryDedup::default();
+        let t0 = Instant::now();
+        let old = dedup.claim_as("a", MINUTE, Some("m"), t0).await.unwrap().unwrap();
+        assert_eq!(dedup.release_claim(&old).await, Ok(true));
+        assert_eq!(dedup.is_held("a", t0).await, Ok(false));
+        let newer = dedup.claim_as("a", MINUTE, Some("n"), t0).await.unwrap().unwrap();
+        assert_eq!(dedup.release_claim(&old).await, Ok(false), "a later claim of the key stays");
+        assert_eq!(dedup.commit(&old, t0).await, Ok(false));
+        assert_eq!(dedup.is_held("a", t0).await, Ok(true));
+        assert_eq!(dedup.release("a").await, Ok(true), "a resolved alert clears any claim");
+        assert_eq!(dedup.commit(&newer, t0).await, Ok(false), "a cleared claim cannot start its run");
     }
 
     #[tokio::test(start_paused = true)]

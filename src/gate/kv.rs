@@ -23,6 +23,10 @@
 //! - The server keeps `Nats-TTL` in whole seconds (a shorter or fractional value is truncated or refused), so a
 //!   window is rounded **up** to whole seconds, at least 1 s: a key may be held up to a second longer than its
 //!   window, never shorter. The hold starts at the server's timestamp of the write.
+//! - A pending claim ([`crate::gate::dedup`]: owned by the message that carried the alert) stores
+//!   `{"key": …, "owner": …}`; its commit rewrites it as `{"key": …}` conditioned on the claim's sequence (so a
+//!   takeover by the owner's redelivery makes the first holder's commit fail), and restarts the TTL. A rollback
+//!   purges conditioned on that sequence too, without reading first.
 //! - A release purges the key with a tombstone that itself expires ([`TOMBSTONE_TTL`]); expired keys leave a
 //!   marker with the same TTL (`subject_delete_marker_ttl`). Released and expired keys therefore cost nothing
 //!   after a minute.
@@ -62,7 +66,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::gate::dedup::{DedupError, DedupStore};
+use crate::gate::dedup::{ClaimRef, DedupError, DedupStore};
 
 /// The oldest nats-server with per-message TTL.
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
@@ -276,9 +280,30 @@ impl fmt::Debug for KvDedup {
 
 /// What one conditional write found.
 enum Write {
-    Stored,
+    /// Stored with this sequence (the key's new revision).
+    Stored(u64),
     /// The key's last sequence was not the expected one.
     Raced,
+}
+
+/// A dedup entry's value: the key itself (the KV name is shortened) and, while the claim is pending, its owner.
+/// An entry that is not this JSON (written by an older RUNE: the bare key) counts as committed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored<'a> {
+    key: &'a str,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
+}
+
+impl Stored<'_> {
+    fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The owner of a live entry's pending claim (None: committed, or not RUNE's JSON).
+fn pending_owner(value: &[u8]) -> Option<&str> {
+    serde_json::from_slice::<Stored<'_>>(value).ok().and_then(|s| s.owner)
 }
 
 impl KvDedup {
@@ -342,7 +367,7 @@ impl KvDedup {
         let js = &self.js;
         let publish = async { js.publish_with_headers(self.subject(name), headers, payload.into()).await?.await };
         match with_timeout(self.request_timeout, publish).await? {
-            Ok(_) => Ok(Write::Stored),
+            Ok(ack) => Ok(Write::Stored(ack.sequence)),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(Write::Raced),
             Err(e) => Err(KvError::Unavailable(format!("write to KV bucket {}: {e}", self.bucket()))),
         }
@@ -354,22 +379,28 @@ impl KvDedup {
             .map_err(|e| KvError::Unavailable(format!("read from KV bucket {}: {e}", self.bucket())))
     }
 
-    async fn claim_for(&self, key: &str, window: Duration) -> Result<bool, KvError> {
+    async fn claim_for(&self, key: &str, window: Duration, owner: Option<&str>) -> Result<Option<ClaimRef>, KvError> {
+        let claimed = |revision| ClaimRef { key: key.to_owned(), window, revision };
         // A zero window holds nothing (as in `MemoryDedup`).
         if window.is_zero() {
-            return Ok(true);
+            return Ok(Some(claimed(0)));
         }
         let name = kv_key_name(key);
         let ttl = ttl_seconds(window).to_string();
+        let value = Stored { key, owner }.to_vec();
         let mut expected = 0;
         for _ in 0..CLAIM_ATTEMPTS {
             let mut headers = HeaderMap::new();
             headers.insert(header::NATS_MESSAGE_TTL, ttl.as_str());
-            if let Write::Stored = self.write_if(&name, expected, headers, key.as_bytes().to_vec()).await? {
-                return Ok(true);
+            if let Write::Stored(revision) = self.write_if(&name, expected, headers, value.clone()).await? {
+                return Ok(Some(claimed(revision)));
             }
             match self.entry(&name).await? {
-                Some(entry) if entry.operation == kv::Operation::Put => return Ok(false),
+                // The owner's own pending claim (its message was redelivered): take it over.
+                Some(entry) if entry.operation == kv::Operation::Put => match owner {
+                    Some(owner) if pending_owner(&entry.value) == Some(owner) => expected = entry.revision,
+                    _ => return Ok(None),
+                },
                 // A tombstone (released or expired): claim against its sequence.
                 Some(tombstone) => expected = tombstone.revision,
                 // Removed between the write and the read.
@@ -377,6 +408,28 @@ impl KvDedup {
             }
         }
         Err(KvError::Unavailable(format!("claim of {key:?} kept racing with other writers")))
+    }
+
+    /// Rewrites the claim without its owner, if it is still the one `claim` wrote; the TTL starts again.
+    async fn commit_claim(&self, claim: &ClaimRef) -> Result<bool, KvError> {
+        if claim.revision == 0 {
+            return Ok(true);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::NATS_MESSAGE_TTL, ttl_seconds(claim.window).to_string().as_str());
+        let value = Stored { key: &claim.key, owner: None }.to_vec();
+        let write = self.write_if(&kv_key_name(&claim.key), claim.revision, headers, value).await?;
+        Ok(matches!(write, Write::Stored(_)))
+    }
+
+    /// Purges the key if its last write is `revision`.
+    async fn purge_if(&self, name: &str, revision: u64) -> Result<bool, KvError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("KV-Operation", "PURGE");
+        headers.insert(header::NATS_ROLLUP, "sub");
+        headers.insert(header::NATS_MESSAGE_TTL, TOMBSTONE_TTL.as_secs().to_string().as_str());
+        let write = self.write_if(name, revision, headers, Vec::new()).await?;
+        Ok(matches!(write, Write::Stored(_)))
     }
 
     async fn release_key(&self, key: &str) -> Result<bool, KvError> {
@@ -388,26 +441,43 @@ impl KvDedup {
             return Ok(false);
         }
         // Purge only the claim we saw: one made after it (the alert fired again) stays.
-        let mut headers = HeaderMap::new();
-        headers.insert("KV-Operation", "PURGE");
-        headers.insert(header::NATS_ROLLUP, "sub");
-        headers.insert(header::NATS_MESSAGE_TTL, TOMBSTONE_TTL.as_secs().to_string().as_str());
-        self.write_if(&name, entry.revision, headers, Vec::new()).await?;
+        self.purge_if(&name, entry.revision).await?;
         Ok(true)
     }
 }
 
 impl DedupStore for KvDedup {
     /// `now` is ignored: the server's clock decides (see the module documentation).
-    async fn is_held(&self, key: &str, _now: Instant) -> Result<bool, DedupError> {
+    async fn is_held_for(&self, key: &str, owner: Option<&str>, _now: Instant) -> Result<bool, DedupError> {
         let entry = self.entry(&kv_key_name(key)).await?;
-        Ok(entry.is_some_and(|entry| entry.operation == kv::Operation::Put))
+        Ok(entry.is_some_and(|entry| {
+            entry.operation == kv::Operation::Put && (owner.is_none() || pending_owner(&entry.value) != owner)
+        }))
     }
 
     /// Atomic across every instance on the bucket; the key expires `window` (rounded up to whole seconds) after
     /// the server stored it. `now` is ignored.
-    async fn claim(&self, key: &str, window: Duration, _now: Instant) -> Result<bool, DedupError> {
-        Ok(self.claim_for(key, window).await?)
+    async fn claim_as(
+        &self,
+        key: &str,
+        window: Duration,
+        owner: Option<&str>,
+        _now: Instant,
+    ) -> Result<Option<ClaimRef>, DedupError> {
+        Ok(self.claim_for(key, window, owner).await?)
+    }
+
+    /// One conditional write: refused if anyone wrote the key since the claim.
+    async fn commit(&self, claim: &ClaimRef, _now: Instant) -> Result<bool, DedupError> {
+        Ok(self.commit_claim(claim).await?)
+    }
+
+    /// One conditional purge, no read.
+    async fn release_claim(&self, claim: &ClaimRef) -> Result<bool, DedupError> {
+        if claim.revision == 0 {
+            return Ok(false);
+        }
+        Ok(self.purge_if(&kv_key_name(&claim.key), claim.revision).await?)
     }
 
     /// Ok(true) if a live claim was found and purged; a claim made after the read stays.

@@ -294,6 +294,7 @@ rules:
                 received_at: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
                 correlation_id: "c".into(),
                 request: None,
+                delivery: None,
                 raw: Arc::from(""),
             })
     }

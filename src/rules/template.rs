@@ -329,6 +329,7 @@ mod tests {
             received_at: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
             correlation_id: "c-1".into(),
             request: None,
+            delivery: None,
             raw: Arc::from(""),
         })
     }

@@ -292,6 +292,7 @@ impl<'l> Checker<'l> {
             received_at: intake.received_at,
             correlation_id: String::new(),
             request: None,
+            delivery: None,
             raw: Arc::clone(raw),
         }
     }

@@ -4,6 +4,7 @@
 //! Which adapter a message needs: the `Rune-Format` header when present, else the first subject token that
 //! names a format (`rune.alerts.grafana.prod` → grafana), else `generic`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
@@ -141,6 +142,8 @@ pub struct JetStreamIntake {
     /// Redelivery delays after a nak; the last one repeats.
     pub backoff: Vec<Duration>,
     pub dead_letter_subject: String,
+    /// Messages decided at once (lanes by alert fingerprint).
+    pub concurrency: usize,
 }
 
 impl JetStreamIntake {
@@ -158,10 +161,16 @@ impl JetStreamIntake {
     }
 }
 
-/// JetStream: a durable pull consumer shared by every instance (each message to one of them). A message is
-/// acked only after every decision it produced is recorded; a failure naks it for redelivery (with backoff);
-/// a payload that cannot be parsed, or whose last delivery failed, goes to the dead-letter subject and is
-/// terminated. A message in progress when shutdown comes is left unacked (redelivered to another instance).
+/// JetStream: a durable pull consumer shared by every instance (each message to one of them).
+///
+/// Messages are decided `concurrency` at a time, in as many lanes: a message goes to the lane of its first alert's
+/// fingerprint, so the messages of one alert (firing, then resolved) are decided in the order they came. A
+/// message is acked only after every decision it produced is recorded and every run it admitted has *started*
+/// ([`Bridge::accept_started`]); while it waits (for a run slot) it is kept alive with in-progress acks. A failure
+/// naks it for redelivery (with backoff); a payload that cannot be parsed, or whose last delivery failed, goes to
+/// the dead-letter subject and is terminated. A message in progress when shutdown comes is given back (nak) for
+/// another instance. Each event carries the message's identity (`<stream>:<stream sequence>:<place>`), which owns
+/// its runs' pending dedup claims: a redelivery takes them over instead of being suppressed as a duplicate.
 pub async fn run_jetstream<D: DedupStore>(
     client: async_nats::Client,
     settings: JetStreamIntake,
@@ -174,7 +183,7 @@ pub async fn run_jetstream<D: DedupStore>(
         .get_or_create_stream(settings.stream_config())
         .await
         .map_err(|e| format!("alerts stream {}: {e}", settings.stream))?;
-    let consumer: pull::Stream = stream
+    let mut consumer: pull::Stream = stream
         .get_or_create_consumer(
             &settings.durable,
             pull::Config {
@@ -191,7 +200,21 @@ pub async fn run_jetstream<D: DedupStore>(
         .messages()
         .await
         .map_err(|e| format!("consumer {} messages: {e}", settings.durable))?;
-    let mut consumer = consumer;
+    let settings = Arc::new(settings);
+    let lanes = settings.concurrency.max(1);
+    let mut senders = Vec::with_capacity(lanes);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..lanes {
+        // One message waiting per lane besides the one being decided: the pull stops when the lanes are busy.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(1);
+        senders.push(tx);
+        let (client, settings, bridge, shutdown) = (client.clone(), settings.clone(), bridge.clone(), shutdown.clone());
+        workers.spawn(async move {
+            while let Some(job) = rx.recv().await {
+                handle(job, &client, &settings, &bridge, &shutdown).await;
+            }
+        });
+    }
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -206,50 +229,118 @@ pub async fn run_jetstream<D: DedupStore>(
             }
             Some(Ok(m)) => m,
         };
-        let deliveries = message.info().map(|i| i.delivered).ok();
+        let info = message.info().ok().map(|i| (i.delivered, i.stream_sequence));
         let subject = message.subject.to_string();
-        let last_try = deliveries.is_some_and(|d| settings.max_deliver > 0 && d >= settings.max_deliver);
-        let outcome = match parse_message(&subject, message.headers.as_ref(), &message.payload, &limits) {
-            Err(error) => Err((error, true)),
-            Ok(events) => match bridge.accept(events).await {
-                Ok(_) => Ok(()),
-                Err(AcceptError::ShuttingDown) => {
-                    // Not ours to finish: give it back at once for another instance.
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                    break;
-                }
-                Err(e) => Err((e.to_string(), false)),
-            },
+        let parsed = parse_message(&subject, message.headers.as_ref(), &message.payload, &limits);
+        let lane = match &parsed {
+            Ok(events) => events.first().map_or(0, |e| lane_of(&e.fingerprint, lanes)),
+            Err(_) => 0,
         };
-        match outcome {
-            Ok(()) => {
-                if let Err(e) = message.ack().await {
-                    tracing::warn!(error = %e, subject, "ack failed; the alert may be redelivered (dedup suppresses it)");
-                }
-            }
-            Err((error, poison)) if poison || last_try => {
-                bridge.metrics().payload_refused("jetstream");
-                tracing::warn!(subject, error, deliveries, "alert dead-lettered");
-                let record = dead_letter_record(&subject, &message.payload, &error, deliveries);
-                dead_letter(&client, &settings.dead_letter_subject, &record).await;
-                let _ = message.ack_with(AckKind::Term).await;
-            }
-            Err((error, _)) => {
-                let n = usize::try_from(deliveries.unwrap_or(1).max(1) - 1).unwrap_or(0);
-                let delay =
-                    settings.backoff.get(n).or(settings.backoff.last()).copied().unwrap_or(Duration::from_secs(1));
-                tracing::warn!(
-                    subject,
-                    error,
-                    deliveries,
-                    delay_ms = delay.as_millis() as u64,
-                    "alert not recorded; will be redelivered"
-                );
-                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-            }
+        let job = Job { message, subject, deliveries: info.map(|i| i.0), sequence: info.map(|i| i.1), parsed };
+        let send = senders[lane].send(job);
+        tokio::select! {
+            sent = send => if let Err(unsent) = sent {
+                // The lane ended (it never does before its sender is dropped): give the message back.
+                let _ = unsent.0.message.ack_with(AckKind::Nak(None)).await;
+                break;
+            },
+            _ = shutdown.cancelled() => break,
         }
     }
+    // Stop the lanes: each finishes (or gives back) what it holds.
+    drop(senders);
+    while workers.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One pulled message on its way to a lane.
+struct Job {
+    message: jetstream::Message,
+    subject: String,
+    deliveries: Option<i64>,
+    sequence: Option<u64>,
+    parsed: Result<Vec<Event>, String>,
+}
+
+/// The lane of an alert fingerprint (FNV-1a: stable, cheap, no allocation).
+fn lane_of(fingerprint: &str, lanes: usize) -> usize {
+    let hash =
+        fingerprint.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (hash % lanes as u64) as usize
+}
+
+/// Decides one message and acks, naks or dead-letters it.
+async fn handle<D: DedupStore>(
+    job: Job,
+    client: &async_nats::Client,
+    settings: &JetStreamIntake,
+    bridge: &Bridge<D>,
+    shutdown: &CancellationToken,
+) {
+    let Job { message, subject, deliveries, sequence, parsed } = job;
+    if shutdown.is_cancelled() {
+        // Not started here: give it back at once for another instance.
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        return;
+    }
+    let last_try = deliveries.is_some_and(|d| settings.max_deliver > 0 && d >= settings.max_deliver);
+    let outcome = match parsed {
+        Err(error) => Err((error, true)),
+        Ok(mut events) => {
+            if let Some(sequence) = sequence {
+                for (place, event) in events.iter_mut().enumerate() {
+                    event.delivery = Some(Arc::from(format!("{}:{sequence}:{place}", settings.stream)));
+                }
+            }
+            let accepted = bridge.accept_started(events);
+            tokio::pin!(accepted);
+            // Keep the message ours while its runs wait for a slot.
+            let every = (settings.ack_wait / 2).max(Duration::from_millis(500));
+            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let accepted = loop {
+                tokio::select! {
+                    a = &mut accepted => break a,
+                    _ = progress.tick() => {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                }
+            };
+            match accepted {
+                Ok(_) => Ok(()),
+                Err(AcceptError::ShuttingDown) => {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    return;
+                }
+                Err(e) => Err((e.to_string(), false)),
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            if let Err(e) = message.ack().await {
+                tracing::warn!(error = %e, subject, "ack failed; the alert may be redelivered (dedup suppresses it)");
+            }
+        }
+        Err((error, poison)) if poison || last_try => {
+            bridge.metrics().payload_refused("jetstream");
+            tracing::warn!(subject, error, deliveries, "alert dead-lettered");
+            let record = dead_letter_record(&subject, &message.payload, &error, deliveries);
+            dead_letter(client, &settings.dead_letter_subject, &record).await;
+            let _ = message.ack_with(AckKind::Term).await;
+        }
+        Err((error, _)) => {
+            let n = usize::try_from(deliveries.unwrap_or(1).max(1) - 1).unwrap_or(0);
+            let delay = settings.backoff.get(n).or(settings.backoff.last()).copied().unwrap_or(Duration::from_secs(1));
+            tracing::warn!(
+                subject,
+                error,
+                deliveries,
+                delay_ms = delay.as_millis() as u64,
+                "alert not recorded; will be redelivered"
+            );
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+    }
 }
 
 /// Chatops: request/reply on `<prefix>.<action>` in `queue_group`. The reply is the decision (accepted, or

@@ -220,6 +220,7 @@ async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_a
         ack_wait: Duration::from_secs(10),
         backoff: vec![Duration::from_millis(200), Duration::from_secs(1)],
         dead_letter_subject: "rune.dead_letter".into(),
+        concurrency: 32,
     };
     let intake = tokio::spawn(run_jetstream(client.clone(), settings, b.clone(), Limits::default(), stop.clone()));
     let js = async_nats::jetstream::new(client.clone());

@@ -129,6 +129,36 @@ async fn release_allows_an_immediate_reclaim_from_any_instance() {
     .await;
 }
 
+/// A pending claim (an admitted run not yet started) belongs to the message that carried the alert: its
+/// redelivery to another instance takes it over, and the first holder can then neither commit nor roll it back.
+/// Once committed (the run started), the key is held against everyone, the owner's redelivery included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_claim_is_taken_over_by_its_messages_redelivery_and_not_after_its_commit() {
+    let server = NatsServer::start();
+    let (a, b) = (dedup(&server, "a").await, dedup(&server, "b").await);
+    let now = Instant::now();
+    let owner = Some("RUNE_ALERTS:42:0#web-1");
+    let first = a.claim_as("k", HOUR, owner, now).await.unwrap_or_else(|e| panic!("{e}"));
+    let first = first.unwrap_or_else(|| panic!("a free key is claimed"));
+    assert_eq!(b.is_held("k", now).await, Ok(true));
+    assert_eq!(b.is_held_for("k", owner, now).await, Ok(false), "not held against its own message");
+    assert_eq!(b.claim_as("k", HOUR, Some("RUNE_ALERTS:43:0#web-1"), now).await, Ok(None), "another message");
+    assert_eq!(b.claim("k", HOUR, now).await, Ok(false));
+    let second = b.claim_as("k", HOUR, owner, now).await.unwrap_or_else(|e| panic!("{e}"));
+    let second = second.unwrap_or_else(|| panic!("the redelivery takes its pending claim over"));
+    assert!(second.revision > first.revision);
+    assert_eq!(a.commit(&first, now).await, Ok(false), "the first holder must not start its run");
+    assert_eq!(a.release_claim(&first).await, Ok(false), "nor roll back the redelivery's claim");
+    assert_eq!(b.commit(&second, now).await, Ok(true));
+    assert_eq!(a.is_held_for("k", owner, now).await, Ok(true), "committed: held against its message too");
+    assert_eq!(a.claim_as("k", HOUR, owner, now).await, Ok(None));
+    // A rollback needs no read: exactly its own claim goes.
+    let other = a.claim_as("k2", HOUR, owner, now).await.unwrap_or_else(|e| panic!("{e}"));
+    let other = other.unwrap_or_else(|| panic!("k2 is free"));
+    assert_eq!(b.release_claim(&other).await, Ok(true));
+    assert_eq!(a.is_held("k2", now).await, Ok(false));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_with_slashes_spaces_unicode_and_500_bytes_work_and_do_not_collide() {
     let server = NatsServer::start();
