@@ -301,6 +301,111 @@ async fn three_instances_run_each_distinct_alert_of_a_burst_exactly_once() {
     assert_eq!(codes, [Some(0), Some(0), Some(0)]);
 }
 
+/// Cluster mode, the hard case: three instances, a burst with duplicates, runs slower than the burst (two run
+/// slots each, so messages wait unacked with decided, pending dedup claims), and one instance SIGKILLed mid-burst.
+/// Its unacked messages are redelivered to the others, which take over the pending claims: every distinct alert
+/// starts its plugin exactly once (the plugin's own ledger says so), none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_three_instances_mid_burst_loses_no_alert_and_runs_none_twice() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ledger = dir.path().join("ledger");
+    std::fs::write(&ledger, "").unwrap_or_else(|e| panic!("{e}"));
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        rules.join("burst.yaml"),
+        format!(
+            "policy:\n  rate_limit:\n    global: {{ count: 100000, per: 1s }}\n    host: {{ count: 100000, per: 1s }}\n\
+             rules:\n  - name: burst\n    match: {{ labels: {{ alertname: Burst }} }}\n    target: {{ host: localhost }}\n    \
+             action: mark-run\n    args: {{ n: \"{{{{ labels.n }}}}\", ledger: \"{}\" }}\n    dedup: {{ window: 1h }}\n",
+            ledger.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("rune.yaml");
+    let text = format!(
+        "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    consumer: {{ ack_wait: 3s }}\n\
+         paths:\n  rules_dir: {}\n  plugins_dirs: [{}, {}]\nresults:\n  stdout: false\n\
+         limits:\n  max_in_flight_runs: 2\n",
+        server.url(),
+        rules.display(),
+        repo().join("plugins").display(),
+        repo().join("tests/fixtures/plugins").display()
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let mut instances = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || (0..3).map(|_| Serve::start(Some(&config), &[])).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    let js = async_nats::jetstream::new(client.clone());
+    const DISTINCT: usize = 40;
+    for copy in 0..3 {
+        for n in 0..DISTINCT {
+            let body = serde_json::json!({
+                "version": "4", "groupKey": "g", "status": "firing", "receiver": "rune",
+                "alerts": [{"status": "firing", "labels": {"alertname": "Burst", "n": n.to_string()},
+                            "fingerprint": format!("burst-{n}")}]
+            });
+            let ack = js
+                .publish("rune.alerts.alertmanager", body.to_string().into())
+                .await
+                .unwrap_or_else(|e| panic!("publish {n}/{copy}: {e}"));
+            ack.await.unwrap_or_else(|e| panic!("ack {n}/{copy}: {e}"));
+        }
+    }
+    let read_ledger = || -> std::collections::BTreeMap<String, usize> {
+        let mut runs = std::collections::BTreeMap::new();
+        for line in std::fs::read_to_string(&ledger).unwrap_or_default().lines() {
+            *runs.entry(line.to_owned()).or_default() += 1;
+        }
+        runs
+    };
+    // Mid-burst: some runs have started, most alerts are still waiting somewhere.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while read_ledger().len() < 6 {
+        assert!(std::time::Instant::now() < deadline, "the burst never started: {:?}", read_ledger());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = instances.remove(0);
+    tokio::task::spawn_blocking(move || drop(killed)).await.unwrap_or_else(|e| panic!("{e}")); // SIGKILL
+    let at_kill = read_ledger();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while read_ledger().len() < DISTINCT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {DISTINCT} alerts ran after the kill: {:?}",
+            read_ledger().len(),
+            read_ledger()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for any late redelivery (ack_wait 3 s) to have run a second time if it were going to.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let runs = read_ledger();
+    assert_eq!(runs.len(), DISTINCT, "{runs:?}");
+    assert!(runs.values().all(|&c| c == 1), "an alert ran twice: {runs:?}");
+    // The kill mattered: the consumer redelivered what the dead instance held.
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        js.get_consumer_from_stream("rune", "RUNE_ALERTS").await.unwrap_or_else(|e| panic!("{e}"));
+    let info = consumer.info().await.unwrap_or_else(|e| panic!("{e}"));
+    // (Deliveries beyond the messages published are redeliveries.)
+    let published = 3 * DISTINCT as u64;
+    assert!(
+        info.delivered.consumer_sequence > published,
+        "nothing was redelivered (ran at the kill: {}): {info:?}",
+        at_kill.len()
+    );
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    let codes = tokio::task::spawn_blocking(move || instances.into_iter().map(Serve::terminate).collect::<Vec<_>>())
+        .await
+        .unwrap_or_default();
+    assert_eq!(codes, [Some(0), Some(0)]);
+}
+
 /// Graceful shutdown: SIGTERM while a run is in flight — the run finishes, its result is published, exit 0.
 #[test]
 fn sigterm_lets_the_run_in_flight_finish_and_publish_its_result() {
