@@ -3,6 +3,7 @@
 //! test starts the servers it needs and they die with it (Drop).
 
 mod bridge_nats;
+mod bridge_ssh;
 mod cli_config;
 mod cli_rules;
 mod cli_serve;
