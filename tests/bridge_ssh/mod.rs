@@ -190,6 +190,7 @@ fn assert_ran_on_named_host(fleet: &SshdFleet, msg: &async_nats::Message, result
     assert_eq!(header(msg, "Nats-Msg-Id").as_deref(), result["run_id"].as_str(), "{context}");
     assert_eq!(result["status"], "ok", "{context}");
     assert_eq!(result["transport"], "ssh", "{context}");
+    assert_eq!(result["stderr_tail"], "", "where-am-i writes nothing to stderr: {context}");
     assert_eq!(result["host"], host.name.as_str(), "{context}");
     assert_eq!(result["correlation_id"], expected.correlation_id, "{context}");
     assert_eq!(result["trigger"]["rule"], RULE, "{context}");
