@@ -99,7 +99,9 @@ rune_run() {
     pid=$!
     printf '%s\n' "$pid" >"$rune_dir/pgid"
     printf 'arm %s %s %s %s\n' "$pid" "$t" "$k" "$id" >&9
-    wait "$pid"
+    # With job control on, bash reports the finished job ("[2]+  Done  ( exec 9>&- ... )") from `wait`, on this
+    # shell's stderr, which is the run's: silenced here, or every run's stderr_tail carries it.
+    wait "$pid" 2>/dev/null
     rc=$?
     # What the plugin left in its group goes with it.
     kill -KILL -- "-$pid" 2>/dev/null

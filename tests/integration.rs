@@ -3,6 +3,7 @@
 //! test starts the servers it needs and they die with it (Drop).
 
 mod bridge_nats;
+mod bridge_ssh;
 mod cli_config;
 mod cli_rules;
 mod cli_serve;
@@ -219,6 +220,30 @@ async fn runs_sharing_a_session_shell_are_isolated_and_survive_a_timeout() {
     assert_eq!(after.status, Status::Ok, "{after:?}");
     assert_eq!(data(&after)["extra"], "three");
     assert_eq!(orch.ssh().open_connections().await, 1, "one pooled connection served every run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_shell_job_notices_stay_out_of_the_runs_stderr() {
+    // Regression: the session shell starts each run as a job (`set -m`: its own process group), and bash reported
+    // the finished job ("[2]+  Done  ( exec 9>&- ... )", the session shell's own code) on the shell's stderr, which
+    // is the run's: every result over SSH carried it in `stderr_tail`.
+    let fleet = fleet(1);
+    let orch = orchestrator(&fleet);
+    for message in ["first run, new session shell", "second run, same shell"] {
+        let r = run_one(&orch, "noop", &[("message", message)]).await;
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        assert_eq!(r.stderr_tail, "", "noop writes nothing to stderr: {r:?}");
+    }
+    // A run the watchdog kills: its tail says why and carries no job notice ("Killed", "Terminated"), nor does
+    // the next run's.
+    let mut req = request("hang", &["host-00"], &[("marker", "job-notice")]);
+    req.timeout = Some(Duration::from_secs(1));
+    let hung = run(&orch, req).await.remove(0);
+    expect_failure(&hung, Status::Timeout, "timed out", "hang on a session shell");
+    assert!(!hung.stderr_tail.contains("]+ "), "a job notice in the timed-out run's stderr: {hung:?}");
+    let after = run_one(&orch, "noop", &[]).await;
+    assert_eq!(after.status, Status::Ok, "{after:?}");
+    assert_eq!(after.stderr_tail, "", "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
