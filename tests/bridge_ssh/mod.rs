@@ -222,6 +222,7 @@ async fn an_alert_on_the_jetstream_alerts_subject_runs_its_plugin_on_the_sshd_ho
         ack_wait: Duration::from_secs(30),
         backoff: vec![Duration::from_millis(200), Duration::from_secs(1)],
         dead_letter_subject: "rune.dead_letter".into(),
+        concurrency: 8,
     };
     let intake =
         tokio::spawn(run_jetstream(bed.client.clone(), settings, bed.bridge.clone(), Limits::default(), stop.clone()));
