@@ -7,6 +7,7 @@
 //! - `RUNE_BENCH_ALERTS=20000`: alerts of the decision-pipeline passes (30 % repeats of earlier alerts);
 //! - `RUNE_BENCH_RUN_ALERTS=3000`: alerts of the passes in which every admitted alert runs `noop`;
 //! - `RUNE_BENCH_DAEMON_ALERTS=2000`: alerts sent to the real `rune serve` between its two memory readings;
+//! - `RUNE_BENCH_CONCURRENCY=1,128`: consumer concurrencies of the extra storm passes (besides the default 32);
 //! - `RUNE_BENCH_PARTS=latency,ssh,throughput,kv,daemon`: which parts run (`ssh` starts one loopback sshd, root
 //!   only, and adds the SSH passes).
 //!
@@ -15,9 +16,10 @@
 //!    (`run_jetstream`, `KvDedup` + `KvLocks`), `noop` on localhost (local transport) and on one loopback sshd
 //!    (warm pool): publish → decision received, → run started (`started_at`), → result received;
 //! 2. throughput through JetStream: the alerts stream is loaded, then the intake starts; decisions/s and runs/s,
-//!    with every admitted alert running `noop`, with the runs held back (one `bench-hold` run owns the only run
-//!    slot, so the decision pipeline is measured alone), with the rule's rate limit suppressing the runs, and with
-//!    several intake loops on the shared durable consumer (what concurrent message handling would give);
+//!    with every admitted alert running `noop` (a message is acked once its run has *started*, so the runs are
+//!    the ceiling), and with the rule's rate limit suppressing the runs (an alert storm: the decision pipeline
+//!    alone, with its dedup claims and their rollbacks), at the consumer's default concurrency (32 lanes) and at
+//!    others (`RUNE_BENCH_CONCURRENCY`; 1 = one message at a time);
 //! 3. `KvDedup` round trips alone (sequential, and with claims in flight);
 //! 4. memory: this process idle, and `rune serve` (the release binary) idle and after a load.
 //!
@@ -106,16 +108,6 @@ fn rules_plain() -> String {
     format!("{POLICY}rules:\n{}", bench_rule(""))
 }
 
-/// Plus `hold`: a plugin that keeps the only run slot busy until a file appears.
-fn rules_with_hold(release: &Path) -> String {
-    format!(
-        "{POLICY}rules:\n{}  - name: hold\n    match: {{ labels: {{ alertname: Hold }} }}\n    target: {{ host: localhost }}\n    \
-         action: bench-hold\n    args: {{ release: \"{}\" }}\n    dedup: {{ window: 1h }}\n",
-        bench_rule(""),
-        release.display()
-    )
-}
-
 /// The rule lets [`STORM_RUNS`] runs through per hour; the rest is `rate_limited`.
 fn rules_storm() -> String {
     format!(
@@ -123,38 +115,6 @@ fn rules_storm() -> String {
         bench_rule(&format!("    rate_limit:\n      rule: {{ count: {STORM_RUNS}, per: 1h }}\n"))
     )
 }
-
-/// `bench-hold`: writes its working directory (the runner's run directory) to `<release>.started`, waits (polling,
-/// ten `sleep`s a second) until `release` exists, at most 10 minutes, then removes it (telling the benchmark it is
-/// gone).
-const HOLD_PLUGIN: &str = r#"#!/usr/bin/env bash
-# ---
-# bpcs: "0.1"
-# name: bench-hold
-# version: 1.0.0
-# description: Benchmark fixture - keeps a run slot busy until the file named by `release` exists.
-# tags: [test, diagnostic]
-# class: diagnostic
-# needs_root: false
-# timeout: 900
-# requires: []
-# args:
-#   release:
-#     type: string
-#     required: true
-#     pattern: "^[A-Za-z0-9/._-]{1,300}$"
-#     description: Path whose existence ends the run
-# ---
-set -euo pipefail
-. "$RUNE_LIB/bpcs.sh"
-printf '%s' "$PWD" >"$RUNE_ARG_release.started"
-for ((i = 0; i < 6000; i++)); do
-  if [ -e "$RUNE_ARG_release" ]; then break; fi
-  sleep 0.1
-done
-rm -f -- "$RUNE_ARG_release"
-bpcs_finish ok "released" false '{}'
-"#;
 
 fn inventory(fleet: Option<&SshdFleet>) -> Inventory {
     let mut s = String::new();
@@ -289,6 +249,9 @@ enum Intake {
     JetStreamMemory,
 }
 
+/// `nats.jetstream.consumer.concurrency`'s default.
+const CONCURRENCY: usize = 32;
+
 fn js_intake() -> JetStreamIntake {
     // `rune serve`'s defaults (config::model).
     JetStreamIntake {
@@ -308,7 +271,7 @@ fn js_intake() -> JetStreamIntake {
 struct Shared {
     registry: Arc<Registry>,
     inventory: Arc<Inventory>,
-    /// Holds the rules folders of the passes and the `bench-hold` plugin.
+    /// Holds the rules folders of the passes.
     dir: tempfile::TempDir,
 }
 
@@ -335,13 +298,10 @@ impl Running {
 
 /// How alerts reach the bridge.
 #[derive(Clone, Copy)]
-struct Feed<'a> {
+struct Feed {
     intake: Intake,
-    /// JetStream intake loops (`run_jetstream` calls) sharing the durable consumer: one in `rune serve`; several
-    /// show what processing that many messages at once would give (each loop handles one message at a time).
-    loops: usize,
-    /// `bench-hold`'s release file: the hold run is started before the intake (see [`launch`]).
-    hold: Option<&'a Path>,
+    /// Messages the JetStream intake decides at once (`nats.jetstream.consumer.concurrency`, 32 by default).
+    concurrency: usize,
 }
 
 fn start_bridge(shared: &Shared, url: &str, feed: Feed, rules: &str, max_in_flight: usize, pass: &str) -> Running {
@@ -396,16 +356,14 @@ fn start_bridge(shared: &Shared, url: &str, feed: Feed, rules: &str, max_in_flig
 
 type Launched = (tokio::task::JoinHandle<()>, Box<dyn FnOnce(&Runtime) -> usize>);
 
-/// Builds the bridge and starts its intake (`loops` JetStream loops). With `hold` (a release file), the
-/// `bench-hold` run is started first, directly through [`Bridge::accept`], and the intake only once its plugin
-/// runs: it owns the only run slot before any alert is decided.
+/// Builds the bridge and starts its intake.
 async fn launch<D: DedupStore>(
     client: async_nats::Client,
     engine: Engine<D>,
     registry: Arc<Registry>,
     inventory: Arc<Inventory>,
     options: BridgeOptions,
-    Feed { intake, loops, hold }: Feed<'_>,
+    Feed { intake, concurrency }: Feed,
     stop: CancellationToken,
 ) -> Launched {
     let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default());
@@ -415,23 +373,6 @@ async fn launch<D: DedupStore>(
     let bridge = Bridge::new(engine, orchestrator, publisher, Metrics::new(), options);
     bridge.start_deferred_timer();
     bridge.start_rule_watch(interval);
-    if let Some(release) = hold {
-        let intake = rune::event::Intake {
-            subject: "rune.alerts.alertmanager",
-            received_at: Utc::now(),
-            correlation_id: Some("hold"),
-        };
-        let body = payload("Hold", "localhost", "hold", 0);
-        let events = rune::sources::parse(rune::event::Source::Alertmanager, &body, &intake, &Limits::default())
-            .unwrap_or_else(|e| panic!("hold alert: {e}"));
-        bridge.accept(events).await.unwrap_or_else(|e| panic!("hold alert: {e}"));
-        let started = PathBuf::from(format!("{}.started", release.display()));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !started.exists() {
-            assert!(Instant::now() < deadline, "the bench-hold plugin did not start");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
     let task = match intake {
         Intake::Core => {
             let f = run_core(
@@ -450,19 +391,11 @@ async fn launch<D: DedupStore>(
             })
         }
         Intake::JetStreamKv | Intake::JetStreamMemory => {
-            let tasks: Vec<_> = (0..loops.max(1))
-                .map(|_| {
-                    let f = run_jetstream(client.clone(), js_intake(), bridge.clone(), Limits::default(), stop.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = f.await {
-                            eprintln!("JetStream intake: {e}");
-                        }
-                    })
-                })
-                .collect();
+            let settings = JetStreamIntake { concurrency, ..js_intake() };
+            let f = run_jetstream(client, settings, bridge.clone(), Limits::default(), stop);
             tokio::spawn(async move {
-                for t in tasks {
-                    let _ = t.await;
+                if let Err(e) = f.await {
+                    eprintln!("JetStream intake: {e}");
                 }
             })
         }
@@ -680,7 +613,7 @@ fn latency_pass(
     idle: Option<&mut Option<(u64, u64)>>,
 ) -> LatencyRow {
     let server = NatsServer::start();
-    let feed = Feed { intake, loops: 1, hold: None };
+    let feed = Feed { intake, concurrency: CONCURRENCY };
     let running = start_bridge(shared, &server.url(), feed, &rules_plain(), MAX_IN_FLIGHT, name);
     let load = load_runtime();
     let warm = rate.max(1);
@@ -816,9 +749,6 @@ fn print_latency(rows: &[LatencyRow], rate: usize, seconds: usize) {
 enum Runs {
     /// Every admitted alert runs `noop` (local process), `max_in_flight` 64.
     Execute,
-    /// One `bench-hold` run takes the only run slot (`max_in_flight` 1) first: admitted runs queue behind it
-    /// and no plugin process runs while the decisions are measured.
-    Held,
     /// The rule's rate limit lets [`STORM_RUNS`] runs through; the rest is suppressed `rate_limited`.
     RateLimited,
 }
@@ -844,7 +774,7 @@ struct ThroughputRow {
 fn throughput_pass(
     shared: &Shared,
     name: &str,
-    (intake, loops): (Intake, usize),
+    (intake, concurrency): (Intake, usize),
     runs: Runs,
     host: &str,
     n: usize,
@@ -853,10 +783,8 @@ fn throughput_pass(
     let load = load_runtime();
     let tag = format!("tp-{}", slug(name));
     let (alerts, distinct) = mixed_alerts(n, &tag, host);
-    let release = shared.dir.path().join(format!("release-{}", slug(name)));
     let (rules, max_in_flight) = match runs {
         Runs::Execute => (rules_plain(), MAX_IN_FLIGHT),
-        Runs::Held => (rules_with_hold(&release), 1),
         Runs::RateLimited => (rules_storm(), MAX_IN_FLIGHT),
     };
     let (client, decisions, results, publish) = load.block_on(async {
@@ -872,15 +800,13 @@ fn throughput_pass(
     // The stream holds every alert; the intake starts now and works through it (the clock starts once the bridge
     // is built and its intake task spawned: the consumer is created by the intake, on the clock).
     let rss_start = status_kib("/proc/self/status", "VmRSS:");
-    let hold = (runs == Runs::Held).then_some(release.as_path());
-    let feed = Feed { intake, loops, hold };
+    let feed = Feed { intake, concurrency };
     let running = start_bridge(shared, &server.url(), feed, &rules, max_in_flight, name);
     let mark = CpuMark::now(server.pid());
     let start = Instant::now();
     let timeout = Duration::from_secs(60 + (n / 200) as u64);
     let expected_runs = match runs {
         Runs::Execute => distinct,
-        Runs::Held => 0,
         Runs::RateLimited => STORM_RUNS.min(distinct),
     };
     let (all, _) = load.block_on(async {
@@ -896,10 +822,7 @@ fn throughput_pass(
     if !all {
         eprintln!("warning: {name}: {} of {n} decisions within {timeout:?}", decisions.count());
     }
-    running.stop(runs != Runs::Held);
-    if runs == Runs::Held {
-        release_hold(&release);
-    }
+    running.stop(true);
     drop(client);
     drop(load);
     drop(server);
@@ -969,29 +892,6 @@ fn print_throughput(rows: &[ThroughputRow]) {
             kinds.join(" "),
             if r.lost > 0 { format!(" MISSING={}", r.lost) } else { String::new() }
         );
-    }
-}
-
-/// The bridge's runtime is gone (the queued runs with it, and the hold's runner, killed on drop): lets the
-/// orphaned `bench-hold` plugin end, waits until it has (it removes the file), and removes the run directory its
-/// killed runner left behind.
-fn release_hold(release: &Path) {
-    let _ = std::fs::write(release, b"");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while release.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let started = PathBuf::from(format!("{}.started", release.display()));
-    let run_dir = PathBuf::from(std::fs::read_to_string(started).unwrap_or_default());
-    // Only a RUNE run directory of this very plugin run.
-    let input = std::fs::read_to_string(run_dir.join("input.json")).unwrap_or_default();
-    let named_rune = run_dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rune-"));
-    if !release.exists()
-        && named_rune
-        && input.contains("\"bench-hold\"")
-        && input.contains(&*release.to_string_lossy())
-    {
-        let _ = std::fs::remove_dir_all(&run_dir);
     }
 }
 
@@ -1218,6 +1118,12 @@ fn main() {
     let alerts = env_usize("RUNE_BENCH_ALERTS", 20_000).max(1);
     let run_alerts = env_usize("RUNE_BENCH_RUN_ALERTS", 3_000).max(1);
     let daemon_alerts = env_usize("RUNE_BENCH_DAEMON_ALERTS", 2_000).max(1);
+    let storm_concurrency: Vec<usize> = std::env::var("RUNE_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,128".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .filter(|&c| c > 0)
+        .collect();
     let parts = std::env::var("RUNE_BENCH_PARTS").unwrap_or_else(|_| "latency,ssh,throughput,kv,daemon".into());
     let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let started = Instant::now();
@@ -1230,7 +1136,6 @@ fn main() {
     let dir = tempfile::Builder::new().prefix("rune-bench-bridge-").tempdir().unwrap_or_else(|e| panic!("{e}"));
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(plugins.join("bench-hold.sh"), HOLD_PLUGIN).unwrap_or_else(|e| panic!("{e}"));
     let registry = Arc::new(Registry::load(&[repo().join("plugins"), plugins]));
     if let Some(p) = registry.problems().first() {
         panic!("bench plugins: {p}");
@@ -1282,20 +1187,20 @@ fn main() {
     }
 
     if part("throughput") {
-        let (kv, memory) = ((Intake::JetStreamKv, 1), (Intake::JetStreamMemory, 1));
+        let (kv, memory) = ((Intake::JetStreamKv, CONCURRENCY), (Intake::JetStreamMemory, CONCURRENCY));
         let local = "localhost";
         let mut rows = vec![throughput_pass(&shared, "kv, runs: local noop", kv, Runs::Execute, local, run_alerts)];
         if let Some(fleet) = fleet.as_ref() {
             let host = fleet.hosts()[0].name.clone();
             rows.push(throughput_pass(&shared, "kv, runs: ssh noop", kv, Runs::Execute, &host, run_alerts));
         }
-        rows.push(throughput_pass(&shared, "kv, runs held", kv, Runs::Held, local, alerts));
-        rows.push(throughput_pass(&shared, "memory dedup, runs held", memory, Runs::Held, local, alerts));
-        for loops in [4, 16] {
-            let name = format!("kv, runs held, {loops} loops");
-            rows.push(throughput_pass(&shared, &name, (Intake::JetStreamKv, loops), Runs::Held, local, alerts));
-        }
         rows.push(throughput_pass(&shared, "kv, storm: rate_limited", kv, Runs::RateLimited, local, alerts));
+        for concurrency in storm_concurrency.iter().copied().filter(|&c| c != CONCURRENCY) {
+            let name = format!("kv, storm, concurrency {concurrency}");
+            let feed = (Intake::JetStreamKv, concurrency);
+            rows.push(throughput_pass(&shared, &name, feed, Runs::RateLimited, local, alerts));
+        }
+        rows.push(throughput_pass(&shared, "memory dedup, storm", memory, Runs::RateLimited, local, alerts));
         print_throughput(&rows);
     }
 
