@@ -7,7 +7,7 @@
 //! - `RUNE_BENCH_ALERTS=20000`: alerts of the decision-pipeline passes (30 % repeats of earlier alerts);
 //! - `RUNE_BENCH_RUN_ALERTS=3000`: alerts of the passes in which every admitted alert runs `noop`;
 //! - `RUNE_BENCH_DAEMON_ALERTS=2000`: alerts sent to the real `rune serve` between its two memory readings;
-//! - `RUNE_BENCH_CONCURRENCY=1,128`: consumer concurrencies of the extra storm passes (besides the default 32);
+//! - `RUNE_BENCH_CONCURRENCY=1,32`: consumer concurrencies of the extra storm passes (besides the default 256);
 //! - `RUNE_BENCH_PARTS=latency,ssh,throughput,kv,daemon`: which parts run (`ssh` starts one loopback sshd, root
 //!   only, and adds the SSH passes).
 //!
@@ -18,7 +18,7 @@
 //! 2. throughput through JetStream: the alerts stream is loaded, then the intake starts; decisions/s and runs/s,
 //!    with every admitted alert running `noop` (a message is acked once its run has *started*, so the runs are
 //!    the ceiling), and with the rule's rate limit suppressing the runs (an alert storm: the decision pipeline
-//!    alone, with its dedup claims and their rollbacks), at the consumer's default concurrency (32 lanes) and at
+//!    alone, with its dedup claims and their rollbacks), at the consumer's default concurrency (256 lanes) and at
 //!    others (`RUNE_BENCH_CONCURRENCY`; 1 = one message at a time);
 //! 3. `KvDedup` round trips alone (sequential, and with claims in flight);
 //! 4. memory: this process idle, and `rune serve` (the release binary) idle and after a load.
@@ -250,7 +250,7 @@ enum Intake {
 }
 
 /// `nats.jetstream.consumer.concurrency`'s default.
-const CONCURRENCY: usize = 32;
+const CONCURRENCY: usize = 256;
 
 fn js_intake() -> JetStreamIntake {
     // `rune serve`'s defaults (config::model).
@@ -264,7 +264,7 @@ fn js_intake() -> JetStreamIntake {
         ack_wait: Duration::from_secs(30),
         backoff: Vec::new(),
         dead_letter_subject: "rune.dead_letter".into(),
-        concurrency: 32,
+        concurrency: CONCURRENCY,
     }
 }
 
@@ -300,7 +300,7 @@ impl Running {
 #[derive(Clone, Copy)]
 struct Feed {
     intake: Intake,
-    /// Messages the JetStream intake decides at once (`nats.jetstream.consumer.concurrency`, 32 by default).
+    /// Messages the JetStream intake decides at once (`nats.jetstream.consumer.concurrency`, 256 by default).
     concurrency: usize,
 }
 
@@ -1119,7 +1119,7 @@ fn main() {
     let run_alerts = env_usize("RUNE_BENCH_RUN_ALERTS", 3_000).max(1);
     let daemon_alerts = env_usize("RUNE_BENCH_DAEMON_ALERTS", 2_000).max(1);
     let storm_concurrency: Vec<usize> = std::env::var("RUNE_BENCH_CONCURRENCY")
-        .unwrap_or_else(|_| "1,128".into())
+        .unwrap_or_else(|_| "1,32".into())
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .filter(|&c| c > 0)

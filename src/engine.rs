@@ -1,8 +1,9 @@
 //! The decision stage: an event goes through the rules (matching) and the gates, and comes out as decisions —
 //! an admitted run (holding its host lease) or a suppression with its reason. Nothing is dropped silently.
 //!
-//! Gate order for one (rule, host): target → arguments → safety class → circuit breaker → dedup (read) →
-//! host lock → blast radius → dedup claim → rate limits (rule×host, host, rule, global). The reversible gates
+//! Gate order for one (rule, host): target → arguments → safety class → circuit breaker → dedup (read;
+//! remediations only: a diagnostic's claim answers alone) → host lock → blast radius → dedup claim → rate limits
+//! (rule×host, host, rule, global). The reversible gates
 //! come first and are rolled back when a later one says no, so a suppressed decision leaves no trace in the
 //! dedup store, the blast-radius window or the host locks; rate-limit tokens cannot be given back, so they are
 //! taken last. `once_after` claims the dedup key at once and parks the match (bounded in number); the gates from
@@ -830,7 +831,10 @@ impl<D: DedupStore> Engine<D> {
             }
         };
         trace.set(Gate::Breaker, Step::Passed);
-        if let Some(key) = key {
+        // The early read keeps a duplicate from taking a host lock and a blast-radius slot; a diagnostic takes
+        // neither, so its claim alone answers (one round trip less per new alert with a shared store).
+        let remediation = rule.plugin.class == SafetyClass::Remediation;
+        if let Some(key) = key.filter(|_| remediation) {
             match self.dedup.is_held_for(key, owner, now).await {
                 Ok(false) => {}
                 Ok(true) => {
@@ -846,7 +850,7 @@ impl<D: DedupStore> Engine<D> {
                     return Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string());
                 }
             }
-        } else {
+        } else if key.is_none() {
             trace.set(Gate::Dedup, Step::Skipped);
         }
         let (lease, ticket) = match self.lock_and_blast(rule, gates, host, trace, now).await {
@@ -873,6 +877,13 @@ impl<D: DedupStore> Engine<D> {
                     trace.set(Gate::Dedup, Step::Suppressed);
                     return match other {
                         Err(e) => Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string()),
+                        _ if !remediation => Verdict::suppressed(
+                            SuppressReason::Duplicate,
+                            format!(
+                                "key `{key}` acted within the last {}",
+                                humantime::format_duration(rule.dedup.window)
+                            ),
+                        ),
                         _ => Verdict::suppressed(
                             SuppressReason::Duplicate,
                             format!("key `{key}` was claimed concurrently"),

@@ -236,7 +236,7 @@ impl Default for ConsumerConfig {
 }
 
 pub fn default_consumer_concurrency() -> u64 {
-    32
+    256
 }
 
 pub fn default_consumer_name() -> String {
