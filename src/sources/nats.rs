@@ -202,19 +202,9 @@ pub async fn run_jetstream<D: DedupStore>(
         .map_err(|e| format!("consumer {} messages: {e}", settings.durable))?;
     let settings = Arc::new(settings);
     let lanes = settings.concurrency.max(1);
-    let mut senders = Vec::with_capacity(lanes);
+    // A lane's task starts with its first message, so an idle daemon pays nothing for many lanes.
+    let mut senders: Vec<Option<tokio::sync::mpsc::Sender<Job>>> = (0..lanes).map(|_| None).collect();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..lanes {
-        // One message waiting per lane besides the one being decided: the pull stops when the lanes are busy.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(1);
-        senders.push(tx);
-        let (client, settings, bridge, shutdown) = (client.clone(), settings.clone(), bridge.clone(), shutdown.clone());
-        workers.spawn(async move {
-            while let Some(job) = rx.recv().await {
-                handle(job, &client, &settings, &bridge, &shutdown).await;
-            }
-        });
-    }
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -237,7 +227,20 @@ pub async fn run_jetstream<D: DedupStore>(
             Err(_) => 0,
         };
         let job = Job { message, subject, deliveries: info.map(|i| i.0), sequence: info.map(|i| i.1), parsed };
-        let send = senders[lane].send(job);
+        let Some(slot) = senders.get_mut(lane) else { break };
+        let sender = slot.get_or_insert_with(|| {
+            // One message waiting per lane besides the one being decided: the pull stops when the lanes are busy.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(1);
+            let (client, settings, bridge, shutdown) =
+                (client.clone(), settings.clone(), bridge.clone(), shutdown.clone());
+            workers.spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    handle(job, &client, &settings, &bridge, &shutdown).await;
+                }
+            });
+            tx
+        });
+        let send = sender.send(job);
         tokio::select! {
             sent = send => if let Err(unsent) = sent {
                 // The lane ended (it never does before its sender is dropped): give the message back.
