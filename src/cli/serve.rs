@@ -195,21 +195,6 @@ fn metrics_connected(client: &async_nats::Client, name: &str) {
     tracing::info!(server = %client.server_info().server_name, client = name, "NATS ready");
 }
 
-/// Webhook sink: events decided in this process.
-struct InProcess<D: DedupStore>(Bridge<D>);
-
-impl<D: DedupStore> EventSink for InProcess<D> {
-    async fn submit(
-        &self,
-        _format: Source,
-        _body: Bytes,
-        events: Vec<Event>,
-        _correlation_id: Option<String>,
-    ) -> Result<(), SinkError> {
-        self.0.accept(events).await.map(drop).map_err(|e| SinkError::Unavailable(e.to_string()))
-    }
-}
-
 /// Webhook sink: the raw payload goes into the NATS alerts subjects (any instance may decide it).
 struct ToNats {
     client: async_nats::Client,
@@ -385,7 +370,7 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
             let prefix = publish_prefix(&n.subjects.alerts)?;
             webhook::router(webhook_config, Arc::new(ToNats { client: client.clone(), prefix }))
         }
-        _ => webhook::router(webhook_config, Arc::new(InProcess(bridge.clone()))),
+        _ => webhook::router(webhook_config, Arc::new(webhook::BridgeSink(bridge.clone()))),
     };
     let ready = Arc::new(AtomicBool::new(true));
     let app: Router = hooks.merge(ops_routes(&bridge, settings.metrics.enabled, nats.clone(), ready.clone()));

@@ -42,7 +42,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::bridge::Bridge;
 use crate::event::{AdapterError, Event, Intake, Limits, Source, is_correlation_id};
+use crate::gate::dedup::DedupStore;
 use crate::sources::{parse_with_meta, quote};
 
 /// The header a sender may name the correlation id of its payload in; it wins over any id in the payload.
@@ -83,6 +85,22 @@ pub trait EventSink: Send + Sync + 'static {
         events: Vec<Event>,
         correlation_id: Option<String>,
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// The in-process sink: the events go straight to the bridge, and the sender is told 202 once every decision is
+/// recorded (`rune serve` without `webhook.publish_to_nats`).
+pub struct BridgeSink<D: DedupStore>(pub Bridge<D>);
+
+impl<D: DedupStore> EventSink for BridgeSink<D> {
+    async fn submit(
+        &self,
+        _format: Source,
+        _body: Bytes,
+        events: Vec<Event>,
+        _correlation_id: Option<String>,
+    ) -> Result<(), SinkError> {
+        self.0.accept(events).await.map(drop).map_err(|e| SinkError::Unavailable(e.to_string()))
+    }
 }
 
 /// Why a sink did not take a payload. The message goes back to the sender in the 503 body, so it must not carry

@@ -20,14 +20,14 @@ use futures::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use rune::bridge::{Bridge, BridgeOptions};
 use rune::engine::Engine;
-use rune::event::{Event, Limits, Source};
+use rune::event::Limits;
 use rune::inventory::Inventory;
 use rune::metrics::Metrics;
 use rune::orchestrator::Orchestrator;
 use rune::plugins::Registry;
 use rune::results::nats::{CORRELATION_HEADER, NatsPublisher, encode_token};
 use rune::sources::nats::{JetStreamIntake, run_jetstream};
-use rune::sources::webhook::{self, EndpointAuth, EventSink, HookAuth, Secret, SinkError, WebhookConfig};
+use rune::sources::webhook::{self, BridgeSink, EndpointAuth, HookAuth, Secret, WebhookConfig};
 use rune::transport::ssh::SshTransport;
 use serde_json::Value;
 use sha2::Sha256;
@@ -327,22 +327,6 @@ async fn an_alert_on_the_jetstream_alerts_subject_runs_its_plugin_on_the_sshd_ho
 
 // ---- webhooks (in-process) -----------------------------------------------------------------------------------
 
-/// The daemon's in-process webhook sink (`InProcess` in src/cli/serve.rs, private there): the events go straight
-/// to the bridge, and the sender is told 202 once every decision is recorded.
-struct ToBridge(Bridge);
-
-impl EventSink for ToBridge {
-    async fn submit(
-        &self,
-        _format: Source,
-        _body: Bytes,
-        events: Vec<Event>,
-        _correlation_id: Option<String>,
-    ) -> Result<(), SinkError> {
-        self.0.accept(events).await.map(drop).map_err(|e| SinkError::Unavailable(e.to_string()))
-    }
-}
-
 const TOKEN: &str = "hook-token-3f9c2a";
 const HMAC_KEY: &str = "grafana-signing-key-81d0";
 /// Grafana's default signature header.
@@ -357,7 +341,7 @@ async fn serve_hooks(
     let listener =
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("local address: {e}"));
-    let router = webhook::router(WebhookConfig::new(auth), Arc::new(ToBridge(bridge.clone())));
+    let router = webhook::router(WebhookConfig::new(auth), Arc::new(BridgeSink(bridge.clone())));
     let stop = stop.clone();
     let task = tokio::spawn(webhook::serve(listener, router, Duration::from_secs(10), async move {
         stop.cancelled().await;

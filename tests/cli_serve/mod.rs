@@ -231,6 +231,25 @@ async fn with_nats_and_jetstream_an_alert_published_on_nats_runs_and_its_result_
     assert_eq!(code, Some(0));
 }
 
+/// Publishes `distinct` one-alert Alertmanager payloads (`alertname: Burst`, label `n`) three times over into the
+/// alerts stream, each publish acknowledged by JetStream.
+async fn publish_burst(js: &async_nats::jetstream::Context, distinct: usize) {
+    for copy in 0..3 {
+        for n in 0..distinct {
+            let body = serde_json::json!({
+                "version": "4", "groupKey": "g", "status": "firing", "receiver": "rune",
+                "alerts": [{"status": "firing", "labels": {"alertname": "Burst", "n": n.to_string()},
+                            "fingerprint": format!("burst-{n}")}]
+            });
+            let ack = js
+                .publish("rune.alerts.alertmanager", body.to_string().into())
+                .await
+                .unwrap_or_else(|e| panic!("publish {n}/{copy}: {e}"));
+            ack.await.unwrap_or_else(|e| panic!("ack {n}/{copy}: {e}"));
+        }
+    }
+}
+
 /// Cluster mode: three `rune serve` instances on one JetStream, a burst of alerts each sent three times: every
 /// distinct alert runs exactly once (cluster-wide dedup on JetStream KV), none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,20 +285,7 @@ async fn three_instances_run_each_distinct_alert_of_a_burst_exactly_once() {
     client.flush().await.ok();
     let js = async_nats::jetstream::new(client.clone());
     const DISTINCT: usize = 30;
-    for copy in 0..3 {
-        for n in 0..DISTINCT {
-            let body = serde_json::json!({
-                "version": "4", "groupKey": "g", "status": "firing", "receiver": "rune",
-                "alerts": [{"status": "firing", "labels": {"alertname": "Burst", "n": n.to_string()},
-                            "fingerprint": format!("burst-{n}")}]
-            });
-            let ack = js
-                .publish("rune.alerts.alertmanager", body.to_string().into())
-                .await
-                .unwrap_or_else(|e| panic!("publish {n}/{copy}: {e}"));
-            ack.await.unwrap_or_else(|e| panic!("ack {n}/{copy}: {e}"));
-        }
-    }
+    publish_burst(&js, DISTINCT).await;
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
     while seen.len() < DISTINCT {
         let msg = tokio::time::timeout(Duration::from_secs(60), results.next())
@@ -343,20 +349,7 @@ async fn killing_one_of_three_instances_mid_burst_loses_no_alert_and_runs_none_t
     let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
     let js = async_nats::jetstream::new(client.clone());
     const DISTINCT: usize = 40;
-    for copy in 0..3 {
-        for n in 0..DISTINCT {
-            let body = serde_json::json!({
-                "version": "4", "groupKey": "g", "status": "firing", "receiver": "rune",
-                "alerts": [{"status": "firing", "labels": {"alertname": "Burst", "n": n.to_string()},
-                            "fingerprint": format!("burst-{n}")}]
-            });
-            let ack = js
-                .publish("rune.alerts.alertmanager", body.to_string().into())
-                .await
-                .unwrap_or_else(|e| panic!("publish {n}/{copy}: {e}"));
-            ack.await.unwrap_or_else(|e| panic!("ack {n}/{copy}: {e}"));
-        }
-    }
+    publish_burst(&js, DISTINCT).await;
     let read_ledger = || -> std::collections::BTreeMap<String, usize> {
         let mut runs = std::collections::BTreeMap::new();
         for line in std::fs::read_to_string(&ledger).unwrap_or_default().lines() {
