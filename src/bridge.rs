@@ -84,6 +84,8 @@ enum Start {
     Recorded,
     /// Did not start and nothing says so: the carrying message must be redelivered.
     NotStarted(String),
+    /// Gave up waiting for a run slot at shutdown: the message goes back at once for another instance.
+    GaveUp,
 }
 
 impl<D: DedupStore> Bridge<D> {
@@ -170,6 +172,10 @@ impl<D: DedupStore> Bridge<D> {
                 Ok(Start::NotStarted(why)) => {
                     first_error.get_or_insert(AcceptError::NotStarted(why));
                 }
+                Ok(Start::GaveUp) => {
+                    // Shutdown wins over any other error: the message is given back, never dead-lettered.
+                    first_error = Some(AcceptError::ShuttingDown);
+                }
                 Err(_) => {
                     first_error.get_or_insert(AcceptError::NotStarted("the run task ended before it started".into()));
                 }
@@ -231,6 +237,8 @@ impl<D: DedupStore> Bridge<D> {
                 let _ = started.send(Start::Recorded);
                 return;
             };
+            // The admitted record, for the records of a run that then does not start.
+            let admitted = d.to_json();
             let Verdict::Admitted(admission) = std::mem::replace(&mut d.verdict, Verdict::Cleared { cancelled_pending: false })
             else {
                 let _ = started.send(Start::Recorded);
@@ -242,8 +250,8 @@ impl<D: DedupStore> Bridge<D> {
                 _ = bridge.inner.shutdown.cancelled(), if redeliverable => None,
             };
             let Some(_slot) = slot else {
-                engine.release_claim(&admission).await;
-                let _ = started.send(Start::NotStarted("shutting down before a run slot was free".into()));
+                engine.abandon(admission).await;
+                let _ = started.send(Start::GaveUp);
                 return;
             };
             let plan = match bridge.inner.orchestrator.plan(&request) {
@@ -251,35 +259,44 @@ impl<D: DedupStore> Bridge<D> {
                 Err(refused) => {
                     // The engine checked target and arguments already; this is the orchestrator's second look.
                     tracing::error!(rule = %d.rule, correlation_id = %d.event.correlation_id, error = %refused, "admitted run refused by the orchestrator");
-                    let mut record = d.to_json();
-                    record["decision"] = json!("refused");
-                    record["detail"] = json!(refused.to_string());
-                    let _ = bridge.inner.publish.decision(&d.rule, &record).await;
-                    engine.release_claim(&admission).await;
+                    bridge.not_started(&d.rule, admitted, "refused", None, refused.to_string()).await;
+                    engine.abandon(admission).await;
                     let _ = started.send(Start::Recorded);
                     return;
                 }
             };
-            match engine.commit(&admission).await {
+            // A cluster lease taken over by a redelivery of the same message: that delivery acts now.
+            let lease_lost = admission.lease_lost().is_some_and(|t| t.is_cancelled());
+            let committed = match lease_lost {
+                true => Ok(false),
+                false => engine.commit(&admission).await,
+            };
+            match committed {
                 Ok(true) => {}
                 Ok(false) => {
                     let reason = SuppressReason::ClaimLost;
-                    tracing::warn!(rule = %d.rule, correlation_id = %d.event.correlation_id, reason = %reason, "admitted run not started: its dedup claim was taken over or cleared");
-                    bridge.inner.metrics.decision(&d.rule, "suppressed", Some(reason.as_str()));
-                    let mut record = d.to_json();
-                    record["decision"] = json!("suppressed");
-                    record["reason"] = json!(reason.as_str());
-                    record["detail"] = json!(
-                        "before the run started its pending dedup claim was taken over by a redelivery of the alert's message or cleared by a resolved alert"
-                    );
-                    let _ = bridge.inner.publish.decision(&d.rule, &record).await;
+                    tracing::warn!(rule = %d.rule, correlation_id = %d.event.correlation_id, reason = %reason, "admitted run not started: its dedup claim or host lease was taken over, cleared or expired");
+                    let detail = "before the run started its pending dedup claim or host lease was taken over by a redelivery of the alert's message (deciding elsewhere), cleared by a resolved alert, or expired while the run waited for a slot";
+                    bridge.not_started(&d.rule, admitted, "suppressed", Some(reason), detail.into()).await;
+                    engine.abandon(admission).await;
                     let _ = started.send(Start::Recorded);
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(rule = %d.rule, correlation_id = %d.event.correlation_id, error = %e, "admitted run not started: its dedup claim could not be committed");
-                    engine.release_claim(&admission).await;
-                    let _ = started.send(Start::NotStarted(format!("dedup claim not committed: {e}")));
+                    engine.abandon(admission).await;
+                    let outcome = match redeliverable {
+                        // The message is redelivered and decided again; nothing to record.
+                        true => Start::NotStarted(format!("dedup claim not committed: {e}")),
+                        // Nothing will come again: say so.
+                        false => {
+                            let reason = SuppressReason::DedupUnavailable;
+                            let detail = format!("admitted, but the dedup claim could not be committed: {e}");
+                            bridge.not_started(&d.rule, admitted, "suppressed", Some(reason), detail).await;
+                            Start::Recorded
+                        }
+                    };
+                    let _ = started.send(outcome);
                     return;
                 }
             }
@@ -341,6 +358,26 @@ impl<D: DedupStore> Bridge<D> {
             admission.finish(success);
         });
         receiver
+    }
+
+    /// Publishes the record of an admitted run that did not start (`refused`, or `suppressed` with a reason).
+    async fn not_started(
+        &self,
+        rule: &str,
+        mut record: serde_json::Value,
+        decision: &str,
+        reason: Option<SuppressReason>,
+        detail: String,
+    ) {
+        if let Some(reason) = reason {
+            self.inner.metrics.decision(rule, decision, Some(reason.as_str()));
+            record["reason"] = json!(reason.as_str());
+        }
+        record["decision"] = json!(decision);
+        record["detail"] = json!(detail);
+        if self.inner.publish.decision(rule, &record).await.is_err() {
+            self.inner.metrics.publish_error();
+        }
     }
 
     /// Starts the timer that runs parked `once_after` matches when their windows close.

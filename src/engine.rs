@@ -201,13 +201,19 @@ impl Lease {
 
 impl HostLockBackend {
     /// Ok(lease), or Err((reason, detail)): busy, or the lock store could not answer (fail closed).
-    async fn try_acquire(&self, host: &str, holder: String, now: Instant) -> Result<Lease, (SuppressReason, String)> {
+    async fn try_acquire(
+        &self,
+        host: &str,
+        holder: String,
+        owner: Option<&str>,
+        now: Instant,
+    ) -> Result<Lease, (SuppressReason, String)> {
         match self {
             HostLockBackend::Local(locks) => locks
                 .try_acquire(host, holder, now)
                 .map(Lease::Local)
                 .map_err(|busy| (SuppressReason::HostBusy, busy.to_string())),
-            HostLockBackend::Cluster(locks) => match locks.try_acquire(host, &holder).await {
+            HostLockBackend::Cluster(locks) => match locks.try_acquire_as(host, &holder, owner).await {
                 Ok(lease) => Ok(Lease::Cluster(Box::new(lease))),
                 Err(e @ KvError::Busy { .. }) => Err((SuppressReason::HostBusy, e.to_string())),
                 Err(e) => Err((SuppressReason::HostBusy, format!("host lock store unavailable (fail closed): {e}"))),
@@ -221,14 +227,23 @@ impl HostLockBackend {
 pub struct Admission {
     lease: Option<Lease>,
     permit: Option<(BreakerPermit, Arc<RuleGates>)>,
+    /// What a run that does not start gives back ([`Engine::abandon`]); boxed, it is rarely used.
+    undo: Box<Undo>,
+}
+
+/// The reversible steps of an admission.
+#[derive(Debug, Default)]
+struct Undo {
     /// The pending dedup claim, committed by [`Engine::commit`] just before the run starts.
-    claim: Option<Box<ClaimRef>>,
+    claim: Option<ClaimRef>,
+    /// The blast-radius slot this run counts in.
+    ticket: Option<BlastTicket>,
 }
 
 impl Admission {
     /// The pending dedup claim of this run, if the rule dedups.
     pub fn claim(&self) -> Option<&ClaimRef> {
-        self.claim.as_deref()
+        self.undo.claim.as_ref()
     }
 
     /// Cancelled if the cluster lease on the host is lost while the run goes on.
@@ -853,7 +868,9 @@ impl<D: DedupStore> Engine<D> {
         } else if key.is_none() {
             trace.set(Gate::Dedup, Step::Skipped);
         }
-        let (lease, ticket) = match self.lock_and_blast(rule, gates, host, trace, now).await {
+        // The lease is taken over by the same owner only where a dedup claim guards the start (its commit fails for
+        // the holder that was taken over); without dedup a stalled holder could otherwise still start.
+        let (lease, ticket) = match self.lock_and_blast(rule, gates, host, key.and(owner), trace, now).await {
             Ok(x) => x,
             Err(v) => return v,
         };
@@ -870,7 +887,7 @@ impl<D: DedupStore> Engine<D> {
             match self.dedup.claim_as(key, rule.dedup.window, owner, now).await {
                 Ok(Some(c)) => {
                     trace.set(Gate::Dedup, Step::Passed);
-                    claim = Some(Box::new(c));
+                    claim = Some(c);
                 }
                 other => {
                     rollback_blast(ticket);
@@ -901,7 +918,11 @@ impl<D: DedupStore> Engine<D> {
             return Verdict::suppressed(SuppressReason::RateLimited, detail);
         }
         trace.set(Gate::RateLimit, Step::Passed);
-        Verdict::Admitted(Admission { lease, permit: Some((permit, gates.clone())), claim })
+        Verdict::Admitted(Admission {
+            lease,
+            permit: Some((permit, gates.clone())),
+            undo: Box::new(Undo { claim, ticket }),
+        })
     }
 
     /// Host lock, then blast radius (remediations only). The lock first: with it held, no two tickets for one
@@ -911,6 +932,7 @@ impl<D: DedupStore> Engine<D> {
         rule: &Rule,
         gates: &RuleGates,
         host: &str,
+        owner: Option<&str>,
         trace: &mut Trace,
         now: Instant,
     ) -> Result<(Option<Lease>, Option<BlastTicket>), Verdict> {
@@ -919,7 +941,7 @@ impl<D: DedupStore> Engine<D> {
             trace.set(Gate::BlastRadius, Step::Skipped);
             return Ok((None, None));
         }
-        let lease = match self.locks.try_acquire(host, format!("rule {}", rule.name), now).await {
+        let lease = match self.locks.try_acquire(host, format!("rule {}", rule.name), owner, now).await {
             Ok(l) => l,
             Err((reason, detail)) => {
                 trace.set(Gate::HostLock, Step::Suppressed);
@@ -1072,19 +1094,26 @@ impl<D: DedupStore> Engine<D> {
     /// gone (its message was redelivered and the redelivery took it over, or a resolved alert cleared it) and the
     /// run must not start. Ok(true) when the rule does not dedup.
     pub async fn commit(&self, admission: &Admission) -> Result<bool, DedupError> {
-        match &admission.claim {
+        match &admission.undo.claim {
             Some(claim) => self.dedup.commit(claim, Instant::now()).await,
             None => Ok(true),
         }
     }
 
-    /// Rolls back an admitted run's pending claim when the run will not start (a later claim of the key stays).
-    pub async fn release_claim(&self, admission: &Admission) {
-        if let Some(claim) = &admission.claim
+    /// Gives back what an admitted run took when it will not start: its pending claim (a later claim of the key
+    /// stays), its blast-radius slot, its host lease and its breaker permit.
+    pub async fn abandon(&self, admission: Admission) {
+        let Admission { lease, permit, undo } = admission;
+        let Undo { claim, ticket } = *undo;
+        if let Some(claim) = &claim
             && let Err(e) = self.dedup.release_claim(claim).await
         {
             tracing::warn!(key = %claim.key, error = %e, "pending dedup claim not rolled back; it expires with its window");
         }
+        if let (Some(ticket), Some(blast)) = (ticket, permit.as_ref().and_then(|(_, gates)| gates.blast.as_ref())) {
+            ticket.rollback(blast);
+        }
+        drop(lease);
     }
 
     /// When the earliest parked `once_after` run is due.
@@ -1225,7 +1254,8 @@ impl<D: DedupStore> Engine<D> {
             }
         }
         let lease = if plugin.class == SafetyClass::Remediation {
-            match self.locks.try_acquire(&req.target, format!("chatops {}", req.requester), Instant::now()).await {
+            match self.locks.try_acquire(&req.target, format!("chatops {}", req.requester), None, Instant::now()).await
+            {
                 Ok(l) => {
                     d.trace.set(Gate::HostLock, Step::Passed);
                     Some(l)
@@ -1246,7 +1276,7 @@ impl<D: DedupStore> Engine<D> {
             return d;
         }
         d.trace.set(Gate::RateLimit, Step::Passed);
-        d.verdict = Verdict::Admitted(Admission { lease, permit: None, claim: None });
+        d.verdict = Verdict::Admitted(Admission { lease, permit: None, undo: Box::default() });
         d
     }
 }

@@ -58,6 +58,8 @@ pub struct ClaimRef {
     pub window: Duration,
     /// The store's version of the key this claim wrote; 0 for a zero window (nothing held).
     pub revision: u64,
+    /// Whose pending claim it is (None: committed when made).
+    pub owner: Option<String>,
 }
 
 /// Where dedup keys are held: in-process ([`MemoryDedup`]) or cluster-wide on NATS JetStream KV
@@ -213,7 +215,7 @@ impl MemoryDedup {
             held.sweep(now);
         }
         let revision = held.revision + 1;
-        let claimed = ClaimRef { key: key.to_owned(), window, revision };
+        let claimed = ClaimRef { key: key.to_owned(), window, revision, owner: owner.map(str::to_owned) };
         let claim = Claim { at: now, window, owner: owner.map(Box::from), revision };
         match held.claims.get_mut(key) {
             // A pending claim of the same owner is taken over (its redelivery).

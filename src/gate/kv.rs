@@ -286,24 +286,32 @@ enum Write {
     Raced,
 }
 
-/// A dedup entry's value: the key itself (the KV name is shortened) and, while the claim is pending, its owner.
-/// An entry that is not this JSON (written by an older RUNE: the bare key) counts as committed.
+/// A dedup entry's value: the key itself (the KV name is shortened), the claim's owner, and whether the claim is
+/// committed. Owned strings: a key or owner with `"` or `\` is escaped in the JSON and cannot be borrowed. An entry
+/// that is not this JSON (written by an older RUNE: the bare key) counts as committed.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Stored<'a> {
-    key: &'a str,
+struct Stored {
+    key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    owner: Option<&'a str>,
+    owner: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    committed: bool,
 }
 
-impl Stored<'_> {
-    fn to_vec(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+impl Stored {
+    fn value(key: &str, owner: Option<&str>, committed: bool) -> Vec<u8> {
+        let stored = Stored { key: key.to_owned(), owner: owner.map(str::to_owned), committed };
+        serde_json::to_vec(&stored).unwrap_or_default()
+    }
+
+    fn read(value: &[u8]) -> Option<Stored> {
+        serde_json::from_slice(value).ok()
     }
 }
 
-/// The owner of a live entry's pending claim (None: committed, or not RUNE's JSON).
-fn pending_owner(value: &[u8]) -> Option<&str> {
-    serde_json::from_slice::<Stored<'_>>(value).ok().and_then(|s| s.owner)
+/// The owner of a live entry's *pending* claim (None: committed, unowned, or not RUNE's JSON).
+fn pending_owner(value: &[u8]) -> Option<String> {
+    Stored::read(value).filter(|s| !s.committed).and_then(|s| s.owner)
 }
 
 impl KvDedup {
@@ -380,14 +388,14 @@ impl KvDedup {
     }
 
     async fn claim_for(&self, key: &str, window: Duration, owner: Option<&str>) -> Result<Option<ClaimRef>, KvError> {
-        let claimed = |revision| ClaimRef { key: key.to_owned(), window, revision };
+        let claimed = |revision| ClaimRef { key: key.to_owned(), window, revision, owner: owner.map(str::to_owned) };
         // A zero window holds nothing (as in `MemoryDedup`).
         if window.is_zero() {
             return Ok(Some(claimed(0)));
         }
         let name = kv_key_name(key);
         let ttl = ttl_seconds(window).to_string();
-        let value = Stored { key, owner }.to_vec();
+        let value = Stored::value(key, owner, owner.is_none());
         let mut expected = 0;
         for _ in 0..CLAIM_ATTEMPTS {
             let mut headers = HeaderMap::new();
@@ -398,7 +406,7 @@ impl KvDedup {
             match self.entry(&name).await? {
                 // The owner's own pending claim (its message was redelivered): take it over.
                 Some(entry) if entry.operation == kv::Operation::Put => match owner {
-                    Some(owner) if pending_owner(&entry.value) == Some(owner) => expected = entry.revision,
+                    Some(owner) if pending_owner(&entry.value).as_deref() == Some(owner) => expected = entry.revision,
                     _ => return Ok(None),
                 },
                 // A tombstone (released or expired): claim against its sequence.
@@ -410,16 +418,30 @@ impl KvDedup {
         Err(KvError::Unavailable(format!("claim of {key:?} kept racing with other writers")))
     }
 
-    /// Rewrites the claim without its owner, if it is still the one `claim` wrote; the TTL starts again.
+    /// Rewrites the claim as committed, if it is still the one `claim` wrote; the TTL starts again. When the
+    /// write's answer is lost (timeout, reconnection), the entry is read back: a committed entry of this owner,
+    /// written after the claim, is this commit.
     async fn commit_claim(&self, claim: &ClaimRef) -> Result<bool, KvError> {
         if claim.revision == 0 {
             return Ok(true);
         }
+        let name = kv_key_name(&claim.key);
+        let owner = claim.owner.as_deref();
         let mut headers = HeaderMap::new();
         headers.insert(header::NATS_MESSAGE_TTL, ttl_seconds(claim.window).to_string().as_str());
-        let value = Stored { key: &claim.key, owner: None }.to_vec();
-        let write = self.write_if(&kv_key_name(&claim.key), claim.revision, headers, value).await?;
-        Ok(matches!(write, Write::Stored(_)))
+        let value = Stored::value(&claim.key, owner, true);
+        match self.write_if(&name, claim.revision, headers, value).await {
+            Ok(write) => Ok(matches!(write, Write::Stored(_))),
+            Err(error) => match self.entry(&name).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put && e.revision > claim.revision => {
+                    // Only an owned claim can recognise its own commit.
+                    let ours = owner.is_some()
+                        && Stored::read(&e.value).is_some_and(|s| s.committed && s.owner.as_deref() == owner);
+                    Ok(ours)
+                }
+                _ => Err(error),
+            },
+        }
     }
 
     /// Purges the key if its last write is `revision`.
@@ -451,7 +473,8 @@ impl DedupStore for KvDedup {
     async fn is_held_for(&self, key: &str, owner: Option<&str>, _now: Instant) -> Result<bool, DedupError> {
         let entry = self.entry(&kv_key_name(key)).await?;
         Ok(entry.is_some_and(|entry| {
-            entry.operation == kv::Operation::Put && (owner.is_none() || pending_owner(&entry.value) != owner)
+            entry.operation == kv::Operation::Put
+                && (owner.is_none() || pending_owner(&entry.value).as_deref() != owner)
         }))
     }
 
@@ -493,6 +516,9 @@ impl DedupStore for KvDedup {
 struct LockRecord {
     host: String,
     holder: String,
+    /// The decision's owner (the message that carried the alert, see [`crate::gate::dedup`]), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 /// One held host lock, as [`KvLocks::held`] lists it.
@@ -576,19 +602,40 @@ impl KvLocks {
     /// `<instance> <holder>`). Not reentrant: a second acquisition, even by the same holder, is [`KvError::Busy`].
     /// The lease is renewed in the background until it is released or dropped; watch [`KvLease::lost`].
     pub async fn try_acquire(&self, host: &str, holder: &str) -> Result<KvLease, KvError> {
+        self.try_acquire_as(host, holder, None).await
+    }
+
+    /// [`KvLocks::try_acquire`] in the name of `owner` (the message that carried the alert): a lease held in the
+    /// same owner's name — its earlier delivery, decided by an instance that died or stalled before the run
+    /// started — is taken over (a conditional update, so the earlier holder's renewal fails and its lease is
+    /// lost) instead of answering busy.
+    pub async fn try_acquire_as(&self, host: &str, holder: &str, owner: Option<&str>) -> Result<KvLease, KvError> {
         let name = kv_key_name(host);
         let holder = format!("{} {holder}", self.instance);
-        let record = LockRecord { host: host.to_owned(), holder: holder.clone() };
+        let record = LockRecord { host: host.to_owned(), holder: holder.clone(), owner: owner.map(str::to_owned) };
         let value = serde_json::to_vec(&record).map_err(|e| KvError::Unavailable(format!("encode lock: {e}")))?;
         let timeout = self.settings.request_timeout;
         let sent = Instant::now();
         match with_timeout(timeout, self.store.create(&name, value.clone().into())).await? {
             Ok(revision) => Ok(KvLease::start(self, host, holder, name, value, revision, sent)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let holder_of_lock = match self.record(&name).await {
-                    Ok(Some(record)) => record.holder,
-                    Ok(None) => "someone who just released it".into(),
-                    Err(e) => format!("someone (cannot read the holder: {e})"),
+                let entry = with_timeout(timeout, self.store.entry(&name))
+                    .await?
+                    .map_err(|e| KvError::Unavailable(format!("read lock {name}: {e}")))?
+                    .filter(|entry| entry.operation == kv::Operation::Put);
+                let current = entry.as_ref().and_then(|e| serde_json::from_slice::<LockRecord>(&e.value).ok());
+                if let (Some(entry), Some(current), Some(owner)) = (&entry, &current, owner)
+                    && current.owner.as_deref() == Some(owner)
+                {
+                    let sent = Instant::now();
+                    let update = self.store.update(&name, value.clone().into(), entry.revision);
+                    if let Ok(revision) = with_timeout(timeout, update).await? {
+                        return Ok(KvLease::start(self, host, holder, name, value, revision, sent));
+                    }
+                }
+                let holder_of_lock = match current {
+                    Some(record) => record.holder,
+                    None => "someone who just released it".into(),
                 };
                 Err(KvError::Busy { host: host.to_owned(), holder_of_lock })
             }

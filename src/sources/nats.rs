@@ -205,6 +205,7 @@ pub async fn run_jetstream<D: DedupStore>(
     // A lane's task starts with its first message, so an idle daemon pays nothing for many lanes.
     let mut senders: Vec<Option<tokio::sync::mpsc::Sender<Job>>> = (0..lanes).map(|_| None).collect();
     let mut workers = tokio::task::JoinSet::new();
+    let mut lane_failed = false;
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -243,8 +244,9 @@ pub async fn run_jetstream<D: DedupStore>(
         let send = sender.send(job);
         tokio::select! {
             sent = send => if let Err(unsent) = sent {
-                // The lane ended (it never does before its sender is dropped): give the message back.
+                // The lane's task ended (it panicked): give the message back and stop this intake loudly.
                 let _ = unsent.0.message.ack_with(AckKind::Nak(None)).await;
+                lane_failed = true;
                 break;
             },
             _ = shutdown.cancelled() => break,
@@ -253,7 +255,10 @@ pub async fn run_jetstream<D: DedupStore>(
     // Stop the lanes: each finishes (or gives back) what it holds.
     drop(senders);
     while workers.join_next().await.is_some() {}
-    Ok(())
+    match lane_failed {
+        true => Err("a decision lane of the JetStream intake ended unexpectedly; the intake stopped".into()),
+        false => Ok(()),
+    }
 }
 
 /// One pulled message on its way to a lane.
@@ -297,8 +302,10 @@ async fn handle<D: DedupStore>(
             }
             let accepted = bridge.accept_started(events);
             tokio::pin!(accepted);
-            // Keep the message ours while its runs wait for a slot.
-            let every = (settings.ack_wait / 2).max(Duration::from_millis(500));
+            // Keep the message ours while its runs wait for a slot. With a backoff the server's ack deadline is
+            // the first backoff delay, not ack_wait.
+            let deadline = settings.backoff.first().map_or(settings.ack_wait, |b| (*b).min(settings.ack_wait));
+            let every = (deadline / 2).max(Duration::from_millis(500));
             let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let accepted = loop {
                 tokio::select! {

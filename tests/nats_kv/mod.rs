@@ -152,6 +152,15 @@ async fn a_pending_claim_is_taken_over_by_its_messages_redelivery_and_not_after_
     assert_eq!(b.commit(&second, now).await, Ok(true));
     assert_eq!(a.is_held_for("k", owner, now).await, Ok(true), "committed: held against its message too");
     assert_eq!(a.claim_as("k", HOUR, owner, now).await, Ok(None));
+    // Keys and owners that JSON must escape (a key template over label values) behave the same.
+    let (key, owner) = (r#"rule/C:\logs\"quoted""#, Some(r#"RUNE_ALERTS:7:0#host "x""#));
+    let pending = a.claim_as(key, HOUR, owner, now).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(pending.is_some());
+    assert_eq!(b.is_held_for(key, owner, now).await, Ok(false), "an escaped owner still owns its claim");
+    let taken = b.claim_as(key, HOUR, owner, now).await.unwrap_or_else(|e| panic!("{e}"));
+    let taken = taken.unwrap_or_else(|| panic!("taken over despite the escapes"));
+    assert_eq!(b.commit(&taken, now).await, Ok(true));
+    assert_eq!(a.is_held_for(key, owner, now).await, Ok(true));
     // A rollback needs no read: exactly its own claim goes.
     let other = a.claim_as("k2", HOUR, owner, now).await.unwrap_or_else(|e| panic!("{e}"));
     let other = other.unwrap_or_else(|| panic!("k2 is free"));
@@ -438,4 +447,27 @@ async fn claim_latency_on_loopback() {
         at(0.99),
         at(1.0)
     );
+}
+
+/// A remediation's lease taken in a message's name (its pending decision) is taken over by that message's
+/// redelivery on another instance; the first holder is told its lease is lost. Any other holder still finds
+/// the host busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_held_in_a_messages_name_is_taken_over_by_its_redelivery() {
+    let server = NatsServer::start();
+    let settings = lock_settings(2);
+    let a = locks_on(connect(&server, "a").await, "instance-a", &settings).await;
+    let b = locks_on(connect(&server, "b").await, "instance-b", &settings).await;
+    let owner = Some("RUNE_ALERTS:42:0#web-1");
+    let first = a.try_acquire_as("web-1", "rule r", owner).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        busy_holder(b.try_acquire_as("web-1", "rule r", Some("RUNE_ALERTS:43:0#web-1")).await).contains("instance-a")
+    );
+    assert!(busy_holder(b.try_acquire("web-1", "rule q").await).contains("instance-a"));
+    let second = b.try_acquire_as("web-1", "rule r", owner).await.unwrap_or_else(|e| panic!("{e}"));
+    let told = tokio::time::timeout(EVENTUALLY, first.lost().cancelled()).await;
+    assert!(told.is_ok(), "the first holder's next renewal finds the takeover");
+    assert!(busy_holder(a.try_acquire("web-1", "rule q").await).contains("instance-b"));
+    assert!(second.release().await.is_ok());
+    drop(first);
 }
