@@ -54,13 +54,19 @@ async fn connect(server: &NatsServer) -> async_nats::Client {
 }
 
 fn bridge(client: &async_nats::Client) -> Bridge {
+    bridge_with(client, None)
+}
+
+/// With `results_stream`, results are published through JetStream (acknowledged, retried across a reconnection),
+/// as `rune serve` does when a results stream is configured.
+fn bridge_with(client: &async_nats::Client, results_stream: Option<async_nats::jetstream::Context>) -> Bridge {
     let registry = Arc::new(Registry::load(&[repo().join("plugins")]));
     let inventory = Arc::new(Inventory::embedded_default().unwrap_or_else(|e| panic!("{e:?}")));
     let files = vec![(PathBuf::from("rules.yaml"), RULES.to_owned())];
     let set = rune::rules::parse_files(&files, &registry, &inventory).unwrap_or_else(|e| panic!("{e:?}"));
     let engine = Engine::new(set, registry.clone(), inventory.clone());
     let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default());
-    let publisher = Arc::new(NatsPublisher::new(client.clone(), None, "rune.results", "rune.decisions"));
+    let publisher = Arc::new(NatsPublisher::new(client.clone(), results_stream, "rune.results", "rune.decisions"));
     let options =
         BridgeOptions { rules_dir: repo().join("rules"), max_in_flight: 8, shutdown_grace: Duration::from_secs(30) };
     Bridge::new(engine, orchestrator, publisher, Metrics::new(), options)
@@ -208,7 +214,18 @@ async fn chatops_requests_get_a_reply_and_their_result_follows() {
 async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_an_alert() {
     let mut server = NatsServer::start();
     let client = connect(&server).await;
-    let b = bridge(&client);
+    // Results through a results stream: a result published while the server restarts is retried, not lost (core
+    // NATS would drop it, and a subscriber would miss it). The stream is what the test counts.
+    let js = async_nats::jetstream::new(client.clone());
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "RUNE_RESULTS".into(),
+        subjects: vec!["rune.results.>".into()],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("results stream: {e}"));
+    let b = bridge_with(&client, Some(js.clone()));
     let stop = CancellationToken::new();
     let settings = JetStreamIntake {
         stream: "RUNE_ALERTS".into(),
@@ -223,7 +240,6 @@ async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_a
         concurrency: 32,
     };
     let intake = tokio::spawn(run_jetstream(client.clone(), settings, b.clone(), Limits::default(), stop.clone()));
-    let js = async_nats::jetstream::new(client.clone());
     // Wait for the stream the intake creates.
     for _ in 0..100 {
         if js.get_stream("RUNE_ALERTS").await.is_ok() {
@@ -231,7 +247,6 @@ async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_a
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut results = client.subscribe("rune.results.>").await.unwrap_or_else(|e| panic!("{e}"));
     let publish = |from: usize, to: usize| {
         let js = js.clone();
         async move {
@@ -253,15 +268,22 @@ async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_a
     publish(0, 10).await;
     server.restart();
     publish(10, 20).await;
-    let mut seen = BTreeMap::new();
-    while seen.len() < 20 {
-        let (_, result) = next_json(&mut results, "result").await;
-        let n = result["output"]["data"]["message"].as_str().unwrap_or("").to_owned();
-        *seen.entry(n).or_insert(0) += 1;
+    // Every result in the stream, once it holds 20 — and a moment more: anything late would be a double run.
+    let mut stream = js.get_stream("RUNE_RESULTS").await.unwrap_or_else(|e| panic!("{e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+        if stored >= 20 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {stored} of 20 results within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Anything late would be a double run: give it a moment to show up.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), results.next()).await {
+    let last = stream.info().await.unwrap_or_else(|e| panic!("{e}")).state.last_sequence;
+    let mut seen = BTreeMap::new();
+    for seq in 1..=last {
+        let Ok(msg) = stream.get_raw_message(seq).await else { continue };
         let result: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
         let n = result["output"]["data"]["message"].as_str().unwrap_or("").to_owned();
         *seen.entry(n).or_insert(0) += 1;

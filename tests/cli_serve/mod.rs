@@ -308,11 +308,12 @@ async fn three_instances_run_each_distinct_alert_of_a_burst_exactly_once() {
 }
 
 /// Cluster mode, the hard case: three instances, a burst with duplicates, runs slower than the burst (two run
-/// slots each, so messages wait unacked with decided, pending dedup claims), and one instance SIGKILLed mid-burst.
-/// Its unacked messages are redelivered to the others, which take over the pending claims: every distinct alert
-/// starts its plugin exactly once (the plugin's own ledger says so), none is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_one_of_three_instances_mid_burst_loses_no_alert_and_runs_none_twice() {
+/// slots each, so messages wait unacked with decided, pending dedup claims — and, for a remediation, held host
+/// leases), and one instance SIGKILLed mid-burst. Its unacked messages are redelivered to the others, which take
+/// over the pending claims and leases: every distinct alert starts its plugin exactly once (the plugin's own
+/// ledger says so), none is lost. Each alert names its own inventory host `h<n>` (local transport), so the host
+/// lock of a remediation only ever meets the alert's own copies.
+async fn kill_one_of_three_mid_burst(action: &str) {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let ledger = dir.path().join("ledger");
@@ -322,20 +323,27 @@ async fn killing_one_of_three_instances_mid_burst_loses_no_alert_and_runs_none_t
     std::fs::write(
         rules.join("burst.yaml"),
         format!(
-            "policy:\n  rate_limit:\n    global: {{ count: 100000, per: 1s }}\n    host: {{ count: 100000, per: 1s }}\n\
-             rules:\n  - name: burst\n    match: {{ labels: {{ alertname: Burst }} }}\n    target: {{ host: localhost }}\n    \
-             action: mark-run\n    args: {{ n: \"{{{{ labels.n }}}}\", ledger: \"{}\" }}\n    dedup: {{ window: 1h }}\n",
+            "policy:\n  rate_limit:\n    global: {{ count: 100000, per: 1s }}\n    host: {{ count: 100000, per: 1s }}\n  \
+             defaults:\n    blast_radius: {{ max_hosts: 1000, window: 1m }}\n\
+             rules:\n  - name: burst\n    match: {{ labels: {{ alertname: Burst }} }}\n    \
+             target: {{ host_from: \"h{{{{ labels.n }}}}\" }}\n    \
+             action: {action}\n    args: {{ n: \"{{{{ labels.n }}}}\", ledger: \"{}\" }}\n    dedup: {{ window: 1h }}\n",
             ledger.display()
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    // One local host per alert.
+    let inventory = dir.path().join("inventory.yaml");
+    let hosts: String = (0..40).map(|n| format!("  h{n}:\n    transport: local\n")).collect();
+    std::fs::write(&inventory, format!("hosts:\n{hosts}")).unwrap_or_else(|e| panic!("{e}"));
     let config = dir.path().join("rune.yaml");
     let text = format!(
         "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    consumer: {{ ack_wait: 3s }}\n\
-         paths:\n  rules_dir: {}\n  plugins_dirs: [{}, {}]\nresults:\n  stdout: false\n\
+         paths:\n  rules_dir: {}\n  inventory: {}\n  plugins_dirs: [{}, {}]\nresults:\n  stdout: false\n\
          limits:\n  max_in_flight_runs: 2\n",
         server.url(),
         rules.display(),
+        inventory.display(),
         repo().join("plugins").display(),
         repo().join("tests/fixtures/plugins").display()
     );
@@ -397,6 +405,17 @@ async fn killing_one_of_three_instances_mid_burst_loses_no_alert_and_runs_none_t
         .await
         .unwrap_or_default();
     assert_eq!(codes, [Some(0), Some(0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_three_instances_mid_burst_loses_no_alert_and_runs_none_twice() {
+    kill_one_of_three_mid_burst("mark-run").await;
+}
+
+/// The same with a remediation plugin: the dead instance's host leases are taken over by the redeliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_three_instances_mid_burst_loses_no_remediation_and_runs_none_twice() {
+    kill_one_of_three_mid_burst("mark-fix").await;
 }
 
 /// Graceful shutdown: SIGTERM while a run is in flight — the run finishes, its result is published, exit 0.
