@@ -191,6 +191,18 @@ async fn connect_nats(n: &config::Nats, metrics: &Metrics) -> Result<async_nats:
     Ok(client)
 }
 
+/// Runs an intake until it ends; an intake that ends with an error says so.
+fn spawn_intake<E: std::fmt::Display>(
+    name: &'static str,
+    task: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "{name} intake stopped");
+        }
+    })
+}
+
 fn metrics_connected(client: &async_nats::Client, name: &str) {
     tracing::info!(server = %client.server_info().server_name, client = name, "NATS ready");
 }
@@ -307,11 +319,7 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
                 };
                 let task =
                     crate::sources::nats::run_jetstream(client.clone(), intake, bridge.clone(), limits, stop.clone());
-                intakes.push(tokio::spawn(async move {
-                    if let Err(e) = task.await {
-                        tracing::error!(error = %e, "JetStream intake stopped");
-                    }
-                }));
+                intakes.push(spawn_intake("JetStream", task));
             }
             None => {
                 let task = crate::sources::nats::run_core(
@@ -323,11 +331,7 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
                     limits,
                     stop.clone(),
                 );
-                intakes.push(tokio::spawn(async move {
-                    if let Err(e) = task.await {
-                        tracing::error!(error = %e, "NATS intake stopped");
-                    }
-                }));
+                intakes.push(spawn_intake("NATS", task));
             }
         }
         if settings.chatops.enabled {
@@ -340,11 +344,7 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
                 limits,
                 stop.clone(),
             );
-            intakes.push(tokio::spawn(async move {
-                if let Err(e) = task.await {
-                    tracing::error!(error = %e, "chatops intake stopped");
-                }
-            }));
+            intakes.push(spawn_intake("chatops", task));
         }
     }
     // Webhooks, health and metrics on one listener.
