@@ -54,6 +54,7 @@
 //! last successful write was *sent*: the server cannot have expired the entry before then. Releasing (or
 //! dropping) the lease deletes the entry, again only if the revision is still ours.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -287,30 +288,32 @@ enum Write {
 }
 
 /// A dedup entry's value: the key itself (the KV name is shortened), the claim's owner, and whether the claim is
-/// committed. Owned strings: a key or owner with `"` or `\` is escaped in the JSON and cannot be borrowed. An entry
-/// that is not this JSON (written by an older RUNE: the bare key) counts as committed.
+/// committed. Written from borrowed strings; read borrowed too, except where a key or owner with `"` or `\` is
+/// escaped in the JSON and has to be copied out (`Cow`). An entry that is not this JSON (written by an older RUNE:
+/// the bare key) counts as committed.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    owner: Option<String>,
+struct Stored<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    owner: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     committed: bool,
 }
 
-impl Stored {
+impl<'a> Stored<'a> {
     fn value(key: &str, owner: Option<&str>, committed: bool) -> Vec<u8> {
-        let stored = Stored { key: key.to_owned(), owner: owner.map(str::to_owned), committed };
+        let stored = Stored { key: Cow::Borrowed(key), owner: owner.map(Cow::Borrowed), committed };
         serde_json::to_vec(&stored).unwrap_or_default()
     }
 
-    fn read(value: &[u8]) -> Option<Stored> {
+    fn read(value: &'a [u8]) -> Option<Stored<'a>> {
         serde_json::from_slice(value).ok()
     }
 }
 
 /// The owner of a live entry's *pending* claim (None: committed, unowned, or not RUNE's JSON).
-fn pending_owner(value: &[u8]) -> Option<String> {
+fn pending_owner(value: &[u8]) -> Option<Cow<'_, str>> {
     Stored::read(value).filter(|s| !s.committed).and_then(|s| s.owner)
 }
 
