@@ -163,13 +163,7 @@ fn alert(seq: usize, tag: &str, instance: &str, fingerprint_of: usize) -> Alert 
 /// `n` alerts on `instance`: each is a repeat of an earlier one (same fingerprint) with probability
 /// [`REPEAT_PERCENT`], else a new one. Returns the alerts and the number of distinct ones.
 fn mixed_alerts(n: usize, tag: &str, instance: &str) -> (Vec<Alert>, usize) {
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = common::xorshift();
     let mut distinct = 0usize;
     let alerts = (0..n)
         .map(|seq| {

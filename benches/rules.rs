@@ -72,13 +72,7 @@ fn payload(alertname: &str, host: usize, fingerprint: u64) -> Vec<u8> {
 /// `count` payloads: MATCHING_PERCENT% name a ruled alert (drawn from 500 distinct alert×host pairs, so most of
 /// them repeat within the dedup window), the rest name alerts no rule knows.
 fn payloads(rules: usize, count: usize) -> Vec<Vec<u8>> {
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = common::xorshift();
     (0..count)
         .map(|_| {
             let r = next();

@@ -89,3 +89,14 @@ pub fn alertmanager_payload(alertname: &str, host: &str, fingerprint: &str, extr
 "generatorURL":"http://127.0.0.1:9090/graph","fingerprint":"{fingerprint}"}}]}}"#
     )
 }
+
+/// A xorshift64 generator with a fixed seed: the same "random" workload on every run, no dependency.
+pub fn xorshift() -> impl FnMut() -> u64 {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}

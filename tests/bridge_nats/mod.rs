@@ -23,7 +23,7 @@ use rune::transport::ssh::SshTransport;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::nats::NatsServer;
+use crate::support::nats::{NatsServer, test_intake};
 
 const RULES: &str = "
 policy:
@@ -227,18 +227,7 @@ async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_a
     .unwrap_or_else(|e| panic!("results stream: {e}"));
     let b = bridge_with(&client, Some(js.clone()));
     let stop = CancellationToken::new();
-    let settings = JetStreamIntake {
-        stream: "RUNE_ALERTS".into(),
-        subjects: vec!["rune.alerts.>".into()],
-        max_age: Duration::from_secs(3600),
-        max_bytes: 64 * 1024 * 1024,
-        durable: "rune".into(),
-        max_deliver: 5,
-        ack_wait: Duration::from_secs(10),
-        backoff: vec![Duration::from_millis(200), Duration::from_secs(1)],
-        dead_letter_subject: "rune.dead_letter".into(),
-        concurrency: 32,
-    };
+    let settings = JetStreamIntake { ack_wait: Duration::from_secs(10), concurrency: 32, ..test_intake() };
     let intake = tokio::spawn(run_jetstream(client.clone(), settings, b.clone(), Limits::default(), stop.clone()));
     // Wait for the stream the intake creates.
     for _ in 0..100 {

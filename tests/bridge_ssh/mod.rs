@@ -26,7 +26,7 @@ use rune::metrics::Metrics;
 use rune::orchestrator::Orchestrator;
 use rune::plugins::Registry;
 use rune::results::nats::{CORRELATION_HEADER, NatsPublisher, encode_token};
-use rune::sources::nats::{JetStreamIntake, run_jetstream};
+use rune::sources::nats::run_jetstream;
 use rune::sources::webhook::{self, BridgeSink, EndpointAuth, HookAuth, Secret, WebhookConfig};
 use rune::transport::ssh::SshTransport;
 use serde_json::Value;
@@ -34,7 +34,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::nats::NatsServer;
+use crate::support::nats::{NatsServer, test_intake};
 use crate::support::sshd::{FleetOptions, SshdFleet};
 
 /// One rule: the alert's `instance` label names the host, `where-am-i` runs there. Limits far above anything
@@ -212,18 +212,7 @@ fn assert_ran_on_named_host(fleet: &SshdFleet, msg: &async_nats::Message, result
 async fn an_alert_on_the_jetstream_alerts_subject_runs_its_plugin_on_the_sshd_host_it_names() {
     let bed = Bed::start(2).await;
     let stop = CancellationToken::new();
-    let settings = JetStreamIntake {
-        stream: "RUNE_ALERTS".into(),
-        subjects: vec!["rune.alerts.>".into()],
-        max_age: Duration::from_secs(3600),
-        max_bytes: 64 * 1024 * 1024,
-        durable: "rune".into(),
-        max_deliver: 5,
-        ack_wait: Duration::from_secs(30),
-        backoff: vec![Duration::from_millis(200), Duration::from_secs(1)],
-        dead_letter_subject: "rune.dead_letter".into(),
-        concurrency: 8,
-    };
+    let settings = test_intake();
     let intake =
         tokio::spawn(run_jetstream(bed.client.clone(), settings, bed.bridge.clone(), Limits::default(), stop.clone()));
     let js = async_nats::jetstream::new(bed.client.clone());

@@ -310,3 +310,21 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The alerts stream and durable consumer the bridge tests run `run_jetstream` with (a small stream, a quick
+/// backoff); tests change what they need with struct update syntax.
+#[allow(dead_code)] // the bridge benchmark includes this module without using it
+pub fn test_intake() -> rune::sources::nats::JetStreamIntake {
+    rune::sources::nats::JetStreamIntake {
+        stream: "RUNE_ALERTS".into(),
+        subjects: vec!["rune.alerts.>".into()],
+        max_age: Duration::from_secs(3600),
+        max_bytes: 64 * 1024 * 1024,
+        durable: "rune".into(),
+        max_deliver: 5,
+        ack_wait: Duration::from_secs(30),
+        backoff: vec![Duration::from_millis(200), Duration::from_secs(1)],
+        dead_letter_subject: "rune.dead_letter".into(),
+        concurrency: 8,
+    }
+}
