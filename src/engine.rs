@@ -6,7 +6,8 @@
 //! (rule×host, host, rule, global). The reversible gates
 //! come first and are rolled back when a later one says no, so a suppressed decision leaves no trace in the
 //! dedup store, the blast-radius window or the host locks; rate-limit tokens cannot be given back, so they are
-//! taken last. `once_after` claims the dedup key at once and parks the match (bounded in number); the gates from
+//! taken last — except that a limit known to be exhausted (its last refusal named a later instant) answers right
+//! after the dedup read, claiming and spending nothing. `once_after` claims the dedup key at once and parks the match (bounded in number); the gates from
 //! the breaker on run when its window closes ([`Engine::take_due`]), against the rule as it is then.
 
 use std::cell::RefCell;
@@ -868,6 +869,33 @@ impl<D: DedupStore> Engine<D> {
         } else if key.is_none() {
             trace.set(Gate::Dedup, Step::Skipped);
         }
+        // A limit already known to be exhausted answers before any claim, lock or token (see
+        // `RateLimit::exhausted`): in an alert storm, the suppressed alerts cost the shared store no writes.
+        if let Some(detail) = Self::exhausted(loaded, gates, host) {
+            if let Some(key) = key.filter(|_| !remediation) {
+                // The claim would have told a duplicate apart; a read does, without writing.
+                match self.dedup.is_held_for(key, owner, now).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        trace.set(Gate::Dedup, Step::Suppressed);
+                        let window = humantime::format_duration(rule.dedup.window);
+                        return Verdict::suppressed(
+                            SuppressReason::Duplicate,
+                            format!("key `{key}` acted within the last {window}"),
+                        );
+                    }
+                    Err(e) => {
+                        trace.set(Gate::Dedup, Step::Suppressed);
+                        return Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string());
+                    }
+                }
+            }
+            if key.is_some() {
+                trace.set(Gate::Dedup, Step::Passed);
+            }
+            trace.set(Gate::RateLimit, Step::Suppressed);
+            return Verdict::suppressed(SuppressReason::RateLimited, detail);
+        }
         // The lease is taken over by the same owner only where a dedup claim guards the start (its commit fails for
         // the holder that was taken over); without dedup a stalled holder could otherwise still start.
         let (lease, ticket) = match self.lock_and_blast(rule, gates, host, key.and(owner), trace, now).await {
@@ -991,6 +1019,25 @@ impl<D: DedupStore> Engine<D> {
             l.check(&Arc::from(r)).map_err(|e| format!("chatops limit per requester {} for {r}: {e}", l.spec()))?;
         }
         loaded.global.check().map_err(|e| format!("global limit {}: {e}", loaded.global.spec()))
+    }
+
+    /// The limit (in the order of `rates`) known to refuse now, without spending anything (None: `rates`
+    /// decides).
+    fn exhausted(loaded: &Loaded, gates: &RuleGates, host: &str) -> Option<String> {
+        if let Some(l) = gates.rate_host.as_ref()
+            && let Some(e) = l.exhausted(host)
+        {
+            return Some(format!("rule limit per host {} on {host}: {e}", l.spec()));
+        }
+        if let Some(e) = loaded.host.exhausted(host) {
+            return Some(format!("host limit {} on {host}: {e}", loaded.host.spec()));
+        }
+        if let Some(l) = gates.rate_rule.as_ref()
+            && let Some(e) = l.exhausted()
+        {
+            return Some(format!("rule limit {}: {e}", l.spec()));
+        }
+        loaded.global.exhausted().map(|e| format!("global limit {}: {e}", loaded.global.spec()))
     }
 
     async fn clear(
@@ -1824,6 +1871,47 @@ rules:
         assert_eq!(b[0].verdict.reason(), Some(SuppressReason::DedupUnavailable));
         let _ = e.decide(on("a", AlertStatus::Resolved)).await;
         assert!(e.decide(on("c", AlertStatus::Firing)).await[0].is_admitted(), "budget of 2, one run so far");
+    }
+
+    /// Once a limit (rule-wide, or per host) has refused, the alerts until its next permit are suppressed `rate_limited` without a
+    /// claim (the store, full here, would refuse one), while a repeat of the alert that ran is still a duplicate.
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_rate_limit_suppresses_without_claiming() {
+        for limit in ["rule", "host"] {
+            an_exhausted_limit_suppresses_without_claiming(limit).await;
+        }
+    }
+
+    async fn an_exhausted_limit_suppresses_without_claiming(limit: &str) {
+        let yaml = format!(
+            "
+rules:
+  - name: r
+    match: {{ labels: {{ alertname: A }} }}
+    target: {{ host_from: \"{{{{ labels.instance }}}}\" }}
+    action: noop
+    dedup: {{ window: 10m }}
+    rate_limit: {{ {limit}: {{ count: 1, per: 1h }} }}
+"
+        );
+        let store = MemoryDedup::new(std::num::NonZeroUsize::MIN.saturating_add(1));
+        let e = Engine::with_store(set(&yaml), Arc::new(registry()), Arc::new(inventory()), store);
+        let on = |fp: &str| event(AlertStatus::Firing, fp, &[("alertname", "A"), ("instance", "web-1")]);
+        assert!(e.decide(on("a")).await[0].is_admitted());
+        // The refusal that teaches the limit when its next permit comes: claimed, refused, released.
+        assert_eq!(e.decide(on("b")).await[0].verdict.reason(), Some(SuppressReason::RateLimited));
+        // Fill the store's last place: a claim would now fail (dedup_unavailable), so these never claimed.
+        assert!(e.dedup.claim("other", Duration::from_secs(7200), Instant::now()).await.unwrap());
+        for fp in ["c", "d", "e"] {
+            let d = e.decide(on(fp)).await;
+            assert_eq!(d[0].verdict.reason(), Some(SuppressReason::RateLimited), "{limit}: {fp}");
+            assert_eq!(d[0].trace.get(Gate::RateLimit), Step::Suppressed);
+            assert_eq!(d[0].trace.get(Gate::Dedup), Step::Passed);
+        }
+        assert_eq!(e.decide(on("a")).await[0].verdict.reason(), Some(SuppressReason::Duplicate), "{limit}: a read");
+        // Once the next permit is due, the claim and the limiter decide again (`a`'s window is over: room for one).
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(e.decide(on("f")).await[0].is_admitted(), "{limit}");
     }
 
     /// Regression (review): a `status: any` rule acting on a resolved alert, and a resolved `stop` rule placed

@@ -1,12 +1,16 @@
 //! Rate limits: a validated [`RateSpec`] and the governor limiters built from it, one shared ([`RateLimit`]) or one
 //! per key ([`KeyedRateLimit`]), both on [`TokioClock`].
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use governor::clock::{Clock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
@@ -109,7 +113,6 @@ pub struct RateLimited {
 }
 
 fn refusal(not_until: &NotUntil<TokioInstant>, clock: &TokioClock) -> RateLimited {
-    use governor::clock::Clock;
     RateLimited { retry_after: not_until.wait_time_from(clock.now()) }
 }
 
@@ -121,11 +124,20 @@ type KeyedLimiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, TokioClock, NoO
 pub struct RateLimit {
     spec: RateSpec,
     limiter: DirectLimiter,
+    /// When this limit was built: the origin of `refused_until`.
+    base: TokioInstant,
+    /// The latest "no permit before" a refusal reported, in nanoseconds after `base` (0: none yet).
+    refused_until: AtomicU64,
 }
 
 impl RateLimit {
     pub fn new(spec: RateSpec) -> RateLimit {
-        RateLimit { spec, limiter: RateLimiter::direct_with_clock(spec.quota(), TokioClock) }
+        RateLimit {
+            spec,
+            limiter: RateLimiter::direct_with_clock(spec.quota(), TokioClock),
+            base: TokioClock.now(),
+            refused_until: AtomicU64::new(0),
+        }
     }
 
     pub fn spec(&self) -> RateSpec {
@@ -134,8 +146,30 @@ impl RateLimit {
 
     /// Takes one permit, or says how long until the next one.
     pub fn check(&self) -> Result<(), RateLimited> {
-        self.limiter.check().map_err(|not_until| refusal(&not_until, self.limiter.clock()))
+        self.limiter.check().map_err(|not_until| {
+            self.refused_until.fetch_max(since(self.base, not_until.earliest_possible()), Ordering::Relaxed);
+            refusal(&not_until, self.limiter.clock())
+        })
     }
+
+    /// Would [`check`](Self::check) refuse now? Answered from the last refusal alone, spending nothing and leaving
+    /// the limiter untouched. Exact when it says yes: governor's earliest next permit only moves later (a permit
+    /// given or time passing cannot bring it forward), so before the instant a refusal named, every check is
+    /// refused. It says no when nothing has been refused yet or that instant has passed — `check` then decides.
+    pub fn exhausted(&self) -> Option<RateLimited> {
+        still_refused(self.base, self.refused_until.load(Ordering::Relaxed))
+    }
+}
+
+/// `at` in nanoseconds after `base` (the origin of a limit's remembered refusals).
+fn since(base: TokioInstant, at: TokioInstant) -> u64 {
+    u64::from(at.duration_since(base))
+}
+
+/// The refusal still in force now, if `until` (nanoseconds after `base`; 0: none) has not passed.
+fn still_refused(base: TokioInstant, until: u64) -> Option<RateLimited> {
+    let now = since(base, TokioClock.now());
+    (now < until).then(|| RateLimited { retry_after: Duration::from_nanos(until - now) })
 }
 
 /// One rate limit per key (e.g. per host), each key with its own budget of the same [`RateSpec`].
@@ -148,6 +182,12 @@ pub struct KeyedRateLimit<K: Hash + Eq + Clone> {
     /// Checks since the last sweep of idle keys; `check` sweeps and restarts it every `retain_every` checks.
     checks: AtomicU64,
     retain_every: NonZeroU32,
+    /// When this limit was built: the origin of `refused_until`.
+    base: TokioInstant,
+    /// Per refused key, the latest "no permit before" its refusals reported, in nanoseconds after `base` (see
+    /// [`RateLimit::exhausted`]). Only keys that were refused are here, and the sweep drops those whose instant
+    /// has passed.
+    refused_until: Mutex<HashMap<K, u64>>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedRateLimit<K> {
@@ -163,6 +203,8 @@ impl<K: Hash + Eq + Clone> KeyedRateLimit<K> {
             limiter: RateLimiter::new(spec.quota(), DefaultKeyedStateStore::default(), TokioClock),
             checks: AtomicU64::new(0),
             retain_every,
+            base: TokioClock.now(),
+            refused_until: Mutex::new(HashMap::new()),
         }
     }
 
@@ -177,13 +219,32 @@ impl<K: Hash + Eq + Clone> KeyedRateLimit<K> {
         if checks.is_multiple_of(u64::from(self.retain_every.get())) {
             self.retain_recent();
         }
-        self.limiter.check_key(key).map_err(|not_until| refusal(&not_until, self.limiter.clock()))
+        self.limiter.check_key(key).map_err(|not_until| {
+            let until = since(self.base, not_until.earliest_possible());
+            let mut refused = self.refused_until.lock().unwrap_or_else(PoisonError::into_inner);
+            let at = refused.entry(key.clone()).or_insert(0);
+            *at = (*at).max(until);
+            refusal(&not_until, self.limiter.clock())
+        })
+    }
+
+    /// Would [`check`](Self::check) refuse `key` now? Spends nothing; exact when it says yes (see
+    /// [`RateLimit::exhausted`]).
+    pub fn exhausted<Q>(&self, key: &Q) -> Option<RateLimited>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let until = self.refused_until.lock().unwrap_or_else(PoisonError::into_inner).get(key).copied()?;
+        still_refused(self.base, until)
     }
 
     /// Forgets the keys whose budget has been full again for one replenish interval; they behave exactly like keys
-    /// never seen. Keys still short of permits are kept.
+    /// never seen. Keys still short of permits are kept. Refusals whose instant has passed are forgotten too.
     pub fn retain_recent(&self) {
         self.limiter.retain_recent();
+        let now = since(self.base, TokioClock.now());
+        self.refused_until.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, until| *until > now);
     }
 
     /// The number of keys tracked (active ones plus idle ones not yet swept).
@@ -205,6 +266,7 @@ impl<K: Hash + Eq + Clone> fmt::Debug for KeyedRateLimit<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::time::advance;
 
     fn nz(n: u32) -> NonZeroU32 {
@@ -249,6 +311,41 @@ mod tests {
                 Some(error) => assert_eq!(got.as_ref(), Err(error), "{count} per {per:?} burst {burst}"),
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_answers_from_the_last_refusal_and_spends_nothing() {
+        let limit = RateLimit::new(spec(2, Duration::from_secs(60), 2));
+        assert_eq!(limit.exhausted(), None, "nothing refused yet");
+        assert!(limit.check().is_ok());
+        assert!(limit.check().is_ok());
+        assert_eq!(limit.exhausted(), None, "no refusal seen: check decides");
+        let refused = limit.check().unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(30));
+        assert_eq!(limit.exhausted(), Some(refused));
+        advance(Duration::from_secs(10)).await;
+        assert_eq!(limit.exhausted(), Some(RateLimited { retry_after: Duration::from_secs(20) }));
+        advance(Duration::from_secs(20)).await;
+        assert_eq!(limit.exhausted(), None, "the permit is due");
+        assert!(limit.check().is_ok(), "asking spent nothing");
+        assert!(limit.check().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keyed_exhausted_is_per_key_and_swept_once_due() {
+        let limit: KeyedRateLimit<Arc<str>> = KeyedRateLimit::new(spec(1, Duration::from_secs(60), 1));
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        assert!(limit.check(&a).is_ok());
+        assert!(limit.check(&b).is_ok());
+        assert_eq!(limit.exhausted("a"), None, "no refusal seen");
+        let refused = limit.check(&a).unwrap_err();
+        assert_eq!(limit.exhausted("a"), Some(refused));
+        assert_eq!(limit.exhausted("b"), None, "b was not refused");
+        advance(Duration::from_secs(60)).await;
+        assert_eq!(limit.exhausted("a"), None);
+        limit.retain_recent();
+        assert!(limit.refused_until.lock().unwrap().is_empty(), "a passed refusal is swept");
+        assert!(limit.check(&a).is_ok(), "asking spent nothing");
     }
 
     #[test]
