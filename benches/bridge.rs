@@ -17,9 +17,10 @@
 //!    (warm pool): publish → decision received, → run started (`started_at`), → result received;
 //! 2. throughput through JetStream: the alerts stream is loaded, then the intake starts; decisions/s and runs/s,
 //!    with every admitted alert running `noop` (a message is acked once its run has *started*, so the runs are
-//!    the ceiling), and with the rule's rate limit suppressing the runs (an alert storm: the decision pipeline
-//!    alone, with its dedup claims and their rollbacks), at the consumer's default concurrency (256 lanes) and at
-//!    others (`RUNE_BENCH_CONCURRENCY`; 1 = one message at a time);
+//!    the ceiling), and two alert storms — the decision pipeline alone: the rule's rate limit suppressing the
+//!    runs (after its first refusal the limit answers early: one dedup read per alert, no claim), and repeats of
+//!    100 alerts that ran (a refused claim and a read per alert) — at the consumer's default concurrency (256
+//!    lanes) and, for the rate-limited storm, at others (`RUNE_BENCH_CONCURRENCY`; 1 = one message at a time);
 //! 3. `KvDedup` round trips alone (sequential, and with claims in flight);
 //! 4. memory: this process idle, and `rune serve` (the release binary) idle and after a load.
 //!
@@ -76,6 +77,8 @@ const PUBLISH_WINDOW: usize = 256;
 const MAX_IN_FLIGHT: usize = 64;
 /// Runs of the rule that `rate_limit` lets through in the storm pass.
 const STORM_RUNS: usize = 10;
+/// Distinct alerts in the duplicates storm (each runs once; the rest of the alerts repeat them).
+const REPEATED_ALERTS: usize = 100;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -745,6 +748,9 @@ enum Runs {
     Execute,
     /// The rule's rate limit lets [`STORM_RUNS`] runs through; the rest is suppressed `rate_limited`.
     RateLimited,
+    /// [`REPEATED_ALERTS`] distinct alerts, each run once, and every other alert a repeat of one of them
+    /// (`duplicate`); no rate limit in the way.
+    Repeats,
 }
 
 struct ThroughputRow {
@@ -776,10 +782,15 @@ fn throughput_pass(
     let server = NatsServer::start();
     let load = load_runtime();
     let tag = format!("tp-{}", slug(name));
-    let (alerts, distinct) = mixed_alerts(n, &tag, host);
-    let (rules, max_in_flight) = match runs {
-        Runs::Execute => (rules_plain(), MAX_IN_FLIGHT),
-        Runs::RateLimited => (rules_storm(), MAX_IN_FLIGHT),
+    let (alerts, distinct) = match runs {
+        Runs::Repeats => {
+            ((0..n).map(|seq| alert(seq, &tag, host, seq % REPEATED_ALERTS)).collect(), REPEATED_ALERTS.min(n))
+        }
+        Runs::Execute | Runs::RateLimited => mixed_alerts(n, &tag, host),
+    };
+    let rules = match runs {
+        Runs::Execute | Runs::Repeats => rules_plain(),
+        Runs::RateLimited => rules_storm(),
     };
     let (client, decisions, results, publish) = load.block_on(async {
         let client = connect(&server.url()).await;
@@ -795,12 +806,12 @@ fn throughput_pass(
     // is built and its intake task spawned: the consumer is created by the intake, on the clock).
     let rss_start = status_kib("/proc/self/status", "VmRSS:");
     let feed = Feed { intake, concurrency };
-    let running = start_bridge(shared, &server.url(), feed, &rules, max_in_flight, name);
+    let running = start_bridge(shared, &server.url(), feed, &rules, MAX_IN_FLIGHT, name);
     let mark = CpuMark::now(server.pid());
     let start = Instant::now();
     let timeout = Duration::from_secs(60 + (n / 200) as u64);
     let expected_runs = match runs {
-        Runs::Execute => distinct,
+        Runs::Execute | Runs::Repeats => distinct,
         Runs::RateLimited => STORM_RUNS.min(distinct),
     };
     let (all, _) = load.block_on(async {
@@ -1189,6 +1200,7 @@ fn main() {
             rows.push(throughput_pass(&shared, "kv, runs: ssh noop", kv, Runs::Execute, &host, run_alerts));
         }
         rows.push(throughput_pass(&shared, "kv, storm: rate_limited", kv, Runs::RateLimited, local, alerts));
+        rows.push(throughput_pass(&shared, "kv, storm: duplicates", kv, Runs::Repeats, local, alerts));
         for concurrency in storm_concurrency.iter().copied().filter(|&c| c != CONCURRENCY) {
             let name = format!("kv, storm, concurrency {concurrency}");
             let feed = (Intake::JetStreamKv, concurrency);
