@@ -1,8 +1,8 @@
 //! The decision stage: an event goes through the rules (matching) and the gates, and comes out as decisions —
 //! an admitted run (holding its host lease) or a suppression with its reason. Nothing is dropped silently.
 //!
-//! Gate order for one (rule, host): target → arguments → safety class → circuit breaker → dedup (read;
-//! remediations only: a diagnostic's claim answers alone) → host lock → blast radius → dedup claim → rate limits
+//! Gate order for one (rule, host): target → arguments → safety class → circuit breaker → dedup (read) → host
+//! lock (remediations) → blast radius (remediations) → dedup claim → rate limits
 //! (rule×host, host, rule, global). The reversible gates
 //! come first and are rolled back when a later one says no, so a suppressed decision leaves no trace in the
 //! dedup store, the blast-radius window or the host locks; rate-limit tokens cannot be given back, so they are
@@ -847,10 +847,9 @@ impl<D: DedupStore> Engine<D> {
             }
         };
         trace.set(Gate::Breaker, Step::Passed);
-        // The early read keeps a duplicate from taking a host lock and a blast-radius slot; a diagnostic takes
-        // neither, so its claim alone answers (one round trip less per new alert with a shared store).
-        let remediation = rule.plugin.class == SafetyClass::Remediation;
-        if let Some(key) = key.filter(|_| remediation) {
+        // The early read answers a duplicate with one read (a refused claim costs a write and a read with a shared
+        // store) and keeps it from taking a host lock and a blast-radius slot.
+        if let Some(key) = key {
             match self.dedup.is_held_for(key, owner, now).await {
                 Ok(false) => {}
                 Ok(true) => {
@@ -872,24 +871,6 @@ impl<D: DedupStore> Engine<D> {
         // A limit already known to be exhausted answers before any claim, lock or token (see
         // `RateLimit::exhausted`): in an alert storm, the suppressed alerts cost the shared store no writes.
         if let Some(detail) = Self::exhausted(loaded, gates, host) {
-            if let Some(key) = key.filter(|_| !remediation) {
-                // The claim would have told a duplicate apart; a read does, without writing.
-                match self.dedup.is_held_for(key, owner, now).await {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        trace.set(Gate::Dedup, Step::Suppressed);
-                        let window = humantime::format_duration(rule.dedup.window);
-                        return Verdict::suppressed(
-                            SuppressReason::Duplicate,
-                            format!("key `{key}` acted within the last {window}"),
-                        );
-                    }
-                    Err(e) => {
-                        trace.set(Gate::Dedup, Step::Suppressed);
-                        return Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string());
-                    }
-                }
-            }
             if key.is_some() {
                 trace.set(Gate::Dedup, Step::Passed);
             }
@@ -922,13 +903,6 @@ impl<D: DedupStore> Engine<D> {
                     trace.set(Gate::Dedup, Step::Suppressed);
                     return match other {
                         Err(e) => Verdict::suppressed(SuppressReason::DedupUnavailable, e.to_string()),
-                        _ if !remediation => Verdict::suppressed(
-                            SuppressReason::Duplicate,
-                            format!(
-                                "key `{key}` acted within the last {}",
-                                humantime::format_duration(rule.dedup.window)
-                            ),
-                        ),
                         _ => Verdict::suppressed(
                             SuppressReason::Duplicate,
                             format!("key `{key}` was claimed concurrently"),
