@@ -19,7 +19,7 @@
 //!    with every admitted alert running `noop` (a message is acked once its run has *started*, so the runs are
 //!    the ceiling), and two alert storms — the decision pipeline alone: the rule's rate limit suppressing the
 //!    runs (after its first refusal the limit answers early: one dedup read per alert, no claim), and repeats of
-//!    100 alerts that ran (a refused claim and a read per alert) — at the consumer's default concurrency (256
+//!    1,000 alerts acted on within the window (keys claimed in KV beforehand; one dedup read per alert) — at the consumer's default concurrency (256
 //!    lanes) and, for the rate-limited storm, at others (`RUNE_BENCH_CONCURRENCY`; 1 = one message at a time);
 //! 3. `KvDedup` round trips alone (sequential, and with claims in flight);
 //! 4. memory: this process idle, and `rune serve` (the release binary) idle and after a load.
@@ -77,8 +77,8 @@ const PUBLISH_WINDOW: usize = 256;
 const MAX_IN_FLIGHT: usize = 64;
 /// Runs of the rule that `rate_limit` lets through in the storm pass.
 const STORM_RUNS: usize = 10;
-/// Distinct alerts in the duplicates storm (each runs once; the rest of the alerts repeat them).
-const REPEATED_ALERTS: usize = 100;
+/// Distinct alerts in the duplicates storm (all acted on within the window already).
+const REPEATED_ALERTS: usize = 1000;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -748,8 +748,8 @@ enum Runs {
     Execute,
     /// The rule's rate limit lets [`STORM_RUNS`] runs through; the rest is suppressed `rate_limited`.
     RateLimited,
-    /// [`REPEATED_ALERTS`] distinct alerts, each run once, and every other alert a repeat of one of them
-    /// (`duplicate`); no rate limit in the way.
+    /// Every alert repeats one of [`REPEATED_ALERTS`] alerts acted on within the window (their keys are claimed in
+    /// the KV bucket before the intake starts): all `duplicate`; no rate limit in the way.
     Repeats,
 }
 
@@ -799,6 +799,17 @@ fn throughput_pass(
         watch(&client, "rune.decisions.>", decisions.clone(), Read::Kind).await;
         watch(&client, "rune.results.>", results.clone(), Read::Nothing).await;
         client.flush().await.unwrap_or_else(|e| panic!("flush: {e}"));
+        if let Runs::Repeats = runs {
+            // As if each had run within the window: the key the engine derives (rule/fingerprint/status/host).
+            let store = KvDedup::open(client.clone(), &KvDedupSettings::default())
+                .await
+                .unwrap_or_else(|e| panic!("dedup store: {e}"));
+            for of in 0..REPEATED_ALERTS {
+                let key = format!("bench/{tag}-{of:08}/firing/{host}");
+                let claimed = store.claim(&key, Duration::from_secs(3600), tokio::time::Instant::now()).await;
+                assert_eq!(claimed, Ok(true), "seed claim {key}");
+            }
+        }
         let publish = load_stream(&client, alerts).await;
         (client, decisions, results, publish)
     });
@@ -811,8 +822,9 @@ fn throughput_pass(
     let start = Instant::now();
     let timeout = Duration::from_secs(60 + (n / 200) as u64);
     let expected_runs = match runs {
-        Runs::Execute | Runs::Repeats => distinct,
+        Runs::Execute => distinct,
         Runs::RateLimited => STORM_RUNS.min(distinct),
+        Runs::Repeats => 0,
     };
     let (all, _) = load.block_on(async {
         let all = wait_for(&decisions, n, timeout).await;
