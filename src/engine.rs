@@ -353,6 +353,7 @@ impl Decision {
             operator: self.operator(),
             correlation_id: Some(self.event.correlation_id.clone()),
             trigger: self.trigger(),
+            transport: None,
         })
     }
 

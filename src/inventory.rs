@@ -16,6 +16,18 @@ static GROUP_NAME_RE: LazyLock<Regex> =
 /// Host names and IPv4/IPv6 literals: no brackets, commas, wildcards or spaces (they would corrupt known_hosts).
 static ADDRESS_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9:][A-Za-z0-9.:-]{0,252}$").unwrap_or_else(|_| unreachable!()));
+/// EC2 instance ids (`i-` and 8 or 17 hex digits) and hybrid managed instance ids (`mi-` and 17 hex digits).
+static INSTANCE_ID_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(i-([0-9a-f]{8}|[0-9a-f]{17})|mi-[0-9a-f]{17})$").unwrap_or_else(|_| unreachable!())
+});
+/// AWS region names (`us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`).
+static REGION_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$").unwrap_or_else(|_| unreachable!()));
+/// SSM document names (the API's own pattern), or a document ARN.
+static DOCUMENT_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^([a-zA-Z0-9_.-]{3,128}|arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:document/[a-zA-Z0-9_.-]{3,128})$")
+        .unwrap_or_else(|_| unreachable!())
+});
 static USER_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z_][a-z0-9_.-]{0,31}\$?$").unwrap_or_else(|_| unreachable!()));
 
@@ -36,6 +48,8 @@ pub enum TransportKind {
     Local,
     /// OpenSSH-compatible server, through russh.
     Ssh,
+    /// AWS Systems Manager Run Command (the host's `ssm` section names the managed instance).
+    Ssm,
 }
 
 impl fmt::Display for TransportKind {
@@ -43,6 +57,7 @@ impl fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Local => "local",
             TransportKind::Ssh => "ssh",
+            TransportKind::Ssm => "ssm",
         })
     }
 }
@@ -70,7 +85,40 @@ pub struct DefaultsConfig {
     pub host_key_policy: Option<HostKeyPolicy>,
     pub sudo: Option<bool>,
     pub connect_timeout_s: Option<u64>,
+    /// Region and document for every host's `ssm` section that does not name its own.
+    pub ssm: Option<SsmDefaultsConfig>,
 }
+
+/// `defaults.ssm` as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SsmDefaultsConfig {
+    pub region: Option<String>,
+    pub document: Option<String>,
+}
+
+/// A host's `ssm` section as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SsmHostConfig {
+    pub instance_id: String,
+    pub region: Option<String>,
+    pub document: Option<String>,
+}
+
+/// How the SSM transport reaches a host: the managed instance, and where its API lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SsmTarget {
+    /// `i-…` (EC2) or `mi-…` (hybrid activation).
+    pub instance_id: String,
+    /// None: the SDK's own (environment, profile).
+    pub region: Option<String>,
+    /// The Run Command document; `AWS-RunShellScript` unless set.
+    pub document: String,
+}
+
+/// The document used when neither the host nor the defaults name one.
+pub const DEFAULT_SSM_DOCUMENT: &str = "AWS-RunShellScript";
 
 /// One host as written (raw form).
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -85,6 +133,8 @@ pub struct HostConfig {
     pub transport: Option<TransportKind>,
     pub sudo: Option<bool>,
     pub connect_timeout_s: Option<u64>,
+    /// The managed instance behind this host, for `transport: ssm` (or `--use-ssm`).
+    pub ssm: Option<SsmHostConfig>,
     #[serde(default)]
     pub groups: Vec<String>,
     #[serde(default)]
@@ -116,8 +166,22 @@ pub struct Host {
     pub sudo: bool,
     #[serde(rename = "connect_timeout_s", serialize_with = "serialize_secs")]
     pub connect_timeout: Duration,
+    /// The managed instance, when the host has an `ssm` section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssm: Option<SsmTarget>,
     pub groups: Vec<String>,
     pub tags: BTreeMap<String, String>,
+}
+
+impl Host {
+    /// This host reached through `transport` instead (e.g. `--use-ssm`); None if it lacks what that needs (an
+    /// `ssm` section for SSM, an address and user for SSH are always there).
+    pub fn via(&self, transport: TransportKind) -> Option<Host> {
+        if transport == TransportKind::Ssm && self.ssm.is_none() {
+            return None;
+        }
+        Some(Host { transport, ..self.clone() })
+    }
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -144,6 +208,30 @@ pub enum TargetError {
     UnknownGroup(String),
     #[error("no target given: use --host, --hosts or --group")]
     Empty,
+}
+
+/// Validates a host's `ssm` section over the defaults' (None: the host has none).
+fn ssm_target(host: Option<&SsmHostConfig>, defaults: Option<&SsmDefaultsConfig>) -> Result<Option<SsmTarget>, String> {
+    let Some(h) = host else { return Ok(None) };
+    if !INSTANCE_ID_RE.is_match(&h.instance_id) {
+        return Err(format!(
+            "ssm.instance_id `{}` is not an instance id (`i-` + 8 or 17 hex digits, or `mi-` + 17)",
+            h.instance_id
+        ));
+    }
+    let region = h.region.clone().or_else(|| defaults.and_then(|d| d.region.clone()));
+    if let Some(r) = region.as_deref().filter(|r| !REGION_RE.is_match(r)) {
+        return Err(format!("ssm.region `{r}` is not a region name (like `eu-west-1`)"));
+    }
+    let document = h
+        .document
+        .clone()
+        .or_else(|| defaults.and_then(|d| d.document.clone()))
+        .unwrap_or_else(|| DEFAULT_SSM_DOCUMENT.to_owned());
+    if !DOCUMENT_RE.is_match(&document) {
+        return Err(format!("ssm.document `{document}` is not a document name or ARN"));
+    }
+    Ok(Some(SsmTarget { instance_id: h.instance_id.clone(), region, document }))
 }
 
 /// The validated inventory.
@@ -242,6 +330,17 @@ impl Inventory {
             if bad_group {
                 continue;
             }
+            let ssm = match ssm_target(h.ssm.as_ref(), d.ssm.as_ref()) {
+                Ok(t) => t,
+                Err(message) => {
+                    fail(message);
+                    continue;
+                }
+            };
+            if transport == TransportKind::Ssm && ssm.is_none() {
+                fail("`transport: ssm` needs an `ssm` section with the `instance_id`".into());
+                continue;
+            }
             let key = h.key.as_deref().or(d.key.as_deref()).map(resolve);
             let known_hosts = h
                 .known_hosts
@@ -262,6 +361,7 @@ impl Inventory {
                     transport,
                     sudo: h.sudo.or(d.sudo).unwrap_or(false),
                     connect_timeout: Duration::from_secs(timeout),
+                    ssm,
                     groups: h.groups.clone(),
                     tags: h.tags.clone(),
                 }),
@@ -382,6 +482,43 @@ hosts:
             InventoryError::Parse { line, .. } => assert_eq!(*line, 3),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn ssm_sections_are_validated_and_take_the_defaults() {
+        let text = "
+defaults:
+  user: ops
+  ssm: { region: eu-west-1 }
+hosts:
+  web-1:
+    transport: ssm
+    ssm: { instance_id: i-0123456789abcdef0 }
+  web-2:
+    ssm: { instance_id: mi-0123456789abcdef0, region: us-east-1, document: Rune-Run }
+";
+        let inv = Inventory::parse(text, "inv.yaml", None).expect("valid");
+        let w1 = inv.get("web-1").expect("web-1");
+        assert_eq!(w1.transport, TransportKind::Ssm);
+        let t = w1.ssm.as_ref().expect("ssm");
+        assert_eq!((t.region.as_deref(), t.document.as_str()), (Some("eu-west-1"), DEFAULT_SSM_DOCUMENT));
+        let w2 = inv.get("web-2").expect("web-2");
+        assert_eq!(w2.transport, TransportKind::Ssh, "an ssm section alone does not switch the transport");
+        assert_eq!(w2.via(TransportKind::Ssm).map(|h| h.transport), Some(TransportKind::Ssm));
+        assert_eq!(w2.ssm.as_ref().map(|t| t.document.as_str()), Some("Rune-Run"));
+        for (bad, why) in [
+            ("transport: ssm", "needs an `ssm` section"),
+            ("ssm: { instance_id: i-123 }", "not an instance id"),
+            ("ssm: { instance_id: \"i-0123456789abcdef0; rm\" }", "not an instance id"),
+            ("ssm: { instance_id: i-0123456789abcdef0, region: \"us-east-1.evil\" }", "not a region"),
+            ("ssm: { instance_id: i-0123456789abcdef0, document: \"a b\" }", "not a document"),
+        ] {
+            let text = format!("hosts:\n  h:\n    user: ops\n    {bad}\n");
+            let err = Inventory::parse(&text, "inv.yaml", None).expect_err(bad);
+            assert!(err[0].to_string().contains(why), "{bad}: {}", err[0]);
+        }
+        let plain = Inventory::parse(INV, "inv.yaml", None).expect("valid");
+        assert_eq!(plain.get("web-1").and_then(|h| h.via(TransportKind::Ssm)), None, "no ssm section");
     }
 
     #[test]

@@ -59,6 +59,8 @@ impl RunSpec {
             // SAFETY: geteuid(2) has no preconditions and cannot fail.
             TransportKind::Local => unsafe { libc::geteuid() == 0 },
             TransportKind::Ssh => self.host.user == "root",
+            // The SSM agent runs Run Command documents as root.
+            TransportKind::Ssm => true,
         }
     }
 }
@@ -95,6 +97,7 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
             stderr_budget: bpcs::MAX_STDERR_BYTES,
             start_marker: Vec::new(),
             cleanup: String::new(),
+            comment: comment(spec),
             session: Some(session_run(spec, input_json)),
         });
     }
@@ -168,8 +171,16 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
         stderr_budget: bpcs::MAX_STDERR_BYTES,
         start_marker: format!("rune-runner-start {}\n", spec.run_id).into_bytes(),
         cleanup,
+        comment: comment(spec),
         session: None,
     })
+}
+
+/// `rune <run id> <correlation id>`, cut to the 100 characters an SSM command comment may have.
+fn comment(spec: &RunSpec) -> String {
+    let mut c = format!("rune {} {}", spec.run_id, spec.correlation_id);
+    c.truncate(100);
+    c
 }
 
 /// The same run as a request to a session shell (`src/session.sh`).
@@ -209,7 +220,7 @@ fn session_run(spec: &RunSpec, input_json: Vec<u8>) -> SessionRun {
 
 /// Fills `@NAME@` placeholders in one pass over the template: substituted text is never scanned again, so data
 /// that happens to contain `@NAME@` stays data. An unknown placeholder is a build bug, reported as an error.
-fn render<'a>(template: &str, value: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
+pub(crate) fn render<'a>(template: &str, value: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 4096);
     let mut rest = template;
     while let Some(start) = rest.find('@') {

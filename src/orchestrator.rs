@@ -17,6 +17,7 @@ use crate::results::ResultEnvelope;
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshTransport;
+use crate::transport::ssm::SsmTransport;
 
 static CORRELATION_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$").unwrap_or_else(|_| unreachable!()));
@@ -41,6 +42,9 @@ pub struct RunRequest {
     pub correlation_id: Option<String>,
     /// What started the run (`{"source":"cli",...}`); passed to the plugin.
     pub trigger: Value,
+    /// Reach every host through this transport instead of its own (`--use-ssm`); a host that lacks what it
+    /// needs (an `ssm` section) refuses the request.
+    pub transport: Option<TransportKind>,
 }
 
 /// Why a request was refused before anything ran. Every problem is listed.
@@ -62,6 +66,7 @@ pub struct Orchestrator {
     inventory: Arc<Inventory>,
     local: Arc<LocalTransport>,
     ssh: SshTransport,
+    ssm: SsmTransport,
     /// Hosts whose stale run dirs the first run from this orchestrator sweeps; later runs skip the scan,
     /// whose cost grows with the number of run dirs on the host.
     swept: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -69,7 +74,19 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(registry: Arc<Registry>, inventory: Arc<Inventory>, ssh: SshTransport) -> Orchestrator {
-        Orchestrator { registry, inventory, local: Arc::new(LocalTransport), ssh, swept: Arc::default() }
+        Orchestrator {
+            registry,
+            inventory,
+            local: Arc::new(LocalTransport),
+            ssh,
+            ssm: SsmTransport::default(),
+            swept: Arc::default(),
+        }
+    }
+
+    /// This orchestrator with `ssm` as its SSM transport (settings, or a fixed client in tests).
+    pub fn with_ssm(self, ssm: SsmTransport) -> Orchestrator {
+        Orchestrator { ssm, ..self }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -101,13 +118,21 @@ impl Orchestrator {
                 None
             }
         });
-        let hosts = match self.inventory.select(&request.hosts, &request.groups) {
+        let mut hosts = match self.inventory.select(&request.hosts, &request.groups) {
             Ok(h) => h,
             Err(errors) => {
                 problems.extend(errors.iter().map(ToString::to_string));
                 Vec::new()
             }
         };
+        if let Some(kind) = request.transport {
+            for host in &mut hosts {
+                match host.via(kind) {
+                    Some(h) => *host = Arc::new(h),
+                    None => problems.push(format!("host `{}` has no `{kind}` section in the inventory", host.name)),
+                }
+            }
+        }
         if let Some(t) = request.timeout
             && (t.is_zero() || t.as_secs() > MAX_TIMEOUT_SECS)
         {
@@ -159,6 +184,7 @@ impl Orchestrator {
         match kind {
             TransportKind::Local => self.local.clone(),
             TransportKind::Ssh => Arc::new(self.ssh.clone()),
+            TransportKind::Ssm => Arc::new(self.ssm.clone()),
         }
     }
 

@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Correlation id to carry into every result; generated when absent.
     #[arg(long)]
     pub correlation_id: Option<String>,
+    /// Run through AWS SSM Run Command on every target, whatever its inventory transport (each host needs an
+    /// `ssm` section). Credentials, region and endpoint come from the standard AWS configuration.
+    #[arg(long)]
+    pub use_ssm: bool,
 }
 
 /// Parses `30`, `30s`, `5m`, `2h` into a duration.
@@ -174,6 +178,7 @@ pub async fn run(args: RunArgs) -> i32 {
         operator: operator.clone(),
         correlation_id: args.correlation_id.clone(),
         trigger: json!({ "source": "cli", "operator": operator }),
+        transport: args.use_ssm.then_some(crate::inventory::TransportKind::Ssm),
     };
     let plan = match orchestrator.plan(&request) {
         Ok(plan) if problems.is_empty() => plan,

@@ -3,6 +3,7 @@
 pub mod local;
 pub mod session;
 pub mod ssh;
+pub mod ssm;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +32,9 @@ pub struct Invocation {
     pub start_marker: Vec<u8>,
     /// Fixed command that kills the run's process group and removes its temp dir, for the deadline path.
     pub cleanup: String,
+    /// Names the run where the transport can label it (SSM's command comment, at most 100 characters): the run
+    /// and correlation ids, which are validated ASCII.
+    pub comment: String,
     /// The run as a request to a session shell (see [`session`]): set for SSH runs that do not go through
     /// `sudo -n`; the SSH transport then uses it instead of `command`, `stdin`, `start_marker` and `cleanup`.
     pub session: Option<SessionRun>,
@@ -282,6 +286,7 @@ mod tests {
             stderr_budget: 6,
             start_marker: b"<go>\n".to_vec(),
             cleanup: String::new(),
+            comment: String::new(),
             session: None,
         };
         let mut sink = OutputSink::new(&invocation);
@@ -311,6 +316,7 @@ mod tests {
             stderr_budget: 100,
             start_marker: b"rune-runner-start x\n".to_vec(),
             cleanup: String::new(),
+            comment: String::new(),
             session: None,
         };
         let mut sink = OutputSink::new(&invocation);

@@ -1,0 +1,531 @@
+//! The `ssm` transport: runs the runner program on a managed instance through AWS Systems Manager Run Command
+//! (`SendCommand` with `AWS-RunShellScript` or a configured document), polls `GetCommandInvocation` until the
+//! command ends, and cancels it at the deadline.
+//!
+//! Nothing from an alert is interpolated into the command: the SSM command is a fixed script holding two base64
+//! literals (the wrapper `ssm_wrap.sh` and the runner program, which carries the BPCS input), decoded on the host
+//! into a private directory. SSM returns at most 24,000 characters of stdout and 8,000 of stderr, from the start;
+//! so the wrapper keeps the runner's output in files and prints one frame — byte counts, stdout gzip'd and
+//! base64'd, an end line — then the tail of stderr. A frame cut short by the inline limit marks the output
+//! truncated (see docs/transports.md).
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ssm::Client;
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::operation::get_command_invocation::{GetCommandInvocationError, GetCommandInvocationOutput};
+use aws_sdk_ssm::operation::send_command::SendCommandError;
+use aws_sdk_ssm::types::CommandInvocationStatus;
+use base64::Engine as _;
+use tokio::time::Instant;
+
+use super::{BoxFuture, Invocation, OutputSink, RawOutcome, Transport, TransportError};
+use crate::inventory::{Host, SsmTarget, TransportKind};
+
+const WRAPPER: &str = include_str!("ssm_wrap.sh");
+
+/// Characters of stdout `GetCommandInvocation` returns inline.
+pub const INLINE_STDOUT_CHARS: usize = 24_000;
+/// Characters of stderr `GetCommandInvocation` returns inline; the wrapper prints at most this much of the tail.
+pub const INLINE_STDERR_CHARS: usize = 8_000;
+/// `executionTimeout` bounds of `AWS-RunShellScript`.
+const EXECUTION_TIMEOUT_SECS: (u64, u64) = (5, 172_800);
+/// `TimeoutSeconds` (delivery) bounds of `SendCommand`.
+const DELIVERY_TIMEOUT_SECS: (u64, u64) = (30, 2_592_000);
+/// At most this many errors in a row (other than "not there yet" and throttling) end the polling.
+const MAX_POLL_ERRORS: u32 = 5;
+
+/// How the transport talks to SSM.
+#[derive(Debug, Clone)]
+pub struct SsmSettings {
+    /// How long a command may wait for delivery to the instance (`TimeoutSeconds`; 30 s at least).
+    pub delivery_timeout: Duration,
+    /// First wait before polling `GetCommandInvocation`; each later wait grows by half, up to `poll_max`.
+    pub poll_first: Duration,
+    pub poll_max: Duration,
+    /// How long `InvocationDoesNotExist` after `SendCommand` means "not there yet" (eventual consistency).
+    pub not_found_grace: Duration,
+}
+
+impl Default for SsmSettings {
+    fn default() -> SsmSettings {
+        SsmSettings {
+            delivery_timeout: Duration::from_secs(60),
+            poll_first: Duration::from_millis(100),
+            poll_max: Duration::from_secs(3),
+            not_found_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs plugins through SSM Run Command. Clients (one per region) are built on first use from the standard AWS
+/// configuration chain (environment, profile, instance role; `AWS_ENDPOINT_URL_SSM` for VPC endpoints and
+/// tests). Cloning gives another handle to the same clients.
+#[derive(Clone, Default)]
+pub struct SsmTransport {
+    settings: Arc<SsmSettings>,
+    /// By region (None: the configuration chain's own).
+    clients: Arc<tokio::sync::Mutex<HashMap<Option<String>, Client>>>,
+    /// Used for every region when set (tests, mocks).
+    fixed: Option<Client>,
+}
+
+impl std::fmt::Debug for SsmTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsmTransport").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl SsmTransport {
+    pub fn new(settings: SsmSettings) -> SsmTransport {
+        SsmTransport { settings: Arc::new(settings), ..SsmTransport::default() }
+    }
+
+    /// A transport that uses `client` for every host, whatever its region.
+    pub fn with_client(settings: SsmSettings, client: Client) -> SsmTransport {
+        SsmTransport { settings: Arc::new(settings), fixed: Some(client), ..SsmTransport::default() }
+    }
+
+    async fn client(&self, region: Option<&str>) -> Client {
+        if let Some(c) = &self.fixed {
+            return c.clone();
+        }
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&region.map(str::to_owned)) {
+            return c.clone();
+        }
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r.to_owned()));
+        }
+        let client = Client::new(&loader.load().await);
+        clients.insert(region.map(str::to_owned), client.clone());
+        client
+    }
+}
+
+impl Transport for SsmTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Ssm
+    }
+
+    fn execute<'a>(
+        &'a self,
+        host: &'a Host,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<RawOutcome, TransportError>> {
+        Box::pin(async move {
+            let target = host
+                .ssm
+                .as_ref()
+                .ok_or_else(|| TransportError::Spawn(format!("host `{}` has no `ssm` section", host.name)))?;
+            let client = self.client(target.region.as_deref()).await;
+            run(&client, &self.settings, target, invocation).await
+        })
+    }
+}
+
+/// One run: send, poll until the command ends or the deadline passes (then cancel and clean up), decode.
+pub async fn run(
+    client: &Client,
+    settings: &SsmSettings,
+    target: &SsmTarget,
+    invocation: &Invocation,
+) -> Result<RawOutcome, TransportError> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let script = command_script(invocation, &nonce)?;
+    let command_id = send(client, settings, target, invocation, vec![script]).await?;
+    let deadline = Instant::now() + settings.delivery_timeout + invocation.deadline;
+    match poll(client, settings, &command_id, &target.instance_id, deadline).await? {
+        Polled::Done(out) => Ok(outcome(invocation, &out, &nonce)),
+        Polled::Deadline => {
+            cancel_and_clean(client, settings, target, invocation, &command_id).await;
+            Ok(RawOutcome { deadline_hit: true, ..RawOutcome::default() })
+        }
+    }
+}
+
+/// The `commands` parameter: POSIX sh (the agent runs it with `sh`) that makes a private dir, decodes the wrapper
+/// and the runner program into it, and runs the wrapper with bash.
+pub fn command_script(invocation: &Invocation, nonce: &str) -> Result<String, TransportError> {
+    if invocation.command.is_empty() {
+        return Err(TransportError::Spawn("an SSM run needs the runner command (no session runs over SSM)".into()));
+    }
+    let out_keep = (invocation.stdout_cap + 1).to_string();
+    let err_keep = (invocation.stderr_budget + 1).to_string();
+    let err_tail = invocation.stderr_tail.min(INLINE_STDERR_CHARS - 100).to_string();
+    let wrapper = crate::mediator::render(WRAPPER, |name| match name {
+        "COMMAND" => Some(invocation.command.as_str()),
+        "OUT_KEEP" => Some(&out_keep),
+        "ERR_KEEP" => Some(&err_keep),
+        "ERR_TAIL" => Some(&err_tail),
+        "NONCE" => Some(nonce),
+        _ => None,
+    })
+    .map_err(TransportError::Spawn)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // Base64 holds no quote: both literals are taken as they are by the shell.
+    Ok(format!(
+        "umask 077\nd=$(mktemp -d \"${{TMPDIR:-/tmp}}/rune-ssm.XXXXXXXX\") || exit 125\n\
+         printf '%s' '{}' | base64 -d >\"$d/wrap.sh\" && printf '%s' '{}' | base64 -d >\"$d/runner.in\" || {{ rm -rf -- \"$d\"; exit 125; }}\n\
+         exec bash --noprofile --norc \"$d/wrap.sh\" \"$d\"\n",
+        b64.encode(wrapper),
+        b64.encode(&invocation.stdin),
+    ))
+}
+
+async fn send(
+    client: &Client,
+    settings: &SsmSettings,
+    target: &SsmTarget,
+    invocation: &Invocation,
+    commands: Vec<String>,
+) -> Result<String, TransportError> {
+    let execution = invocation.deadline.as_secs().clamp(EXECUTION_TIMEOUT_SECS.0, EXECUTION_TIMEOUT_SECS.1);
+    let delivery = settings.delivery_timeout.as_secs().clamp(DELIVERY_TIMEOUT_SECS.0, DELIVERY_TIMEOUT_SECS.1);
+    let sent = client
+        .send_command()
+        .instance_ids(&target.instance_id)
+        .document_name(&target.document)
+        .parameters("commands", commands)
+        .parameters("executionTimeout", vec![execution.to_string()])
+        .timeout_seconds(i32::try_from(delivery).unwrap_or(i32::MAX))
+        .comment(&invocation.comment)
+        .send()
+        .await
+        .map_err(send_error)?;
+    sent.command()
+        .and_then(|c| c.command_id())
+        .map(str::to_owned)
+        .ok_or_else(|| TransportError::Protocol("SendCommand answered without a command id".into()))
+}
+
+fn send_error(e: SdkError<SendCommandError>) -> TransportError {
+    let code = e.code().unwrap_or("").to_owned();
+    let message = e.message().map(str::to_owned).unwrap_or_else(|| e.to_string());
+    match e.as_service_error() {
+        Some(SendCommandError::InvalidInstanceId(_)) => TransportError::Unreachable(format!(
+            "SSM: the instance is not a managed instance, is not running or its agent is offline ({message})"
+        )),
+        Some(SendCommandError::InvalidDocument(_)) => {
+            TransportError::Spawn(format!("SSM: document refused: {message}"))
+        }
+        _ if code.contains("AccessDenied") || code == "UnrecognizedClientException" || code.contains("Signature") => {
+            TransportError::AuthFailed(format!("SSM SendCommand: {code}: {message}"))
+        }
+        _ if code.is_empty() => TransportError::Unreachable(format!("SSM API: {}", error_chain(&e))),
+        _ => TransportError::Protocol(format!("SSM SendCommand: {code}: {message}")),
+    }
+}
+
+/// The error and its sources, one line (dispatch failures hide the cause below).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// How polling ended.
+#[derive(Debug)]
+pub enum Polled {
+    /// A final status (Success, Failed, …) with what the invocation returned.
+    Done(Box<GetCommandInvocationOutput>),
+    /// The deadline passed first.
+    Deadline,
+}
+
+/// Polls `GetCommandInvocation` with growing, jittered waits until a final status or the deadline. Statuses that
+/// say the command did not run become errors; Success, Failed and a TimedOut execution are `Done`.
+pub async fn poll(
+    client: &Client,
+    settings: &SsmSettings,
+    command_id: &str,
+    instance_id: &str,
+    deadline: Instant,
+) -> Result<Polled, TransportError> {
+    let sent = Instant::now();
+    let mut wait = settings.poll_first;
+    let mut errors = 0u32;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(Polled::Deadline);
+        }
+        tokio::time::sleep(jitter(wait).min(deadline - now)).await;
+        wait = (wait + wait / 2).min(settings.poll_max);
+        let answer = client.get_command_invocation().command_id(command_id).instance_id(instance_id).send().await;
+        let out = match answer {
+            Ok(out) => out,
+            Err(e) => {
+                if matches!(e.as_service_error(), Some(GetCommandInvocationError::InvocationDoesNotExist(_))) {
+                    if sent.elapsed() < settings.not_found_grace {
+                        continue;
+                    }
+                    return Err(TransportError::Unreachable(format!(
+                        "SSM: invocation {command_id} on {instance_id} still does not exist {:?} after sending",
+                        settings.not_found_grace
+                    )));
+                }
+                let code = e.code().unwrap_or("");
+                if code.contains("Throttl") || code == "TooManyRequestsException" || code == "RequestLimitExceeded" {
+                    wait = (wait * 2).min(settings.poll_max);
+                    continue;
+                }
+                if code.contains("AccessDenied") {
+                    return Err(TransportError::AuthFailed(format!(
+                        "SSM GetCommandInvocation: {code}: {}",
+                        e.message().unwrap_or("")
+                    )));
+                }
+                errors += 1;
+                if errors >= MAX_POLL_ERRORS {
+                    return Err(TransportError::LostMidRun(format!(
+                        "SSM: {errors} GetCommandInvocation errors in a row, last: {}",
+                        error_chain(&e)
+                    )));
+                }
+                continue;
+            }
+        };
+        errors = 0;
+        if ended(&out)? {
+            return Ok(Polled::Done(Box::new(out)));
+        }
+    }
+}
+
+/// True when the invocation has ended in a way that has output to judge; false while it goes on; an error for
+/// the endings that mean the plugin did not run (or ran beyond our view).
+fn ended(out: &GetCommandInvocationOutput) -> Result<bool, TransportError> {
+    let details = out.status_details().unwrap_or("");
+    match out.status() {
+        None
+        | Some(
+            CommandInvocationStatus::Pending
+            | CommandInvocationStatus::InProgress
+            | CommandInvocationStatus::Delayed
+            | CommandInvocationStatus::Cancelling,
+        ) => Ok(false),
+        // StatusDetails tells a script that failed from a command that never ran or was ended from outside.
+        Some(CommandInvocationStatus::Failed) if details == "Undeliverable" => Err(TransportError::Unreachable(
+            "SSM: undeliverable: the instance is not managed, is stopped or terminated, or its agent is offline".into(),
+        )),
+        Some(CommandInvocationStatus::Failed) if details == "Terminated" => Err(TransportError::LostMidRun(
+            "SSM: the command was terminated on the instance (the instance stopped or the agent restarted)".into(),
+        )),
+        Some(CommandInvocationStatus::Failed) if details == "InvalidPlatform" => {
+            Err(TransportError::Spawn("SSM: the document does not run on this instance's platform (not Linux?)".into()))
+        }
+        Some(CommandInvocationStatus::Failed) if details == "AccessDenied" => {
+            Err(TransportError::AuthFailed("SSM: access denied for the document or the instance (IAM policy)".into()))
+        }
+        Some(CommandInvocationStatus::Success | CommandInvocationStatus::Failed) => Ok(true),
+        Some(CommandInvocationStatus::TimedOut) if details.contains("Delivery") => Err(TransportError::Unreachable(
+            "SSM: the command was not delivered to the instance in time (agent offline?)".into(),
+        )),
+        // The agent ended the script at `executionTimeout`: judged like a deadline (output, if any, is kept).
+        Some(CommandInvocationStatus::TimedOut) => Ok(true),
+        Some(CommandInvocationStatus::Cancelled) => {
+            Err(TransportError::LostMidRun("SSM: the command was cancelled outside RUNE".into()))
+        }
+        Some(other) => Err(TransportError::Protocol(format!("SSM: unknown invocation status `{}`", other.as_str()))),
+    }
+}
+
+/// Waits vary by ±20 % so that many runs do not poll in step.
+fn jitter(wait: Duration) -> Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 401) as u32; // 0..=400
+    wait * (800 + r) / 1000
+}
+
+/// At the deadline: cancel the command, then send the invocation's cleanup (kills what the runner left, removes
+/// its dir) as a command of its own, without waiting for it.
+async fn cancel_and_clean(
+    client: &Client,
+    settings: &SsmSettings,
+    target: &SsmTarget,
+    invocation: &Invocation,
+    command_id: &str,
+) {
+    if let Err(e) = client.cancel_command().command_id(command_id).instance_ids(&target.instance_id).send().await {
+        tracing::warn!(command_id, instance = %target.instance_id, error = %error_chain(&e), "SSM CancelCommand failed");
+    }
+    if invocation.cleanup.is_empty() {
+        return;
+    }
+    let cleanup = Invocation {
+        deadline: Duration::from_secs(30),
+        comment: format!("{} cleanup", invocation.comment).chars().take(100).collect(),
+        ..invocation.clone()
+    };
+    if let Err(e) = send(client, settings, target, &cleanup, vec![invocation.cleanup.clone()]).await {
+        tracing::warn!(command_id, instance = %target.instance_id, error = %e, "SSM cleanup command failed");
+    }
+}
+
+/// What the invocation returned, decoded into the same outcome the other transports give.
+fn outcome(invocation: &Invocation, out: &GetCommandInvocationOutput, nonce: &str) -> RawOutcome {
+    let inline = out.standard_output_content().unwrap_or("");
+    let stderr = out.standard_error_content().unwrap_or("");
+    let mut sink = OutputSink::new(invocation);
+    let mut raw = RawOutcome::default();
+    match Frame::parse(inline, nonce, invocation.stdout_cap) {
+        Some(frame) => {
+            sink.stdout(&frame.stdout);
+            sink.stderr(stderr.as_bytes());
+            sink.finish(&mut raw);
+            raw.stdout_truncated |= !frame.complete;
+            raw.stderr_flooded |= frame.stderr_len > invocation.stderr_budget as u64;
+        }
+        None => {
+            // The wrapper did not get as far as its frame (no bash, no base64, no temp dir): what SSM has.
+            sink.stdout(inline.as_bytes());
+            sink.stderr(stderr.as_bytes());
+            sink.finish(&mut raw);
+        }
+    }
+    raw.exit_code = match out.status() {
+        // The agent killed the script at its execution timeout (its exit code, 137, says nothing more).
+        Some(CommandInvocationStatus::TimedOut) => {
+            raw.deadline_hit = true;
+            None
+        }
+        _ if out.response_code() < 0 => None,
+        _ => Some(out.response_code()),
+    };
+    raw
+}
+
+/// The wrapper's frame, decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The runner's stdout (a prefix of it when the frame is incomplete).
+    pub stdout: Vec<u8>,
+    /// Every byte of stdout arrived (the end line was there and the length matches).
+    pub complete: bool,
+    /// Bytes of stderr the runner wrote.
+    pub stderr_len: u64,
+}
+
+impl Frame {
+    /// Finds the frame of this run (`nonce`) in the inline stdout; None when there is none. At most `cap` + 1
+    /// bytes are decoded.
+    pub fn parse(inline: &str, nonce: &str, cap: usize) -> Option<Frame> {
+        let header = format!("rune-ssm-frame 1 {nonce} ");
+        let start = inline.find(&header)?;
+        let rest = &inline[start + header.len()..];
+        let (line, body) = rest.split_once('\n')?;
+        let mut fields = line.split(' ');
+        let len: u64 = fields.next()?.parse().ok()?;
+        let stderr_len: u64 = fields.next()?.parse().ok()?;
+        let encoding = fields.next()?;
+        let end = format!("rune-ssm-end {nonce}\n");
+        let (stdout, ended) = match encoding {
+            "gzip-base64" => {
+                let (text, ended) = match body.find(&end) {
+                    Some(i) => (&body[..i], true),
+                    None => (body, false),
+                };
+                let mut clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+                clean.truncate(clean.len() / 4 * 4);
+                let gz = base64::engine::general_purpose::STANDARD.decode(&clean).ok()?;
+                (gunzip_prefix(&gz, cap + 1), ended)
+            }
+            "raw" => {
+                let take = usize::try_from(len).unwrap_or(usize::MAX).min(body.len()).min(cap + 1);
+                let ended = body.get(take..).is_some_and(|after| after.starts_with(&format!("\n{end}")));
+                (body.as_bytes()[..take].to_vec(), ended)
+            }
+            _ => return None,
+        };
+        let complete = ended && stdout.len() as u64 == len;
+        Some(Frame { stdout, complete, stderr_len })
+    }
+}
+
+/// Decompresses as much of `gz` as is intact, at most `limit` bytes.
+fn gunzip_prefix(gz: &[u8], limit: usize) -> Vec<u8> {
+    let mut decoder = flate2::read::GzDecoder::new(gz).take(limit as u64);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match decoder.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn gzip_b64(data: &[u8]) -> String {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(enc.finish().unwrap());
+        // As base64(1) prints it: 76 columns.
+        b64.as_bytes().chunks(76).map(|c| format!("{}\n", std::str::from_utf8(c).unwrap())).collect()
+    }
+
+    #[test]
+    fn a_whole_frame_decodes_and_a_cut_one_is_marked_incomplete() {
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| format!("{{\"line\":{i}}}\n").into_bytes()).collect();
+        let text =
+            format!("noise\nrune-ssm-frame 1 n1 {} 7 gzip-base64\n{}rune-ssm-end n1\n", data.len(), gzip_b64(&data));
+        let frame = Frame::parse(&text, "n1", usize::MAX - 1).unwrap();
+        assert!(frame.complete);
+        assert_eq!(frame.stdout, data);
+        assert_eq!(frame.stderr_len, 7);
+        // SSM keeps the first 24,000 characters.
+        let cut: String = text.chars().take(INLINE_STDOUT_CHARS).collect();
+        let frame = Frame::parse(&cut, "n1", usize::MAX - 1).unwrap();
+        assert!(!frame.complete);
+        assert!(data.starts_with(&frame.stdout) && !frame.stdout.is_empty(), "a prefix survives");
+        assert_eq!(Frame::parse(&text, "other", 10), None, "another run's frame is not this one");
+    }
+
+    #[test]
+    fn raw_frames_take_the_declared_length() {
+        let text = "rune-ssm-frame 1 n 5 0 raw\nab\ncd\nrune-ssm-end n\n";
+        assert_eq!(
+            Frame::parse(text, "n", 100),
+            Some(Frame { stdout: b"ab\ncd".to_vec(), complete: true, stderr_len: 0 })
+        );
+        let cut = &text[..30];
+        let frame = Frame::parse(cut, "n", 100).unwrap();
+        assert!(!frame.complete);
+    }
+
+    #[test]
+    fn the_script_carries_data_only_as_base64() {
+        let invocation = Invocation {
+            command: "bash --noprofile --norc -c 'boot'".into(),
+            stdin: b"echo '$(rm -rf /)' `x` \"; a.> *".to_vec(),
+            deadline: Duration::from_secs(60),
+            stdout_cap: 1024,
+            stderr_tail: 8192,
+            stderr_budget: 4096,
+            start_marker: b"go\n".to_vec(),
+            cleanup: String::new(),
+            comment: "rune test".into(),
+            session: None,
+        };
+        let script = command_script(&invocation, "abc").unwrap();
+        assert!(!script.contains("rm -rf /)"), "{script}");
+        let literals: Vec<&str> = script.split('\'').skip(1).step_by(2).collect();
+        for l in literals.iter().filter(|l| l.len() > 8) {
+            assert!(l.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)), "{l}");
+        }
+    }
+}
