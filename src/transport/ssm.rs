@@ -529,3 +529,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "ssm_tests.rs"]
+mod poll_tests;
