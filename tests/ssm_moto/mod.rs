@@ -1,0 +1,76 @@
+//! The SSM transport's requests through the real SDK against moto's server (`support::moto`): what `rune run
+//! --use-ssm` sends (document, comment, execution timeout, the script carrying data only as base64). moto does
+//! not execute commands — `support::ssm` does, in `tests/ssm/`.
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::support::moto::MotoServer;
+use crate::support::{rune, text};
+
+const INSTANCE: &str = "i-0123456789abcdef0";
+
+#[test]
+fn rune_run_use_ssm_sends_one_command_whose_script_carries_data_only_as_base64() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        format!("hosts:\n  app-1:\n    address: 127.0.0.1\n    user: ops\n    ssm: {{ instance_id: {INSTANCE} }}\n"),
+    )
+    .unwrap();
+    let plugins = format!("{}/plugins", env!("CARGO_MANIFEST_DIR"));
+    let hostile = "$(touch /tmp/pwned) `id` ' \" ; a.> *";
+    let env = moto.aws_env();
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.push(("RUNE_PLUGINS_DIR", &plugins));
+    let message = format!("message={hostile}");
+    let out = rune(
+        &[
+            "run",
+            "noop",
+            "--use-ssm",
+            "--host",
+            "app-1",
+            "--inventory",
+            "inventory.yaml",
+            "--output",
+            "json",
+            "--arg",
+            &message,
+            "--correlation-id",
+            "moto-1",
+            "--timeout",
+            "20s",
+        ],
+        dir.path(),
+        &vars,
+    );
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(envelope["transport"], "ssm", "{envelope}");
+    assert_eq!(envelope["host"], "app-1");
+    // moto answers Success with no output: no runner start marker, so the run is an error, never `ok`.
+    assert_eq!(envelope["status"], "error", "{envelope}");
+
+    let client = moto.ssm_client();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let commands = runtime.block_on(client.list_commands().send()).unwrap_or_else(|e| panic!("{e:?}"));
+    let [command] = commands.commands() else { panic!("one command expected: {commands:?}") };
+    assert_eq!(command.document_name(), Some("AWS-RunShellScript"));
+    assert_eq!(command.instance_ids(), [INSTANCE.to_owned()]);
+    let run_id = envelope["run_id"].as_str().unwrap();
+    assert_eq!(command.comment(), Some(format!("rune {run_id} moto-1").as_str()));
+    let params = command.parameters().unwrap();
+    assert_eq!(params["executionTimeout"], ["35".to_owned()], "20 s + kill-after 5 s + grace 10 s");
+    let [script] = params["commands"].as_slice() else { panic!("one script: {params:?}") };
+    assert!(!script.contains("touch /tmp/pwned") && !script.contains("`id`"), "alert data in clear: {script}");
+    // The two single-quoted literals are base64; the runner's decodes to a program holding the input.
+    let literals: Vec<&str> = script.split('\'').skip(1).step_by(2).filter(|l| l.len() > 8).collect();
+    assert_eq!(literals.len(), 2, "{script}");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let wrapper = String::from_utf8(b64.decode(literals[0]).unwrap()).unwrap();
+    assert!(wrapper.contains("rune-ssm-frame 1"), "{wrapper}");
+    let runner = String::from_utf8(b64.decode(literals[1]).unwrap()).unwrap();
+    assert!(runner.contains(run_id), "the runner carries the run id");
+    assert!(!runner.contains(hostile), "even decoded, the argument is printf-escaped, never shell text");
+}
