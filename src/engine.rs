@@ -28,7 +28,7 @@ use crate::gate::dedup::{ClaimRef, DedupError, DedupStore, MemoryDedup};
 use crate::gate::kv::{KvError, KvLease, KvLocks};
 use crate::gate::lock::{HostLease, HostLocks};
 use crate::gate::ratelimit::{KeyedRateLimit, RateLimit, RateSpec};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, TransportKind};
 use crate::orchestrator::RunRequest;
 use crate::plugins::{Plugin, Registry};
 use crate::rules::template::EventContext;
@@ -319,6 +319,8 @@ pub struct Decision {
     pub host: Option<String>,
     pub args: BTreeMap<String, String>,
     pub dedup_key: Option<String>,
+    /// The rule's transport for the run, instead of the host's own (None: the host's).
+    pub transport: Option<TransportKind>,
     pub trace: Trace,
     pub verdict: Verdict,
     pub decided_at: DateTime<Utc>,
@@ -353,7 +355,7 @@ impl Decision {
             operator: self.operator(),
             correlation_id: Some(self.event.correlation_id.clone()),
             trigger: self.trigger(),
-            transport: None,
+            transport: self.transport,
         })
     }
 
@@ -466,6 +468,7 @@ struct RuleSpec {
     plugin_sha256: String,
     target: Target,
     args: Vec<(String, ArgSource)>,
+    transport: Option<TransportKind>,
 }
 
 impl RuleSpec {
@@ -474,6 +477,7 @@ impl RuleSpec {
             action: rule.action.clone(),
             plugin_sha256: rule.plugin.sha256.clone(),
             target: rule.target.clone(),
+            transport: rule.transport,
             args: rule.args.clone(),
         }
     }
@@ -649,6 +653,7 @@ impl<D: DedupStore> Engine<D> {
             host: None,
             args: BTreeMap::new(),
             dedup_key: None,
+            transport: rule.transport,
             trace: Trace::default(),
             verdict: Verdict::Cleared { cancelled_pending: false },
             decided_at: Utc::now(),
@@ -695,9 +700,15 @@ impl<D: DedupStore> Engine<D> {
         for host in hosts {
             let mut d = self.base(event, rule);
             d.host = Some(truncate(&host, 256));
-            if self.inventory.get(&host).is_none() {
+            let reachable = match (self.inventory.get(&host), rule.transport) {
+                (None, _) => Err(format!("`{}` is not an inventory host", truncate(&host, 256))),
+                (Some(h), Some(kind)) if h.via(kind).is_none() => {
+                    Err(format!("host `{host}` has no `{kind}` section (the rule's transport is {kind})"))
+                }
+                _ => Ok(()),
+            };
+            if let Err(detail) = reachable {
                 d.trace.set(Gate::Target, Step::Suppressed);
-                let detail = format!("`{}` is not an inventory host", truncate(&host, 256));
                 d.verdict = Verdict::suppressed(SuppressReason::UnknownTarget, detail);
                 out.push(d);
                 continue;
@@ -1162,6 +1173,7 @@ impl<D: DedupStore> Engine<D> {
                 host: Some(p.host.clone()),
                 args: p.args,
                 dedup_key: Some(key),
+                transport: None,
                 trace: p.trace,
                 verdict: Verdict::Cleared { cancelled_pending: false },
                 decided_at: Utc::now(),
@@ -1188,6 +1200,7 @@ impl<D: DedupStore> Engine<D> {
                     continue;
                 }
             };
+            d.transport = rule.transport;
             if let Err(v) = self.safety_class(&loaded, rule, &mut d.trace) {
                 d.verdict = v;
                 out.push(d);
@@ -1217,6 +1230,7 @@ impl<D: DedupStore> Engine<D> {
             host: None,
             args: BTreeMap::new(),
             dedup_key: None,
+            transport: None,
             trace: Trace::default(),
             verdict: Verdict::Cleared { cancelled_pending: false },
             decided_at: Utc::now(),
@@ -1846,6 +1860,29 @@ rules:
         assert_eq!(b[0].verdict.reason(), Some(SuppressReason::DedupUnavailable));
         let _ = e.decide(on("a", AlertStatus::Resolved)).await;
         assert!(e.decide(on("c", AlertStatus::Firing)).await[0].is_admitted(), "budget of 2, one run so far");
+    }
+
+    /// A rule's transport goes into its run request; a rendered target without what it needs is `unknown_target`.
+    #[tokio::test(start_paused = true)]
+    async fn the_rule_transport_reaches_the_run_request_and_is_checked_per_target() {
+        let e = engine(
+            "
+rules:
+  - name: r
+    match: { labels: { alertname: A } }
+    target: { host_from: \"{{ labels.instance }}\" }
+    action: noop
+    transport: ssm
+",
+        );
+        let on = |host: &str| event(AlertStatus::Firing, host, &[("alertname", "A"), ("instance", host)]);
+        let d = e.decide(on("web-2")).await;
+        assert!(d[0].is_admitted(), "{:?}", d[0].verdict);
+        let request = d[0].run_request().unwrap_or_else(|| panic!("admitted"));
+        assert_eq!(request.transport, Some(TransportKind::Ssm));
+        let d = e.decide(on("web-1")).await;
+        assert_eq!(d[0].verdict.reason(), Some(SuppressReason::UnknownTarget));
+        assert!(format!("{:?}", d[0].verdict).contains("no `ssm` section"), "{:?}", d[0].verdict);
     }
 
     /// Once a limit (rule-wide, or per host) has refused, the alerts until its next permit are suppressed `rate_limited` without a

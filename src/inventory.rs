@@ -41,7 +41,7 @@ hosts:
 ";
 
 /// How a host is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransportKind {
     /// A subprocess on the machine running RUNE.

@@ -605,16 +605,37 @@ impl Compiler<'_> {
             }
         };
         // Target.
+        let unreachable_via = |hosts: &[&crate::inventory::Host]| -> Vec<String> {
+            match r.transport {
+                Some(kind) => hosts.iter().filter(|h| h.via(kind).is_none()).map(|h| h.name.clone()).collect(),
+                None => Vec::new(),
+            }
+        };
         let target = match &r.target {
             TargetConfig::Host(h) => {
-                if self.inventory.get(&h.value).is_none() {
-                    self.error(h.referenced, format!("target.host: `{}` is not in the inventory", h.value));
+                match self.inventory.get(&h.value) {
+                    None => self.error(h.referenced, format!("target.host: `{}` is not in the inventory", h.value)),
+                    Some(host) => {
+                        if !unreachable_via(&[host]).is_empty() {
+                            self.error(h.referenced, format!("transport: host `{}` has no `ssm` section", h.value));
+                        }
+                    }
                 }
                 Target::Host(h.value.clone())
             }
             TargetConfig::Group(g) => {
-                if self.inventory.select(&[], std::slice::from_ref(&g.value)).is_err() {
-                    self.error(g.referenced, format!("target.group: `{}` is not a group of the inventory", g.value));
+                match self.inventory.select(&[], std::slice::from_ref(&g.value)) {
+                    Err(_) => {
+                        self.error(g.referenced, format!("target.group: `{}` is not a group of the inventory", g.value))
+                    }
+                    Ok(hosts) => {
+                        let hosts: Vec<&crate::inventory::Host> = hosts.iter().map(|h| h.as_ref()).collect();
+                        let missing = unreachable_via(&hosts);
+                        if !missing.is_empty() {
+                            let list = missing.join(", ");
+                            self.error(g.referenced, format!("transport: hosts without an `ssm` section: {list}"));
+                        }
+                    }
                 }
                 Target::Group(g.value.clone())
             }
@@ -739,6 +760,7 @@ impl Compiler<'_> {
             blast_radius,
             breaker,
             stop: r.stop,
+            transport: r.transport,
         })
     }
 }
@@ -755,7 +777,7 @@ pub(crate) mod tests {
     pub(crate) const INVENTORY: &str = "
 hosts:
   web-1: { transport: local, groups: [web] }
-  web-2: { transport: local, groups: [web] }
+  web-2: { transport: local, groups: [web], ssm: { instance_id: i-0123456789abcdef0 } }
   db-1: { transport: local, groups: [db] }
 ";
 
@@ -777,6 +799,21 @@ hosts:
             Ok(_) => panic!("expected errors"),
             Err(e) => e.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn a_rule_transport_needs_every_static_target_to_have_it() {
+        let rule = |target: &str| {
+            format!(
+                "rules:\n  - name: r\n    match: {{ labels: {{ a: b }} }}\n    target: {target}\n    action: noop\n    transport: ssm\n"
+            )
+        };
+        let ok = compile(&[("t.yaml", &rule("{ host: web-2 }"))]).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(ok.rules[0].transport, Some(crate::inventory::TransportKind::Ssm));
+        let e = errors(&[("t.yaml", &rule("{ host: web-1 }"))]);
+        assert!(e[0].contains("host `web-1` has no `ssm` section"), "{e:?}");
+        let e = errors(&[("t.yaml", &rule("{ group: web }"))]);
+        assert!(e[0].contains("without an `ssm` section: web-1"), "{e:?}");
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub struct Rule {
     pub blast_radius: Option<BlastRadius>,
     pub breaker: BreakerSpec,
     pub stop: bool,
+    /// The transport the runs use instead of each host's own (None: the host's).
+    pub transport: Option<crate::inventory::TransportKind>,
 }
 
 /// Fleet-wide settings (from the one `policy` section, or the defaults).

@@ -60,6 +60,10 @@ pub struct RuleConfig {
     /// When this rule matches, later rules are not evaluated for the event.
     #[serde(default)]
     pub stop: bool,
+    /// Reach the target through this transport instead of the host's own (`ssm`: every target needs an `ssm`
+    /// section in the inventory).
+    #[serde(default)]
+    pub transport: Option<crate::inventory::TransportKind>,
 }
 
 fn default_true() -> bool {
