@@ -3,7 +3,7 @@
 //! The prose spec is `docs/bpcs.md`; the JSON Schemas in `docs/schemas/` are compiled into the binary and
 //! every plugin output (and every input RUNE builds) is validated against them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -256,6 +256,34 @@ pub fn check_args(
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// [`check_args`] for a set where the arguments named in `deferred` (secret references) get their values later:
+/// each must be a declared string argument and is otherwise taken as given; the rest is checked in full.
+pub fn check_args_deferring(
+    specs: &BTreeMap<String, ArgSpec>,
+    raw: &BTreeMap<String, RawArg>,
+    deferred: &BTreeSet<String>,
+) -> Result<(), Vec<ArgError>> {
+    let mut errors = Vec::new();
+    for name in deferred {
+        match specs.get(name) {
+            None => errors.push(ArgError::Unknown(name.clone(), specs.keys().cloned().collect::<Vec<_>>().join(", "))),
+            Some(s) if s.arg_type != ArgType::String => errors.push(ArgError::Invalid {
+                name: name.clone(),
+                reason: "a secret reference (ssm:) can only fill a string argument".into(),
+            }),
+            Some(_) => {}
+        }
+    }
+    let rest: BTreeMap<String, ArgSpec> =
+        specs.iter().filter(|(k, _)| !deferred.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let raw: BTreeMap<String, RawArg> =
+        raw.iter().filter(|(k, _)| !deferred.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Err(e) = check_args(&rest, &raw) {
+        errors.extend(e);
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 /// The input document a plugin reads on stdin.

@@ -233,7 +233,7 @@ impl<D: DedupStore> Bridge<D> {
         let bridge = self.clone();
         self.inner.tracker.spawn(async move {
             let engine = &bridge.inner.engine;
-            let Some(request) = d.run_request() else {
+            let Some(mut request) = d.run_request() else {
                 let _ = started.send(Start::Recorded);
                 return;
             };
@@ -254,10 +254,11 @@ impl<D: DedupStore> Bridge<D> {
                 let _ = started.send(Start::GaveUp);
                 return;
             };
-            let plan = match bridge.inner.orchestrator.plan(&request) {
+            let plan = match bridge.inner.orchestrator.prepare(&mut request).await {
                 Ok(plan) => plan,
                 Err(refused) => {
-                    // The engine checked target and arguments already; this is the orchestrator's second look.
+                    // The engine checked target and arguments already; this is the orchestrator's second look,
+                    // and where secret references are resolved (a missing parameter refuses the run here).
                     tracing::error!(rule = %d.rule, correlation_id = %d.event.correlation_id, error = %refused, "admitted run refused by the orchestrator");
                     bridge.not_started(&d.rule, admitted, "refused", None, refused.to_string()).await;
                     engine.abandon(admission).await;

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::bpcs::{RawArg, SafetyClass, check_args};
+use crate::bpcs::{RawArg, SafetyClass, check_args, check_args_deferring};
 use crate::event::{AlertStatus, Event};
 use crate::gate::blast::{BlastRadius as BlastGate, BlastTicket};
 use crate::gate::breaker::{BreakerPermit, BreakerSpec, CircuitBreaker};
@@ -33,6 +33,7 @@ use crate::orchestrator::RunRequest;
 use crate::plugins::{Plugin, Registry};
 use crate::rules::template::EventContext;
 use crate::rules::{ArgSource, DedupMode, MatchKind, Rule, RuleSet, Target};
+use crate::secrets::SecretRef;
 
 /// Name under which chatops decisions are reported (it is not a valid rule name, so no rule can take it).
 pub const CHATOPS_RULE: &str = "chatops";
@@ -321,6 +322,9 @@ pub struct Decision {
     pub dedup_key: Option<String>,
     /// The rule's transport for the run, instead of the host's own (None: the host's).
     pub transport: Option<TransportKind>,
+    /// Arguments that are Parameter Store references (shown as `ssm:/path` in `args`), resolved when the run
+    /// starts.
+    pub secrets: BTreeMap<String, SecretRef>,
     pub trace: Trace,
     pub verdict: Verdict,
     pub decided_at: DateTime<Utc>,
@@ -347,7 +351,13 @@ impl Decision {
         let host = self.host.clone()?;
         Some(RunRequest {
             action: self.action.clone(),
-            args: self.args.iter().map(|(k, v)| (k.clone(), RawArg::Text(v.clone()))).collect(),
+            args: self
+                .args
+                .iter()
+                .filter(|(k, _)| !self.secrets.contains_key(*k))
+                .map(|(k, v)| (k.clone(), RawArg::Text(v.clone())))
+                .collect(),
+            secrets: self.secrets.clone(),
             hosts: vec![host],
             groups: Vec::new(),
             dry_run: false,
@@ -456,6 +466,7 @@ struct Parked {
     plugin: Arc<Plugin>,
     host: String,
     args: BTreeMap<String, String>,
+    secrets: BTreeMap<String, SecretRef>,
     trace: Trace,
     /// Repeats collected into this run.
     collected: u64,
@@ -654,6 +665,7 @@ impl<D: DedupStore> Engine<D> {
             args: BTreeMap::new(),
             dedup_key: None,
             transport: rule.transport,
+            secrets: BTreeMap::new(),
             trace: Trace::default(),
             verdict: Verdict::Cleared { cancelled_pending: false },
             decided_at: Utc::now(),
@@ -801,6 +813,10 @@ impl<D: DedupStore> Engine<D> {
         for (name, source) in &rule.args {
             let value = match source {
                 ArgSource::Literal(v) => v.clone(),
+                ArgSource::Secret(r) => {
+                    d.secrets.insert(name.clone(), r.clone());
+                    r.to_string()
+                }
                 ArgSource::Template { template, .. } => match loaded.rules.render(template, ctx) {
                     Ok(v) => v,
                     Err(e) => {
@@ -812,7 +828,8 @@ impl<D: DedupStore> Engine<D> {
             d.args.insert(name.clone(), value);
         }
         let raw: BTreeMap<String, RawArg> = d.args.iter().map(|(k, v)| (k.clone(), RawArg::Text(v.clone()))).collect();
-        if let Err(errors) = check_args(&rule.plugin.args, &raw) {
+        let deferred: std::collections::BTreeSet<String> = d.secrets.keys().cloned().collect();
+        if let Err(errors) = check_args_deferring(&rule.plugin.args, &raw, &deferred) {
             d.trace.set(Gate::Args, Step::Suppressed);
             let detail = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
             return Err(Verdict::suppressed(SuppressReason::InvalidArgs, detail));
@@ -1090,6 +1107,7 @@ impl<D: DedupStore> Engine<D> {
             plugin: rule.plugin.clone(),
             host: host.to_owned(),
             args: d.args.clone(),
+            secrets: d.secrets.clone(),
             trace: d.trace,
             collected: 0,
         };
@@ -1174,6 +1192,7 @@ impl<D: DedupStore> Engine<D> {
                 args: p.args,
                 dedup_key: Some(key),
                 transport: None,
+                secrets: p.secrets,
                 trace: p.trace,
                 verdict: Verdict::Cleared { cancelled_pending: false },
                 decided_at: Utc::now(),
@@ -1231,6 +1250,7 @@ impl<D: DedupStore> Engine<D> {
             args: BTreeMap::new(),
             dedup_key: None,
             transport: None,
+            secrets: BTreeMap::new(),
             trace: Trace::default(),
             verdict: Verdict::Cleared { cancelled_pending: false },
             decided_at: Utc::now(),
@@ -1317,7 +1337,8 @@ impl<D: DedupStore> Engine<D> {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes (on a character boundary), with `…` when cut.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
@@ -1860,6 +1881,37 @@ rules:
         assert_eq!(b[0].verdict.reason(), Some(SuppressReason::DedupUnavailable));
         let _ = e.decide(on("a", AlertStatus::Resolved)).await;
         assert!(e.decide(on("c", AlertStatus::Firing)).await[0].is_admitted(), "budget of 2, one run so far");
+    }
+
+    /// A literal `ssm:/path` argument is a secret reference carried to the run request unresolved; the same text
+    /// rendered from alert data is only text (an alert cannot make RUNE read a parameter).
+    #[tokio::test(start_paused = true)]
+    async fn only_literal_ssm_arguments_are_secret_references() {
+        let e = engine(
+            "
+rules:
+  - name: lit
+    match: { labels: { alertname: A } }
+    target: { host: web-1 }
+    action: noop
+    args: { message: \"ssm:/prod/token\" }
+  - name: tpl
+    match: { labels: { alertname: B } }
+    target: { host: web-1 }
+    action: noop
+    args: { message: \"{{ labels.m }}\" }
+",
+        );
+        let d = e.decide(firing("a", &[("alertname", "A")])).await;
+        assert!(d[0].is_admitted(), "{:?}", d[0].verdict);
+        assert_eq!(d[0].args["message"], "ssm:/prod/token", "decisions show the reference");
+        let request = d[0].run_request().unwrap_or_else(|| panic!("admitted"));
+        assert!(!request.args.contains_key("message"), "not passed as text");
+        assert_eq!(request.secrets["message"].to_string(), "ssm:/prod/token");
+        let d = e.decide(firing("b", &[("alertname", "B"), ("m", "ssm:/prod/token")])).await;
+        let request = d[0].run_request().unwrap_or_else(|| panic!("admitted"));
+        assert!(request.secrets.is_empty(), "rendered from the alert: plain text");
+        assert!(matches!(&request.args["message"], RawArg::Text(t) if t == "ssm:/prod/token"));
     }
 
     /// A rule's transport goes into its run request; a rendered target without what it needs is `unknown_target`.

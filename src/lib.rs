@@ -50,5 +50,6 @@ pub mod orchestrator;
 pub mod plugins;
 pub mod results;
 pub mod rules;
+pub mod secrets;
 pub mod sources;
 pub mod transport;

@@ -14,6 +14,7 @@ use crate::inventory::{Inventory, TransportKind};
 use crate::mediator::{self, RunSpec};
 use crate::plugins::{MAX_TIMEOUT_SECS, Registry};
 use crate::results::ResultEnvelope;
+use crate::secrets::{ParameterStore, SecretRef};
 use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshTransport;
@@ -45,6 +46,10 @@ pub struct RunRequest {
     /// Reach every host through this transport instead of its own (`--use-ssm`); a host that lacks what it
     /// needs (an `ssm` section) refuses the request.
     pub transport: Option<TransportKind>,
+    /// Arguments given as Parameter Store references (from trusted sources only: the operator, rule literals).
+    /// [`Orchestrator::prepare`] resolves them into `args`; the names stay here, so the plan knows which values
+    /// are secret.
+    pub secrets: BTreeMap<String, SecretRef>,
 }
 
 /// Why a request was refused before anything ran. Every problem is listed.
@@ -67,6 +72,7 @@ pub struct Orchestrator {
     local: Arc<LocalTransport>,
     ssh: SshTransport,
     ssm: SsmTransport,
+    secrets: ParameterStore,
     /// Hosts whose stale run dirs the first run from this orchestrator sweeps; later runs skip the scan,
     /// whose cost grows with the number of run dirs on the host.
     swept: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -80,6 +86,7 @@ impl Orchestrator {
             local: Arc::new(LocalTransport),
             ssh,
             ssm: SsmTransport::default(),
+            secrets: ParameterStore::default(),
             swept: Arc::default(),
         }
     }
@@ -87,6 +94,56 @@ impl Orchestrator {
     /// This orchestrator with `ssm` as its SSM transport (settings, or a fixed client in tests).
     pub fn with_ssm(self, ssm: SsmTransport) -> Orchestrator {
         Orchestrator { ssm, ..self }
+    }
+
+    /// This orchestrator resolving secret references through `secrets`.
+    pub fn with_secrets(self, secrets: ParameterStore) -> Orchestrator {
+        Orchestrator { secrets, ..self }
+    }
+
+    /// Resolves the request's secret references (Parameter Store) into its arguments, then plans it. A
+    /// reference that cannot be resolved, or whose value breaks the argument's declaration, refuses the request:
+    /// nothing runs. Messages name references, never values.
+    pub async fn prepare(&self, request: &mut RunRequest) -> Result<Plan, Refused> {
+        if !request.secrets.is_empty() {
+            let mut problems = Vec::new();
+            let plugin = self.registry.resolve(&request.action).ok();
+            for (name, reference) in &request.secrets {
+                let spec = plugin.as_ref().and_then(|p| p.args.get(name));
+                match spec {
+                    Some(s) if s.arg_type == bpcs::ArgType::String => {}
+                    Some(_) => {
+                        problems.push(format!(
+                            "argument `{name}`: a secret reference (ssm:) can only fill a string argument"
+                        ));
+                        continue;
+                    }
+                    // An unknown action or argument: the plan says so.
+                    None => continue,
+                }
+                if request.args.contains_key(name) {
+                    problems.push(format!("argument `{name}` is given twice (a value and {reference})"));
+                    continue;
+                }
+                match self.secrets.get(reference).await {
+                    Ok(value) => {
+                        let raw = RawArg::Text(value.expose().to_owned());
+                        if spec.is_some_and(|s| s.check(name, &raw).is_err()) {
+                            problems.push(format!(
+                                "argument `{name}`: the value of {reference} does not satisfy the argument's declaration"
+                            ));
+                            continue;
+                        }
+                        request.args.insert(name.clone(), raw);
+                    }
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+            if !problems.is_empty() {
+                return Err(Refused(problems));
+            }
+        }
+        self.plan(request)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -125,12 +182,26 @@ impl Orchestrator {
                 Vec::new()
             }
         };
+        for name in request.secrets.keys().filter(|n| !request.args.contains_key(*n)) {
+            problems.push(format!("argument `{name}`: its secret reference was not resolved"));
+        }
         if let Some(kind) = request.transport {
             for host in &mut hosts {
                 match host.via(kind) {
                     Some(h) => *host = Arc::new(h),
                     None => problems.push(format!("host `{}` has no `{kind}` section in the inventory", host.name)),
                 }
+            }
+        }
+        // SendCommand parameters stay in SSM's command history, readable with ssm:ListCommands: a secret value
+        // must not travel there.
+        if !request.secrets.is_empty() {
+            for host in hosts.iter().filter(|h| h.transport == TransportKind::Ssm) {
+                let names = request.secrets.keys().cloned().collect::<Vec<_>>().join(", ");
+                problems.push(format!(
+                    "host `{}`: secret arguments ({names}) are not sent through SSM (command parameters are kept in its history)",
+                    host.name
+                ));
             }
         }
         if let Some(t) = request.timeout

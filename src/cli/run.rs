@@ -12,6 +12,7 @@ use super::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, OutputFormat, PluginDirs, load
 use crate::bpcs::RawArg;
 use crate::orchestrator::{DEFAULT_PARALLEL, MAX_PARALLEL, Orchestrator, RunRequest};
 use crate::results::{ResultEnvelope, Status};
+use crate::secrets::SecretRef;
 use crate::transport::ssh::SshTransport;
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +111,31 @@ fn collect_args(args: &RunArgs) -> Result<BTreeMap<String, RawArg>, Vec<String>>
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
+/// Moves the arguments written `ssm:/path` (with `--arg`, or as JSON strings) out of `raw` as secret references.
+fn split_secrets(raw: &mut BTreeMap<String, RawArg>) -> Result<BTreeMap<String, SecretRef>, Vec<String>> {
+    let mut secrets = BTreeMap::new();
+    let mut errors = Vec::new();
+    raw.retain(|name, value| {
+        let text = match value {
+            RawArg::Text(t) => t.as_str(),
+            RawArg::Json(Value::String(t)) => t.as_str(),
+            RawArg::Json(_) => return true,
+        };
+        match SecretRef::parse(text) {
+            None => true,
+            Some(Ok(r)) => {
+                secrets.insert(name.clone(), r);
+                false
+            }
+            Some(Err(e)) => {
+                errors.push(format!("argument `{name}`: {e}"));
+                false
+            }
+        }
+    });
+    if errors.is_empty() { Ok(secrets) } else { Err(errors) }
+}
+
 fn operator(args: &RunArgs) -> Result<String, String> {
     let name = args
         .operator
@@ -142,7 +168,11 @@ fn refuse(output: OutputFormat, problems: &[String]) -> i32 {
 /// `rune run`.
 pub async fn run(args: RunArgs) -> i32 {
     let mut problems = Vec::new();
-    let raw_args = collect_args(&args).unwrap_or_else(|e| {
+    let mut raw_args = collect_args(&args).unwrap_or_else(|e| {
+        problems.extend(e);
+        BTreeMap::new()
+    });
+    let secrets = split_secrets(&mut raw_args).unwrap_or_else(|e| {
         problems.extend(e);
         BTreeMap::new()
     });
@@ -168,7 +198,7 @@ pub async fn run(args: RunArgs) -> i32 {
     let orchestrator = Orchestrator::new(Arc::new(registry), inventory, SshTransport::default());
     let mut hosts = args.host.clone();
     hosts.extend(args.hosts.iter().filter(|h| !h.is_empty()).cloned());
-    let request = RunRequest {
+    let mut request = RunRequest {
         action: args.action.clone(),
         args: raw_args,
         hosts,
@@ -179,8 +209,9 @@ pub async fn run(args: RunArgs) -> i32 {
         correlation_id: args.correlation_id.clone(),
         trigger: json!({ "source": "cli", "operator": operator }),
         transport: args.use_ssm.then_some(crate::inventory::TransportKind::Ssm),
+        secrets,
     };
-    let plan = match orchestrator.plan(&request) {
+    let plan = match orchestrator.prepare(&mut request).await {
         Ok(plan) if problems.is_empty() => plan,
         Ok(_) => return refuse(args.output, &problems),
         Err(refused) => {

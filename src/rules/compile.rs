@@ -676,6 +676,22 @@ impl Compiler<'_> {
                     self.warn_unguaranteed(&name, &spanned, &matcher, &format!("args.{arg}"));
                 }
                 args.push((arg.clone(), ArgSource::Template { template: name, source: text }));
+            } else if let Some(reference) = crate::secrets::SecretRef::parse(&text) {
+                // A literal `ssm:/path` is a secret reference: checked for form and type now, resolved at run time.
+                match reference {
+                    Ok(r) => {
+                        if let Some((Some(s), _)) = spec
+                            && s.arg_type != crate::bpcs::ArgType::String
+                        {
+                            self.error(
+                                value.referenced,
+                                format!("args.{arg}: a secret reference (ssm:) can only fill a string argument"),
+                            );
+                        }
+                        args.push((arg.clone(), ArgSource::Secret(r)));
+                    }
+                    Err(e) => self.error(value.referenced, format!("args.{arg}: {e}")),
+                }
             } else {
                 if let Some((Some(s), _)) = spec
                     && let Err(e) = s.check(arg, &RawArg::Text(text.clone()))
@@ -799,6 +815,21 @@ hosts:
             Ok(_) => panic!("expected errors"),
             Err(e) => e.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn literal_ssm_arguments_are_checked_as_references() {
+        let rule = |action: &str, args: &str| {
+            format!(
+                "rules:\n  - name: r\n    match: {{ labels: {{ a: b }} }}\n    target: {{ host: web-1 }}\n    action: {action}\n    args: {args}\n"
+            )
+        };
+        let ok = compile(&[("t.yaml", &rule("noop", "{ message: \"ssm:/a/b\" }"))]).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(&ok.rules[0].args[0].1, ArgSource::Secret(r) if r.path() == "/a/b"));
+        let e = errors(&[("t.yaml", &rule("noop", "{ message: \"ssm:a b\" }"))]);
+        assert!(e[0].contains("not a Parameter Store reference"), "{e:?}");
+        let e = errors(&[("t.yaml", &rule("gather-logs", "{ lines: \"ssm:/n\" }"))]);
+        assert!(e.iter().any(|m| m.contains("can only fill a string argument")), "{e:?}");
     }
 
     #[test]

@@ -101,11 +101,17 @@ pub enum Target {
 #[serde(rename_all = "snake_case")]
 pub enum ArgSource {
     Literal(String),
+    /// A literal `ssm:/path`: resolved from Parameter Store when the run starts (`crate::secrets`).
+    Secret(#[serde(serialize_with = "crate::rules::secret_ref_text")] crate::secrets::SecretRef),
     Template {
         #[serde(skip)]
         template: String,
         source: String,
     },
+}
+
+fn secret_ref_text<S: serde::Serializer>(r: &crate::secrets::SecretRef, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(r)
 }
 
 /// A validated, compiled rule.

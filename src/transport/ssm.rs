@@ -222,7 +222,7 @@ fn send_error(e: SdkError<SendCommandError>) -> TransportError {
 }
 
 /// The error and its sources, one line (dispatch failures hide the cause below).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

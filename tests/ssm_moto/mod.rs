@@ -74,3 +74,70 @@ fn rune_run_use_ssm_sends_one_command_whose_script_carries_data_only_as_base64()
     assert!(runner.contains(run_id), "the runner carries the run id");
     assert!(!runner.contains(hostile), "even decoded, the argument is printf-escaped, never shell text");
 }
+
+const CANARY: &str = "canary-7f3a9c-Zx";
+
+fn put_secure(client: &aws_sdk_ssm::Client, runtime: &tokio::runtime::Runtime, name: &str, value: &str) {
+    runtime
+        .block_on(
+            client
+                .put_parameter()
+                .name(name)
+                .value(value)
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("put {name}: {e:?}"));
+}
+
+#[test]
+fn secret_arguments_are_resolved_from_parameter_store_and_never_shown() {
+    use sha2::Digest as _;
+    let moto = MotoServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = moto.ssm_client();
+    put_secure(&client, &runtime, "/rune/test/token", CANARY);
+    put_secure(&client, &runtime, "/rune/test/bad", "has spaces, breaks the pattern");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        format!("hosts:\n  localhost:\n    transport: local\n    ssm: {{ instance_id: {INSTANCE} }}\n"),
+    )
+    .unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let plugins = format!("{root}/plugins:{root}/tests/fixtures/plugins");
+    let env = moto.aws_env();
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.extend([("RUNE_PLUGINS_DIR", plugins.as_str()), ("RUNE_LOG", "debug")]);
+    let run = |arg: &str, extra: &[&str]| {
+        let mut args = vec!["run", "secret-digest", "--host", "localhost", "--output", "json", "--arg", arg];
+        args.extend_from_slice(extra);
+        rune(&args, dir.path(), &vars)
+    };
+
+    let out = run("token=ssm:/rune/test/token", &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains(CANARY), "the value leaked into the output or the debug log: {all}");
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    let digest = hex::encode(sha2::Sha256::digest(CANARY.as_bytes()));
+    assert_eq!(envelope["output"]["data"]["sha256"], digest.as_str(), "the plugin got the decrypted value");
+
+    let out = run("token=ssm:/rune/test/missing", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("secret ssm:/rune/test/missing: no such parameter"), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "nothing ran: {}", text(&out));
+
+    let out = run("token=ssm:/rune/test/bad", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("the value of ssm:/rune/test/bad does not satisfy"), "{}", text(&out));
+    assert!(!text(&out).contains("has spaces"), "the refusal shows the value: {}", text(&out));
+
+    let out = run("token=ssm:/rune/test/token", &["--use-ssm"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("are not sent through SSM"), "{}", text(&out));
+
+    let out = run("token=ssm:relative", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("is not a Parameter Store reference"), "{}", text(&out));
+}

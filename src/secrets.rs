@@ -1,0 +1,215 @@
+//! Secrets from AWS SSM Parameter Store: an argument written `ssm:/path/name` by a trusted source (the operator's
+//! `rune run --arg`, a literal argument of a rule file) is a reference, resolved when the run is about to start
+//! (`GetParameter` with decryption: SecureString values come back in clear), cached for a bounded time, and never
+//! logged or published — decisions and results show the reference, only the plugin sees the value.
+//!
+//! A value rendered from alert data is never a reference, whatever it looks like: an alert cannot make RUNE read
+//! a parameter. Chatops arguments are never references either.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use aws_sdk_ssm::Client;
+use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::operation::get_parameter::GetParameterError;
+use regex::Regex;
+use tokio::time::Instant;
+
+/// What starts a reference.
+pub const PREFIX: &str = "ssm:";
+
+/// Parameter names: a path of `/`-separated segments of `[A-Za-z0-9_.-]`, at most 1,011 characters (the API's
+/// limit with the leading `/`).
+static PATH_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(/[A-Za-z0-9_.-]+)+$").unwrap_or_else(|_| unreachable!()));
+const MAX_PATH: usize = 1011;
+
+/// How long a resolved value is reused, and how many are kept.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_CACHED: usize = 1024;
+
+/// `ssm:/path/name`: a Parameter Store parameter by its full path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SecretRef {
+    path: String,
+}
+
+impl SecretRef {
+    /// None when `text` is not a reference (does not start with `ssm:`); an error when it is one but malformed.
+    pub fn parse(text: &str) -> Option<Result<SecretRef, String>> {
+        let path = text.strip_prefix(PREFIX)?;
+        if path.len() > MAX_PATH || !PATH_RE.is_match(path) {
+            return Some(Err(format!(
+                "`{}` is not a Parameter Store reference: expected ssm:/path/name ([A-Za-z0-9_.-] segments, at most {MAX_PATH} characters)",
+                crate::engine::truncate(text, 80)
+            )));
+        }
+        Some(Ok(SecretRef { path: path.to_owned() }))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PREFIX}{}", self.path)
+    }
+}
+
+/// A resolved value. Debug and Display print a placeholder, so a stray `{:?}` cannot log it.
+#[derive(Clone)]
+pub struct SecretValue(Arc<str>);
+
+impl SecretValue {
+    /// The value itself, for the one place that hands it to the plugin.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(<redacted>)")
+    }
+}
+
+/// Why a reference could not be resolved. Messages name the reference, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret {0}: no such parameter")]
+    NotFound(SecretRef),
+    #[error("secret {0}: access denied ({1})")]
+    Denied(SecretRef, String),
+    #[error("secret {0}: Parameter Store unavailable ({1})")]
+    Unavailable(SecretRef, String),
+}
+
+/// Resolves references through Parameter Store, with a bounded cache. Cloning gives another handle to the same
+/// client and cache.
+#[derive(Clone)]
+pub struct ParameterStore {
+    client: Arc<tokio::sync::OnceCell<Client>>,
+    /// Used instead of the configuration chain's when set (tests).
+    fixed: Option<Client>,
+    cache: Arc<std::sync::Mutex<HashMap<SecretRef, (Instant, SecretValue)>>>,
+    ttl: Duration,
+    max_cached: usize,
+}
+
+impl Default for ParameterStore {
+    fn default() -> ParameterStore {
+        ParameterStore {
+            client: Arc::default(),
+            fixed: None,
+            cache: Arc::default(),
+            ttl: DEFAULT_TTL,
+            max_cached: DEFAULT_MAX_CACHED,
+        }
+    }
+}
+
+impl fmt::Debug for ParameterStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParameterStore").field("ttl", &self.ttl).field("max_cached", &self.max_cached).finish()
+    }
+}
+
+impl ParameterStore {
+    /// A store on `client` (for tests and a configured endpoint), with the given cache bounds.
+    pub fn with_client(client: Client, ttl: Duration, max_cached: usize) -> ParameterStore {
+        ParameterStore { fixed: Some(client), ttl, max_cached, ..ParameterStore::default() }
+    }
+
+    async fn client(&self) -> &Client {
+        if let Some(c) = &self.fixed {
+            return c;
+        }
+        self.client
+            .get_or_init(|| async {
+                Client::new(&aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await)
+            })
+            .await
+    }
+
+    /// The parameter's value (decrypted), from the cache while it is fresh.
+    pub async fn get(&self, reference: &SecretRef) -> Result<SecretValue, SecretError> {
+        let now = Instant::now();
+        if let Some((at, value)) = self.lock().get(reference)
+            && now.saturating_duration_since(*at) < self.ttl
+        {
+            return Ok(value.clone());
+        }
+        let answer = self.client().await.get_parameter().name(reference.path()).with_decryption(true).send().await;
+        let value = match answer {
+            Ok(out) => match out.parameter().and_then(|p| p.value()) {
+                Some(v) => SecretValue(Arc::from(v)),
+                None => return Err(SecretError::NotFound(reference.clone())),
+            },
+            Err(e) => {
+                if matches!(e.as_service_error(), Some(GetParameterError::ParameterNotFound(_))) {
+                    return Err(SecretError::NotFound(reference.clone()));
+                }
+                let code = e.code().unwrap_or("").to_owned();
+                let message = e.message().unwrap_or("").to_owned();
+                return Err(
+                    if code.contains("AccessDenied") || code.contains("KMS") || code.contains("Unrecognized") {
+                        SecretError::Denied(reference.clone(), format!("{code}: {message}"))
+                    } else if code.is_empty() {
+                        SecretError::Unavailable(reference.clone(), crate::transport::ssm::error_chain(&e))
+                    } else {
+                        SecretError::Unavailable(reference.clone(), format!("{code}: {message}"))
+                    },
+                );
+            }
+        };
+        let mut cache = self.lock();
+        if cache.len() >= self.max_cached {
+            cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < self.ttl);
+            if cache.len() >= self.max_cached
+                && let Some(oldest) = cache.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone())
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(reference.clone(), (now, value.clone()));
+        Ok(value)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SecretRef, (Instant, SecretValue)>> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Entries in the cache (fresh or not yet swept).
+    pub fn cached(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_recognised_and_validated() {
+        assert_eq!(SecretRef::parse("plain"), None);
+        assert_eq!(SecretRef::parse("/ssm:/x"), None);
+        let ok = SecretRef::parse("ssm:/prod/db/password").unwrap().unwrap();
+        assert_eq!((ok.path(), ok.to_string().as_str()), ("/prod/db/password", "ssm:/prod/db/password"));
+        for bad in ["ssm:", "ssm:relative", "ssm:/a b", "ssm:/a//b", "ssm:/a/", "ssm:/$(id)", "ssm:/a\n"] {
+            assert!(matches!(SecretRef::parse(bad), Some(Err(_))), "{bad:?}");
+        }
+        let long = format!("ssm:/{}", "a".repeat(MAX_PATH));
+        assert!(matches!(SecretRef::parse(&long), Some(Err(_))));
+    }
+
+    #[test]
+    fn values_do_not_print() {
+        let v = SecretValue(Arc::from("hunter2"));
+        assert!(!format!("{v:?}").contains("hunter2"));
+        assert_eq!(v.expose(), "hunter2");
+    }
+}
