@@ -1,8 +1,10 @@
-//! Real daemons for the integration tests, started on loopback and killed by PID when dropped.
+//! Real daemons (and an SSM-compatible endpoint) for the integration tests, started on loopback and stopped when
+//! dropped.
 
 pub mod moto;
 pub mod nats;
 pub mod sshd;
+pub mod ssm;
 
 use std::path::Path;
 use std::process::{Command, Output};
