@@ -11,6 +11,7 @@ mod deploy;
 mod nats_kv;
 mod ssm_endpoint;
 mod ssm_moto;
+mod ssm_transport;
 mod support;
 
 use std::collections::BTreeMap;

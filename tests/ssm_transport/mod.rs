@@ -1,0 +1,144 @@
+//! The SSM transport end to end: the real `rune` binary and the real SDK against the SSM-compatible test endpoint
+//! (`support::ssm`), which executes the commands on this machine. Every shipped plugin gives the same envelope
+//! through SSM as through the local transport (the endpoint runs them here, as root, like the local transport in
+//! this suite); faults map to the same statuses as over SSH.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::support::moto::aws_env;
+use crate::support::ssm::{InstanceBehavior, SsmEndpoint};
+use crate::support::{rune, text};
+
+const INSTANCE: &str = "i-0123456789abcdef0";
+const SLOW: &str = "i-0aaaaaaaaaaaaaaa1";
+const GONE: &str = "i-0bbbbbbbbbbbbbbb2";
+
+fn inventory(dir: &Path) {
+    let hosts = [("app-1", INSTANCE), ("app-slow", SLOW), ("app-gone", GONE)]
+        .iter()
+        .map(|(name, id)| format!("  {name}:\n    transport: local\n    ssm: {{ instance_id: {id} }}\n"))
+        .collect::<String>();
+    std::fs::write(dir.join("inventory.yaml"), format!("hosts:\n{hosts}")).unwrap();
+}
+
+fn run_json(endpoint: &SsmEndpoint, dir: &Path, args: &[&str]) -> (Option<i32>, Value, String) {
+    let env = aws_env(&endpoint.url());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let plugins = format!("{root}/plugins:{root}/tests/fixtures/plugins");
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.push(("RUNE_PLUGINS_DIR", &plugins));
+    let mut all = vec!["run", "--inventory", "inventory.yaml", "--output", "json"];
+    all.extend_from_slice(args);
+    let out = rune(&all, dir, &vars);
+    let envelope = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), envelope, text(&out))
+}
+
+/// The envelope without what differs between two runs of the same thing.
+fn stable(mut envelope: Value) -> Value {
+    if let Some(map) = envelope.as_object_mut() {
+        for volatile in
+            ["run_id", "@timestamp", "started_at", "finished_at", "duration_ms", "transport", "correlation_id"]
+        {
+            map.remove(volatile);
+        }
+    }
+    envelope
+}
+
+#[test]
+fn rune_run_use_ssm_prints_the_same_envelope_as_the_local_transport() {
+    let endpoint = SsmEndpoint::start(&[INSTANCE]);
+    let dir = tempfile::tempdir().unwrap();
+    inventory(dir.path());
+    let started = Instant::now();
+    let (code, ssm, all) =
+        run_json(&endpoint, dir.path(), &["noop", "--host", "app-1", "--use-ssm", "--arg", "message=hi $(id) 'x'"]);
+    let wall = started.elapsed();
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(ssm["transport"], "ssm", "{ssm}");
+    assert_eq!(ssm["status"], "ok", "{ssm}");
+    assert_eq!(ssm["output"]["data"]["message"], "hi $(id) 'x'", "the argument arrived as data: {ssm}");
+    let (code, local, all) =
+        run_json(&endpoint, dir.path(), &["noop", "--host", "app-1", "--arg", "message=hi $(id) 'x'"]);
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(local["transport"], "local");
+    let keys = |v: &Value| v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    assert_eq!(keys(&ssm), keys(&local), "same envelope fields");
+    assert_eq!(stable(ssm.clone()), stable(local), "same envelope but for ids, times and transport");
+    let sends = endpoint.request_bodies(crate::support::ssm::Operation::SendCommand);
+    let polls = endpoint.request_bodies(crate::support::ssm::Operation::GetCommandInvocation);
+    eprintln!(
+        "ssm noop: {} ms in the envelope, {:?} wall for the whole CLI call, {} SendCommand, {} GetCommandInvocation",
+        ssm["duration_ms"],
+        wall,
+        sends.len(),
+        polls.len()
+    );
+    assert_eq!(sends.len(), 1);
+    assert_eq!(
+        sends[0]["Comment"],
+        format!("rune {} {}", ssm["run_id"].as_str().unwrap(), ssm["correlation_id"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn every_shipped_plugin_gives_the_same_result_through_ssm_as_locally() {
+    let endpoint = SsmEndpoint::start(&[INSTANCE]);
+    let dir = tempfile::tempdir().unwrap();
+    inventory(dir.path());
+    let shipped: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".sh").map(str::to_owned))
+        .collect();
+    assert!(shipped.len() >= 4, "{shipped:?}");
+    for plugin in &shipped {
+        // Dry runs: the remediations report their plan and change nothing on this machine.
+        let (_, ssm, all) = run_json(&endpoint, dir.path(), &[plugin, "--host", "app-1", "--use-ssm", "--dry-run"]);
+        let (_, local, _) = run_json(&endpoint, dir.path(), &[plugin, "--host", "app-1", "--dry-run"]);
+        assert_eq!(ssm["transport"], "ssm", "{plugin}: {all}");
+        assert_eq!(ssm["status"], local["status"], "{plugin}: {ssm} vs {local}");
+        assert_eq!(ssm["output"]["status"], local["output"]["status"], "{plugin}");
+        assert_eq!(ssm["output"]["changed"], local["output"]["changed"], "{plugin}");
+        assert_eq!(ssm["error"], local["error"], "{plugin}");
+    }
+}
+
+#[test]
+fn ssm_faults_map_to_the_statuses_ssh_faults_do() {
+    let endpoint = SsmEndpoint::builder()
+        .instance(INSTANCE, InstanceBehavior { not_found_polls: 3, throttle_first: 2, ..InstanceBehavior::default() })
+        .instance(SLOW, InstanceBehavior::default())
+        .instance(GONE, InstanceBehavior { undeliverable: true, ..InstanceBehavior::default() })
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    inventory(dir.path());
+    // Not visible at first and throttled: still ok.
+    let (code, env, all) = run_json(&endpoint, dir.path(), &["noop", "--host", "app-1", "--use-ssm"]);
+    assert_eq!((code, env["status"].as_str()), (Some(0), Some("ok")), "{all}");
+    // Undeliverable: unreachable, like a host whose sshd does not answer.
+    let (code, env, all) = run_json(&endpoint, dir.path(), &["noop", "--host", "app-gone", "--use-ssm"]);
+    assert_eq!((code, env["status"].as_str()), (Some(1), Some("unreachable")), "{all}");
+    // Not a managed instance (unknown to the endpoint): unreachable too.
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        "hosts:\n  stray:\n    transport: ssm\n    ssm: { instance_id: i-0ccccccccccccccc3 }\n",
+    )
+    .unwrap();
+    let (code, env, all) = run_json(&endpoint, dir.path(), &["noop", "--host", "stray"]);
+    assert_eq!((code, env["status"].as_str()), (Some(1), Some("unreachable")), "{all}");
+    assert!(env["error"].as_str().unwrap_or("").contains("not a managed instance"), "{env}");
+    // A plugin past its timeout: `timeout`, and nothing of it left running.
+    inventory(dir.path());
+    let marker = format!("m{}", std::process::id());
+    let arg = format!("marker={marker}");
+    let (code, env, all) =
+        run_json(&endpoint, dir.path(), &["hang", "--host", "app-slow", "--use-ssm", "--timeout", "2s", "--arg", &arg]);
+    assert_eq!((code, env["status"].as_str()), (Some(1), Some("timeout")), "{all}");
+    let left =
+        std::process::Command::new("pgrep").args(["-f", &format!("rune-hang(-child)?-{marker}")]).output().unwrap();
+    assert!(left.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&left.stdout));
+}
