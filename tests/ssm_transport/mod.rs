@@ -142,3 +142,46 @@ fn ssm_faults_map_to_the_statuses_ssh_faults_do() {
         std::process::Command::new("pgrep").args(["-f", &format!("rune-hang(-child)?-{marker}")]).output().unwrap();
     assert!(left.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&left.stdout));
 }
+
+/// Opt-in, against real AWS: skipped unless `RUNE_TEST_AWS_SSM_INSTANCE` names a managed instance (`i-…`/`mi-…`)
+/// that the standard AWS credentials in the environment may run `AWS-RunShellScript` on (region from
+/// `RUNE_TEST_AWS_REGION` or the AWS environment). Never runs in CI; see docs/transports.md, "Testing against AWS".
+#[test]
+fn real_aws_noop_when_an_instance_is_given() {
+    let Ok(instance) = std::env::var("RUNE_TEST_AWS_SSM_INSTANCE") else {
+        eprintln!("skipped: set RUNE_TEST_AWS_SSM_INSTANCE (and AWS credentials) to run against real SSM");
+        return;
+    };
+    let region = std::env::var("RUNE_TEST_AWS_REGION").map(|r| format!(", region: {r}")).unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        format!("hosts:\n  real:\n    transport: ssm\n    ssm: {{ instance_id: {instance}{region} }}\n"),
+    )
+    .unwrap();
+    let plugins = format!("{}/plugins", env!("CARGO_MANIFEST_DIR"));
+    let out = rune(
+        &[
+            "run",
+            "noop",
+            "--host",
+            "real",
+            "--inventory",
+            "inventory.yaml",
+            "--output",
+            "json",
+            "--arg",
+            "message=rune",
+        ],
+        dir.path(),
+        &[("RUNE_PLUGINS_DIR", plugins.as_str())],
+    );
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    eprintln!("real SSM: {envelope}");
+    assert_eq!(
+        (envelope["transport"].as_str(), envelope["status"].as_str()),
+        (Some("ssm"), Some("ok")),
+        "{}",
+        text(&out)
+    );
+}
