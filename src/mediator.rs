@@ -251,25 +251,53 @@ pub struct Verdict {
 
 /// Runs one spec on its host and returns the envelope. Never fails: every problem becomes a status.
 pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
-    let started_at = Utc::now();
-    let clock = Instant::now();
-    let (verdict, raw) = if spec.plugin.needs_root && !spec.runs_as_root() && !spec.host.sudo {
+    let started = Started::now();
+    let (verdict, raw) = match prepare(spec) {
+        Err(verdict) => (verdict, RawOutcome::default()),
+        Ok(invocation) => judge(spec, transport.execute(&spec.host, &invocation).await),
+    };
+    finish(spec, started, verdict, raw)
+}
+
+/// When a run started, for its envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    at: chrono::DateTime<Utc>,
+    clock: Instant,
+}
+
+impl Started {
+    pub fn now() -> Started {
+        Started { at: Utc::now(), clock: Instant::now() }
+    }
+}
+
+/// The invocation for a spec, or the verdict that ends it before anything is sent (root needed without sudo, a
+/// runner that cannot be built).
+pub fn prepare(spec: &RunSpec) -> Result<Invocation, Verdict> {
+    if spec.plugin.needs_root && !spec.runs_as_root() && !spec.host.sudo {
         let error = format!(
             "plugin {} needs root; host {} logs in as {} without `sudo: true` in the inventory",
             spec.plugin.name, spec.host.name, spec.host.user
         );
-        (Verdict { status: Status::PreconditionFailed, output: None, error: Some(error) }, RawOutcome::default())
-    } else {
-        match build_invocation(spec) {
-            Err(e) => (Verdict { status: Status::Error, output: None, error: Some(e) }, RawOutcome::default()),
-            Ok(invocation) => match transport.execute(&spec.host, &invocation).await {
-                Ok(raw) => (interpret(spec, &raw), raw),
-                Err(e) => (transport_verdict(e), RawOutcome::default()),
-            },
-        }
-    };
+        return Err(Verdict { status: Status::PreconditionFailed, output: None, error: Some(error) });
+    }
+    build_invocation(spec).map_err(|e| Verdict { status: Status::Error, output: None, error: Some(e) })
+}
+
+/// What a transport brought back, judged.
+pub fn judge(spec: &RunSpec, outcome: Result<RawOutcome, TransportError>) -> (Verdict, RawOutcome) {
+    match outcome {
+        Ok(raw) => (interpret(spec, &raw), raw),
+        Err(e) => (transport_verdict(e), RawOutcome::default()),
+    }
+}
+
+/// The result envelope of a run that started at `started`.
+pub fn finish(spec: &RunSpec, started: Started, verdict: Verdict, raw: RawOutcome) -> ResultEnvelope {
+    let started_at = started.at;
     let finished_at = Utc::now();
-    let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let duration_ms = u64::try_from(started.clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(run_id = %spec.run_id, host = %spec.host.name, status = %verdict.status, duration_ms, "run finished");
     ResultEnvelope {
         record: RecordKind::Result,

@@ -10,15 +10,16 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::bpcs::{self, RawArg};
+use crate::inventory::Host;
 use crate::inventory::{Inventory, TransportKind};
 use crate::mediator::{self, RunSpec};
 use crate::plugins::{MAX_TIMEOUT_SECS, Registry};
 use crate::results::ResultEnvelope;
 use crate::secrets::{ParameterStore, SecretRef};
-use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshTransport;
-use crate::transport::ssm::SsmTransport;
+use crate::transport::ssm::{self, SsmTransport};
+use crate::transport::{Invocation, RawOutcome, Transport, TransportError};
 
 static CORRELATION_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$").unwrap_or_else(|_| unreachable!()));
@@ -263,8 +264,40 @@ impl Orchestrator {
     /// its host finishes. The channel closes when every host has a result.
     pub fn execute(&self, plan: Plan, parallel: usize) -> mpsc::Receiver<ResultEnvelope> {
         let (tx, rx) = mpsc::channel(plan.specs.len().max(1));
-        let limit = Arc::new(Semaphore::new(parallel.clamp(1, MAX_PARALLEL)));
+        let parallel = parallel.clamp(1, MAX_PARALLEL);
+        let limit = Arc::new(Semaphore::new(parallel));
+        // SSM hosts that share region and document go out as one SendCommand (at most 50 each); the rest one
+        // run at a time per host.
+        let mut groups: BTreeMap<(Option<String>, String), Vec<RunSpec>> = BTreeMap::new();
+        let mut singles = Vec::new();
         for spec in plan.specs {
+            match (spec.host.transport, spec.host.ssm.as_ref()) {
+                (TransportKind::Ssm, Some(t)) => {
+                    groups.entry((t.region.clone(), t.document.clone())).or_default().push(spec)
+                }
+                _ => singles.push(spec),
+            }
+        }
+        for (_, specs) in groups {
+            if specs.len() == 1 {
+                singles.extend(specs);
+                continue;
+            }
+            let mut specs = specs.into_iter().peekable();
+            while specs.peek().is_some() {
+                let chunk: Vec<RunSpec> = specs.by_ref().take(ssm::MAX_FAN_OUT).collect();
+                let (tx, limit, ssm) = (tx.clone(), limit.clone(), self.ssm.clone());
+                let comment = format!("rune {} fan-out of {}", plan.correlation_id, chunk.len());
+                tokio::spawn(async move {
+                    let permits = u32::try_from(chunk.len().min(parallel)).unwrap_or(u32::MAX);
+                    let Ok(_permits) = limit.acquire_many_owned(permits).await else { return };
+                    for envelope in fan_out(&ssm, &chunk, parallel, &comment).await {
+                        let _ = tx.send(envelope).await;
+                    }
+                });
+            }
+        }
+        for spec in singles {
             let tx = tx.clone();
             let limit = limit.clone();
             let transport = self.transport(spec.host.transport);
@@ -286,4 +319,29 @@ impl Orchestrator {
         }
         out
     }
+}
+
+/// One SendCommand for several SSM hosts; an envelope per host, in the chunk's order.
+async fn fan_out(ssm: &SsmTransport, specs: &[RunSpec], parallel: usize, comment: &str) -> Vec<ResultEnvelope> {
+    let started = mediator::Started::now();
+    let prepared: Vec<Result<Invocation, mediator::Verdict>> = specs.iter().map(mediator::prepare).collect();
+    let runs: Vec<(&Host, &Invocation)> =
+        specs.iter().zip(&prepared).filter_map(|(spec, p)| p.as_ref().ok().map(|i| (spec.host.as_ref(), i))).collect();
+    let mut outcomes = ssm.execute_many(&runs, parallel, comment).await.into_iter();
+    specs
+        .iter()
+        .zip(prepared)
+        .map(|(spec, p)| {
+            let (verdict, raw) = match p {
+                Err(verdict) => (verdict, RawOutcome::default()),
+                Ok(_) => {
+                    let outcome = outcomes
+                        .next()
+                        .unwrap_or_else(|| Err(TransportError::Protocol("SSM fan-out: no outcome".into())));
+                    mediator::judge(spec, outcome)
+                }
+            };
+            mediator::finish(spec, started, verdict, raw)
+        })
+        .collect()
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use aws_sdk_ssm::Client;
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::operation::get_command_invocation::{GetCommandInvocationError, GetCommandInvocationOutput};
+use aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsError;
 use aws_sdk_ssm::operation::send_command::SendCommandError;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 use base64::Engine as _;
@@ -107,6 +108,31 @@ impl SsmTransport {
     }
 }
 
+impl SsmTransport {
+    /// Several hosts' runs in one `SendCommand` ([`run_many`]); the hosts share region and document (the caller
+    /// groups them) and each has an `ssm` section.
+    pub async fn execute_many(
+        &self,
+        runs: &[(&Host, &Invocation)],
+        max_concurrency: usize,
+        comment: &str,
+    ) -> Vec<Result<RawOutcome, TransportError>> {
+        let mut members = Vec::with_capacity(runs.len());
+        for (host, invocation) in runs {
+            match &host.ssm {
+                Some(target) => members.push(Member { target, invocation }),
+                None => {
+                    let e = TransportError::Spawn(format!("host `{}` has no `ssm` section", host.name));
+                    return runs.iter().map(|_| Err(e.clone())).collect();
+                }
+            }
+        }
+        let Some(first) = members.first() else { return Vec::new() };
+        let client = self.client(first.target.region.as_deref()).await;
+        run_many(&client, &self.settings, &members, max_concurrency, comment).await
+    }
+}
+
 impl Transport for SsmTransport {
     fn kind(&self) -> TransportKind {
         TransportKind::Ssm
@@ -151,21 +177,7 @@ pub async fn run(
 /// The `commands` parameter: POSIX sh (the agent runs it with `sh`) that makes a private dir, decodes the wrapper
 /// and the runner program into it, and runs the wrapper with bash.
 pub fn command_script(invocation: &Invocation, nonce: &str) -> Result<String, TransportError> {
-    if invocation.command.is_empty() {
-        return Err(TransportError::Spawn("an SSM run needs the runner command (no session runs over SSM)".into()));
-    }
-    let out_keep = (invocation.stdout_cap + 1).to_string();
-    let err_keep = (invocation.stderr_budget + 1).to_string();
-    let err_tail = invocation.stderr_tail.min(INLINE_STDERR_CHARS - 100).to_string();
-    let wrapper = crate::mediator::render(WRAPPER, |name| match name {
-        "COMMAND" => Some(invocation.command.as_str()),
-        "OUT_KEEP" => Some(&out_keep),
-        "ERR_KEEP" => Some(&err_keep),
-        "ERR_TAIL" => Some(&err_tail),
-        "NONCE" => Some(nonce),
-        _ => None,
-    })
-    .map_err(TransportError::Spawn)?;
+    let wrapper = wrapper(invocation, nonce)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     // Base64 holds no quote: both literals are taken as they are by the shell.
     Ok(format!(
@@ -177,6 +189,25 @@ pub fn command_script(invocation: &Invocation, nonce: &str) -> Result<String, Tr
     ))
 }
 
+/// The wrapper for one run (see `ssm_wrap.sh`).
+fn wrapper(invocation: &Invocation, nonce: &str) -> Result<String, TransportError> {
+    if invocation.command.is_empty() {
+        return Err(TransportError::Spawn("an SSM run needs the runner command (no session runs over SSM)".into()));
+    }
+    let out_keep = (invocation.stdout_cap + 1).to_string();
+    let err_keep = (invocation.stderr_budget + 1).to_string();
+    let err_tail = invocation.stderr_tail.min(INLINE_STDERR_CHARS - 100).to_string();
+    crate::mediator::render(WRAPPER, |name| match name {
+        "COMMAND" => Some(invocation.command.as_str()),
+        "OUT_KEEP" => Some(&out_keep),
+        "ERR_KEEP" => Some(&err_keep),
+        "ERR_TAIL" => Some(&err_tail),
+        "NONCE" => Some(nonce),
+        _ => None,
+    })
+    .map_err(TransportError::Spawn)
+}
+
 async fn send(
     client: &Client,
     settings: &SsmSettings,
@@ -184,11 +215,28 @@ async fn send(
     invocation: &Invocation,
     commands: Vec<String>,
 ) -> Result<String, TransportError> {
+    send_to(client, settings, target, std::slice::from_ref(&target.instance_id), invocation, commands, 1).await
+}
+
+/// `SendCommand` of `commands` to `instance_ids` with `target`'s document.
+async fn send_to(
+    client: &Client,
+    settings: &SsmSettings,
+    target: &SsmTarget,
+    instance_ids: &[String],
+    invocation: &Invocation,
+    commands: Vec<String>,
+    max_concurrency: usize,
+) -> Result<String, TransportError> {
     let execution = invocation.deadline.as_secs().clamp(EXECUTION_TIMEOUT_SECS.0, EXECUTION_TIMEOUT_SECS.1);
     let delivery = settings.delivery_timeout.as_secs().clamp(DELIVERY_TIMEOUT_SECS.0, DELIVERY_TIMEOUT_SECS.1);
-    let sent = client
-        .send_command()
-        .instance_ids(&target.instance_id)
+    let mut request = client.send_command().set_instance_ids(Some(instance_ids.to_vec()));
+    if instance_ids.len() > 1 {
+        request = request
+            .max_concurrency(max_concurrency.clamp(1, instance_ids.len()).to_string())
+            .max_errors(instance_ids.len().to_string());
+    }
+    let sent = request
         .document_name(&target.document)
         .parameters("commands", commands)
         .parameters("executionTimeout", vec![execution.to_string()])
@@ -305,8 +353,12 @@ pub async fn poll(
 /// True when the invocation has ended in a way that has output to judge; false while it goes on; an error for
 /// the endings that mean the plugin did not run (or ran beyond our view).
 fn ended(out: &GetCommandInvocationOutput) -> Result<bool, TransportError> {
-    let details = out.status_details().unwrap_or("");
-    match out.status() {
+    ended_as(out.status(), out.status_details().unwrap_or(""))
+}
+
+/// [`ended`] for a status and its details (`GetCommandInvocation` or `ListCommandInvocations`).
+fn ended_as(status: Option<&CommandInvocationStatus>, details: &str) -> Result<bool, TransportError> {
+    match status {
         None
         | Some(
             CommandInvocationStatus::Pending
@@ -340,6 +392,182 @@ fn ended(out: &GetCommandInvocationOutput) -> Result<bool, TransportError> {
     }
 }
 
+/// Most instances in one `SendCommand` (the API's limit).
+pub const MAX_FAN_OUT: usize = 50;
+
+/// One host's run in a fan-out ([`run_many`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    pub target: &'a SsmTarget,
+    pub invocation: &'a Invocation,
+}
+
+/// Runs several hosts' invocations with one `SendCommand` (same document; at most [`MAX_FAN_OUT`]), `MaxConcurrency`
+/// = `max_concurrency`, `MaxErrors` = all of them (RUNE judges each host; SSM stops none early). Every instance
+/// decodes the whole table and picks its own wrapper and runner by `$AWS_SSM_INSTANCE_ID` (set by the agent since
+/// 2.3). Statuses come from `ListCommandInvocations`, each finished host's output from one
+/// `GetCommandInvocation`. One outcome per member, in order.
+pub async fn run_many(
+    client: &Client,
+    settings: &SsmSettings,
+    members: &[Member<'_>],
+    max_concurrency: usize,
+    comment: &str,
+) -> Vec<Result<RawOutcome, TransportError>> {
+    let Some(first) = members.first() else { return Vec::new() };
+    let nonces: Vec<String> = members.iter().map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+    let script = match fan_out_script(members, &nonces) {
+        Ok(s) => s,
+        Err(e) => return members.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let deadline_of = members.iter().map(|m| m.invocation.deadline).max().unwrap_or_default();
+    let send =
+        Invocation { deadline: deadline_of, comment: comment.chars().take(100).collect(), ..first.invocation.clone() };
+    let ids: Vec<String> = members.iter().map(|m| m.target.instance_id.clone()).collect();
+    let sent = send_to(client, settings, first.target, &ids, &send, vec![script], max_concurrency).await;
+    let command_id = match sent {
+        Ok(id) => id,
+        Err(e) => return members.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let deadline = Instant::now() + settings.delivery_timeout + deadline_of;
+    let mut done: Vec<Option<Result<RawOutcome, TransportError>>> = members.iter().map(|_| None).collect();
+    let sent_at = Instant::now();
+    // An invocation the list shows ended is read at once (a short retry if it is not visible yet).
+    let read_now = SsmSettings { poll_first: Duration::ZERO, poll_max: Duration::from_millis(200), ..settings.clone() };
+    let mut wait = settings.poll_first;
+    let mut errors = 0u32;
+    while done.iter().any(Option::is_none) {
+        let now = Instant::now();
+        if now >= deadline {
+            let open: Vec<usize> = (0..members.len()).filter(|&i| done[i].is_none()).collect();
+            let open_ids: Vec<String> = open.iter().map(|&i| ids[i].clone()).collect();
+            if let Err(e) =
+                client.cancel_command().command_id(&command_id).set_instance_ids(Some(open_ids)).send().await
+            {
+                tracing::warn!(command_id, error = %error_chain(&e), "SSM CancelCommand failed");
+            }
+            for i in open {
+                clean_up(client, settings, members[i].target, members[i].invocation).await;
+                done[i] = Some(Ok(RawOutcome { deadline_hit: true, ..RawOutcome::default() }));
+            }
+            break;
+        }
+        tokio::time::sleep(jitter(wait).min(deadline - now)).await;
+        wait = (wait + wait / 2).min(settings.poll_max);
+        let listed = match list_statuses(client, &command_id).await {
+            Ok(l) => {
+                errors = 0;
+                l
+            }
+            Err(e) => {
+                let code = e.code().unwrap_or("");
+                if code.contains("Throttl") || code == "TooManyRequestsException" {
+                    wait = (wait * 2).min(settings.poll_max);
+                    continue;
+                }
+                errors += 1;
+                if errors >= MAX_POLL_ERRORS {
+                    let why = TransportError::LostMidRun(format!(
+                        "SSM: {errors} ListCommandInvocations errors in a row, last: {}",
+                        error_chain(&e)
+                    ));
+                    for d in done.iter_mut().filter(|d| d.is_none()) {
+                        *d = Some(Err(why.clone()));
+                    }
+                }
+                continue;
+            }
+        };
+        for i in 0..members.len() {
+            if done[i].is_some() {
+                continue;
+            }
+            let Some((status, details)) = listed.get(&ids[i]) else {
+                if sent_at.elapsed() >= settings.not_found_grace {
+                    done[i] = Some(Err(TransportError::Unreachable(format!(
+                        "SSM: no invocation for {} in command {command_id} {:?} after sending",
+                        ids[i], settings.not_found_grace
+                    ))));
+                }
+                continue;
+            };
+            match ended_as(status.as_ref(), details) {
+                Ok(false) => {}
+                Err(e) => done[i] = Some(Err(e)),
+                Ok(true) => {
+                    let far = Instant::now() + settings.not_found_grace;
+                    done[i] = Some(match poll(client, &read_now, &command_id, &ids[i], far).await {
+                        Ok(Polled::Done(out)) => Ok(outcome(members[i].invocation, &out, &nonces[i])),
+                        Ok(Polled::Deadline) => Err(TransportError::LostMidRun(format!(
+                            "SSM: {} ended in the list but its invocation could not be read",
+                            ids[i]
+                        ))),
+                        Err(e) => Err(e),
+                    });
+                }
+            }
+        }
+    }
+    done.into_iter()
+        .map(|d| d.unwrap_or_else(|| Err(TransportError::Protocol("SSM fan-out: no outcome".into()))))
+        .collect()
+}
+
+/// Status and details of every invocation of a command, by instance id (all pages).
+async fn list_statuses(
+    client: &Client,
+    command_id: &str,
+) -> Result<HashMap<String, (Option<CommandInvocationStatus>, String)>, SdkError<ListCommandInvocationsError>> {
+    let mut out = HashMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.list_command_invocations().command_id(command_id).set_next_token(token.take()).send().await?;
+        for inv in page.command_invocations() {
+            if let Some(id) = inv.instance_id() {
+                out.insert(id.to_owned(), (inv.status().cloned(), inv.status_details().unwrap_or("").to_owned()));
+            }
+        }
+        match page.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The `commands` of a fan-out: the table of every member's wrapper and runner, gzip'd and base64'd, and the case
+/// that finds this instance's offsets in it. Instance ids are validated (`i-`/`mi-` and hex digits).
+fn fan_out_script(members: &[Member<'_>], nonces: &[String]) -> Result<String, TransportError> {
+    use std::io::Write as _;
+    let mut table = Vec::new();
+    let mut cases = String::new();
+    for (m, nonce) in members.iter().zip(nonces) {
+        let wrapper = wrapper(m.invocation, nonce)?;
+        let (w_off, w_len) = (table.len(), wrapper.len());
+        table.extend_from_slice(wrapper.as_bytes());
+        let (r_off, r_len) = (table.len(), m.invocation.stdin.len());
+        table.extend_from_slice(&m.invocation.stdin);
+        let id = &m.target.instance_id;
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(TransportError::Spawn(format!("SSM: `{id}` is not an instance id")));
+        }
+        cases.push_str(&format!("  {id}) w={w_off} wl={w_len} r={r_off} rl={r_len} ;;\n"));
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&table).map_err(|e| TransportError::Spawn(format!("SSM fan-out table: {e}")))?;
+    let gz = gz.finish().map_err(|e| TransportError::Spawn(format!("SSM fan-out table: {e}")))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(gz);
+    Ok(format!(
+        "umask 077\n\
+         case \"${{AWS_SSM_INSTANCE_ID:-}}\" in\n{cases}  *) echo \"rune: no run for instance ${{AWS_SSM_INSTANCE_ID:-(unset: SSM agent older than 2.3?)}} in this command\" >&2; exit 125 ;;\nesac\n\
+         d=$(mktemp -d \"${{TMPDIR:-/tmp}}/rune-ssm.XXXXXXXX\") || exit 125\n\
+         printf '%s' '{b64}' | base64 -d | gzip -dc >\"$d/all\" \\\n\
+         && tail -c +$((w + 1)) \"$d/all\" | head -c \"$wl\" >\"$d/wrap.sh\" \\\n\
+         && tail -c +$((r + 1)) \"$d/all\" | head -c \"$rl\" >\"$d/runner.in\" \\\n\
+         && rm -f -- \"$d/all\" || {{ echo 'rune: fan-out through SSM needs base64 and gzip on the host' >&2; rm -rf -- \"$d\"; exit 125; }}\n\
+         exec bash --noprofile --norc \"$d/wrap.sh\" \"$d\"\n"
+    ))
+}
+
 /// Waits vary by ±20 % so that many runs do not poll in step.
 fn jitter(wait: Duration) -> Duration {
     let r = (uuid::Uuid::new_v4().as_u128() % 401) as u32; // 0..=400
@@ -358,6 +586,12 @@ async fn cancel_and_clean(
     if let Err(e) = client.cancel_command().command_id(command_id).instance_ids(&target.instance_id).send().await {
         tracing::warn!(command_id, instance = %target.instance_id, error = %error_chain(&e), "SSM CancelCommand failed");
     }
+    clean_up(client, settings, target, invocation).await;
+}
+
+/// Sends the invocation's cleanup (kills what its runner left, removes its dir) as a command of its own, without
+/// waiting for it.
+async fn clean_up(client: &Client, settings: &SsmSettings, target: &SsmTarget, invocation: &Invocation) {
     if invocation.cleanup.is_empty() {
         return;
     }
@@ -367,7 +601,7 @@ async fn cancel_and_clean(
         ..invocation.clone()
     };
     if let Err(e) = send(client, settings, target, &cleanup, vec![invocation.cleanup.clone()]).await {
-        tracing::warn!(command_id, instance = %target.instance_id, error = %e, "SSM cleanup command failed");
+        tracing::warn!(instance = %target.instance_id, error = %e, "SSM cleanup command failed");
     }
 }
 

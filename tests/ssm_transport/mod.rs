@@ -185,3 +185,65 @@ fn real_aws_noop_when_an_instance_is_given() {
         text(&out)
     );
 }
+
+#[test]
+fn a_fan_out_is_one_send_command_and_one_envelope_per_host() {
+    let ids = ["i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c", "i-0000000000000000d"];
+    let endpoint = SsmEndpoint::builder()
+        .instance(ids[0], InstanceBehavior::default())
+        .instance(ids[1], InstanceBehavior { not_found_polls: 2, ..InstanceBehavior::default() })
+        .instance(ids[2], InstanceBehavior::default())
+        .instance(ids[3], InstanceBehavior { undeliverable: true, ..InstanceBehavior::default() })
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts: String = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| format!("  h{n}:\n    transport: ssm\n    ssm: {{ instance_id: {id} }}\n"))
+        .collect();
+    std::fs::write(dir.path().join("inventory.yaml"), format!("hosts:\n{hosts}")).unwrap();
+    let env = aws_env(&endpoint.url());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let plugins = format!("{root}/plugins:{root}/tests/fixtures/plugins");
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.push(("RUNE_PLUGINS_DIR", &plugins));
+    let out = rune(
+        &[
+            "run",
+            "where-am-i",
+            "--hosts",
+            "h0,h1,h2,h3",
+            "--parallel",
+            "2",
+            "--inventory",
+            "inventory.yaml",
+            "--output",
+            "json",
+        ],
+        dir.path(),
+        &vars,
+    );
+    let envelopes: Vec<Value> = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(envelopes.len(), 4, "{}", text(&out));
+    for e in &envelopes {
+        let host = e["host"].as_str().unwrap();
+        if host == "h3" {
+            assert_eq!(e["status"], "unreachable", "{e}");
+        } else {
+            assert_eq!(e["status"], "ok", "{e}");
+            assert_eq!(e["output"]["data"]["host"], host, "each instance ran its own host's run: {e}");
+        }
+    }
+    let sends = endpoint.request_bodies(crate::support::ssm::Operation::SendCommand);
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0]["InstanceIds"].as_array().map(Vec::len), Some(4));
+    assert_eq!(sends[0]["MaxConcurrency"], "2");
+    assert_eq!(sends[0]["MaxErrors"], "4");
+    let run_ids: std::collections::BTreeSet<&str> = envelopes.iter().filter_map(|e| e["run_id"].as_str()).collect();
+    assert_eq!(run_ids.len(), 4, "one run id per host");
+}

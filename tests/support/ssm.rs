@@ -1285,6 +1285,9 @@ impl Run {
             .arg("-c")
             .arg(&script)
             .current_dir(self.working_directory.as_deref().unwrap_or(&work))
+            // As the agent (2.3.x and later) sets them for Run Command scripts.
+            .env("AWS_SSM_INSTANCE_ID", &self.instance_id)
+            .env("AWS_SSM_REGION_NAME", REGION)
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
