@@ -148,6 +148,7 @@ pub struct Settings {
     pub results: Results,
     pub metrics: Metrics,
     pub log: Log,
+    pub ssm: Ssm,
     /// Where the values came from (the file, the variables that overrode it).
     #[serde(skip)]
     pub origin: Origin,
@@ -402,6 +403,33 @@ pub struct Results {
     pub jsonl_file: Option<PathBuf>,
     /// Published under `nats.subjects.results_prefix` (only with NATS).
     pub nats: bool,
+}
+
+/// `ssm`: the SSM transport's timing and the Parameter Store cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ssm {
+    #[serde(serialize_with = "as_text")]
+    pub delivery_timeout: Duration,
+    #[serde(serialize_with = "as_text")]
+    pub poll_first: Duration,
+    #[serde(serialize_with = "as_text")]
+    pub poll_max: Duration,
+    #[serde(serialize_with = "as_text")]
+    pub not_found_grace: Duration,
+    #[serde(serialize_with = "as_text")]
+    pub secrets_cache_ttl: Duration,
+    pub secrets_max_cached: usize,
+}
+
+impl Ssm {
+    pub fn transport(&self) -> crate::transport::ssm::SsmSettings {
+        crate::transport::ssm::SsmSettings {
+            delivery_timeout: self.delivery_timeout,
+            poll_first: self.poll_first,
+            poll_max: self.poll_max,
+            not_found_grace: self.not_found_grace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

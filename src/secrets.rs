@@ -119,6 +119,12 @@ impl fmt::Debug for ParameterStore {
 }
 
 impl ParameterStore {
+    /// A store on the standard AWS configuration's client, with the given cache bounds (a zero `ttl` caches
+    /// nothing).
+    pub fn new(ttl: Duration, max_cached: usize) -> ParameterStore {
+        ParameterStore { ttl, max_cached: max_cached.max(1), ..ParameterStore::default() }
+    }
+
     /// A store on `client` (for tests and a configured endpoint), with the given cache bounds.
     pub fn with_client(client: Client, ttl: Duration, max_cached: usize) -> ParameterStore {
         ParameterStore { fixed: Some(client), ttl, max_cached, ..ParameterStore::default() }

@@ -25,8 +25,10 @@ use crate::plugins::Registry;
 use crate::results::nats::NatsPublisher;
 use crate::results::publish::{JsonLines, Publish, Publishers};
 use crate::rules::matcher::SubjectPattern;
+use crate::secrets::ParameterStore;
 use crate::sources::webhook::{self, EndpointAuth, EventSink, HookAuth, SinkError, WebhookConfig};
 use crate::transport::ssh::SshTransport;
+use crate::transport::ssm::SsmTransport;
 
 /// Exit code: the daemon could not start (bad settings, rules, NATS unreachable at start with JetStream…).
 pub const EXIT_START_FAILED: i32 = 3;
@@ -257,7 +259,9 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     if let Some(locks) = locks {
         engine = engine.with_cluster_locks(locks);
     }
-    let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default());
+    let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default())
+        .with_ssm(SsmTransport::new(settings.ssm.transport()))
+        .with_secrets(ParameterStore::new(settings.ssm.secrets_cache_ttl, settings.ssm.secrets_max_cached));
     // Publishers: JSON Lines (stdout, file) and NATS.
     let mut sinks: Vec<Arc<dyn Publish>> = Vec::new();
     if settings.results.stdout || settings.results.jsonl_file.is_some() {

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use super::model::{
     ByteSizeConfig, ChatopsConfig, EndpointConfig, JetStreamConfig, LimitsConfig, LogConfig, LogFormatConfig,
-    NatsAuthConfig, NatsConfig, NatsTlsConfig, PathsConfig, ResultsConfig, SettingsConfig, SubjectsConfig,
+    NatsAuthConfig, NatsConfig, NatsTlsConfig, PathsConfig, ResultsConfig, SettingsConfig, SsmConfig, SubjectsConfig,
     WebhookConfig, default_hmac_header, parse_byte_size,
 };
 use super::secret::{self, Secret};
 use super::source::{Layers, is_within};
 use super::{
     AlertsStream, Chatops, ClientCert, ConfigError, Consumer, EndpointAuth, JetStream, Kv, Limits, Log, LogFormat,
-    Metrics, Nats, NatsAuth, NatsTls, Origin, Paths, Reconnect, Results, ResultsStream, Settings, Subjects, Webhook,
+    Metrics, Nats, NatsAuth, NatsTls, Origin, Paths, Reconnect, Results, ResultsStream, Settings, Ssm, Subjects,
+    Webhook,
 };
 use crate::rules::matcher::SubjectPattern;
 
@@ -41,6 +42,7 @@ pub fn compile(raw: SettingsConfig, layers: &Layers, pruned: &[String], env: &[(
     let limits = c.limits(raw.limits);
     let results = c.results(raw.results, embedded);
     let log = c.log(raw.log);
+    let ssm = c.ssm(raw.ssm);
     let settings = (|| {
         Some(Settings {
             nats: nats?,
@@ -51,6 +53,7 @@ pub fn compile(raw: SettingsConfig, layers: &Layers, pruned: &[String], env: &[(
             results: results?,
             metrics: Metrics { enabled: raw.metrics.enabled },
             log: log?,
+            ssm: ssm?,
             origin: Origin::default(),
             warnings: Vec::new(),
         })
@@ -783,6 +786,43 @@ impl Compiler<'_> {
             self.warn("results", "results go nowhere: stdout, jsonl_file and nats are all off");
         }
         Some(Results { stdout, jsonl_file, nats })
+    }
+
+    fn ssm(&mut self, raw: SsmConfig) -> Option<Ssm> {
+        let within = |c: &mut Self, field: &str, text: &str, min: Duration, max: Duration| {
+            let d = c.duration(field, text, true)?;
+            if d < min || d > max {
+                c.error(
+                    field,
+                    format!(
+                        "must be within {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                return None;
+            }
+            Some(d)
+        };
+        let s = Duration::from_secs;
+        let delivery_timeout = within(self, "ssm.delivery_timeout", &raw.delivery_timeout, s(30), s(30 * 24 * 3600));
+        let poll_first = within(self, "ssm.poll_first", &raw.poll_first, Duration::ZERO, s(60));
+        let poll_max = within(self, "ssm.poll_max", &raw.poll_max, Duration::from_millis(100), s(300));
+        let not_found_grace = within(self, "ssm.not_found_grace", &raw.not_found_grace, Duration::ZERO, s(600));
+        let secrets_cache_ttl =
+            within(self, "ssm.secrets_cache_ttl", &raw.secrets_cache_ttl, Duration::ZERO, s(24 * 3600));
+        if !(1..=100_000).contains(&raw.secrets_max_cached) {
+            self.error("ssm.secrets_max_cached", "must be within 1 and 100000");
+            return None;
+        }
+        Some(Ssm {
+            delivery_timeout: delivery_timeout?,
+            poll_first: poll_first?,
+            poll_max: poll_max?,
+            not_found_grace: not_found_grace?,
+            secrets_cache_ttl: secrets_cache_ttl?,
+            secrets_max_cached: raw.secrets_max_cached,
+        })
     }
 
     fn log(&mut self, raw: LogConfig) -> Option<Log> {

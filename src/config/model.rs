@@ -31,6 +31,32 @@ pub struct SettingsConfig {
     pub results: ResultsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub ssm: SsmConfig,
+}
+
+/// The SSM transport and Parameter Store secrets (durations as strings).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsmConfig {
+    pub delivery_timeout: String,
+    pub poll_first: String,
+    pub poll_max: String,
+    pub not_found_grace: String,
+    pub secrets_cache_ttl: String,
+    pub secrets_max_cached: usize,
+}
+
+impl Default for SsmConfig {
+    fn default() -> Self {
+        SsmConfig {
+            delivery_timeout: "60s".into(),
+            poll_first: "100ms".into(),
+            poll_max: "3s".into(),
+            not_found_grace: "30s".into(),
+            secrets_cache_ttl: "5m".into(),
+            secrets_max_cached: 1024,
+        }
+    }
 }
 
 /// The NATS connection. No `urls` means no NATS at all (the embedded mode): webhooks are processed in-process.
