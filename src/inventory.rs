@@ -174,13 +174,16 @@ pub struct Host {
 }
 
 impl Host {
-    /// This host reached through `transport` instead (e.g. `--use-ssm`); None if it lacks what that needs (an
-    /// `ssm` section for SSM, an address and user for SSH are always there).
+    /// This host reached through `transport` instead (`--use-ssm`, a rule's `transport: ssm`). Only SSM can stand
+    /// in for a host's own transport, and only with an `ssm` section: `local` would run on RUNE's machine while
+    /// reporting the host's name, and SSH needs an address and user the host may not have. None otherwise (its
+    /// own transport is always fine).
     pub fn via(&self, transport: TransportKind) -> Option<Host> {
-        if transport == TransportKind::Ssm && self.ssm.is_none() {
-            return None;
+        match transport {
+            t if t == self.transport => Some(self.clone()),
+            TransportKind::Ssm if self.ssm.is_some() => Some(Host { transport, ..self.clone() }),
+            _ => None,
         }
-        Some(Host { transport, ..self.clone() })
     }
 }
 

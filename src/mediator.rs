@@ -378,6 +378,14 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
             fail(Status::Error, format!("the RUNE runner did not start on the host (no bash?): {why}"))
         };
     }
+    if let Some(bytes) = raw.inline_limit {
+        return fail(
+            Status::ProtocolError,
+            format!(
+                "the plugin ran, but its output ({bytes} bytes) passed the transport's inline limit (SSM returns 24,000 characters) and cannot be read whole"
+            ),
+        );
+    }
     if raw.stdout_truncated {
         return fail(
             Status::ProtocolError,

@@ -107,6 +107,16 @@ impl Orchestrator {
     /// nothing runs. Messages name references, never values.
     pub async fn prepare(&self, request: &mut RunRequest) -> Result<Plan, Refused> {
         if !request.secrets.is_empty() {
+            // What refuses the request whatever the values are is checked first: no secret is read for nothing.
+            let ssm = self.inventory.select(&request.hosts, &request.groups).ok().is_some_and(|hosts| {
+                hosts.iter().any(|h| request.transport.unwrap_or(h.transport) == TransportKind::Ssm)
+            });
+            if ssm {
+                return Err(Refused(vec![format!(
+                    "secret arguments ({}) are not sent through SSM (command parameters are kept in its history)",
+                    request.secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+                )]));
+            }
             let mut problems = Vec::new();
             let plugin = self.registry.resolve(&request.action).ok();
             for (name, reference) in &request.secrets {
@@ -287,7 +297,9 @@ impl Orchestrator {
             while specs.peek().is_some() {
                 let chunk: Vec<RunSpec> = specs.by_ref().take(ssm::MAX_FAN_OUT).collect();
                 let (tx, limit, ssm) = (tx.clone(), limit.clone(), self.ssm.clone());
-                let comment = format!("rune {} fan-out of {}", plan.correlation_id, chunk.len());
+                // Unique (the tag), so an unclear SendCommand failure can be looked up by it.
+                let tag = uuid::Uuid::new_v4().simple().to_string();
+                let comment = format!("rune fan-out {} x{} {}", &tag[..12], chunk.len(), plan.correlation_id);
                 tokio::spawn(async move {
                     let permits = u32::try_from(chunk.len().min(parallel)).unwrap_or(u32::MAX);
                     let Ok(_permits) = limit.acquire_many_owned(permits).await else { return };

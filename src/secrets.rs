@@ -136,7 +136,9 @@ impl ParameterStore {
         }
         self.client
             .get_or_init(|| async {
-                Client::new(&aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await)
+                let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .timeout_config(crate::transport::ssm::sdk_timeouts());
+                Client::new(&loader.load().await)
             })
             .await
     }
@@ -163,7 +165,8 @@ impl ParameterStore {
                 let message = e.message().unwrap_or("").to_owned();
                 return Err(
                     if code.contains("AccessDenied") || code.contains("KMS") || code.contains("Unrecognized") {
-                        SecretError::Denied(reference.clone(), format!("{code}: {message}"))
+                        // Only the code: AWS's message names the IAM principal and account, which would be published.
+                        SecretError::Denied(reference.clone(), code)
                     } else if code.is_empty() {
                         SecretError::Unavailable(reference.clone(), crate::transport::ssm::error_chain(&e))
                     } else {

@@ -604,6 +604,12 @@ impl Compiler<'_> {
                 None
             }
         };
+        if let Some(kind) = r.transport.filter(|k| *k != crate::inventory::TransportKind::Ssm) {
+            self.error(
+                r.action.referenced,
+                format!("transport: only `ssm` can replace the hosts' own transport, not `{kind}`"),
+            );
+        }
         // Target.
         let unreachable_via = |hosts: &[&crate::inventory::Host]| -> Vec<String> {
             match r.transport {
@@ -653,6 +659,7 @@ impl Compiler<'_> {
         };
         // Arguments.
         let mut args = Vec::with_capacity(r.args.len());
+        let r_transport_is_ssm = r.transport == Some(crate::inventory::TransportKind::Ssm);
         for (arg, value) in &r.args {
             let text = match &value.value {
                 ArgConfig::Boolean(b) => b.to_string(),
@@ -680,6 +687,12 @@ impl Compiler<'_> {
                 // A literal `ssm:/path` is a secret reference: checked for form and type now, resolved at run time.
                 match reference {
                     Ok(r) => {
+                        if r_transport_is_ssm {
+                            self.error(
+                                value.referenced,
+                                format!("args.{arg}: secrets are not sent through SSM (`transport: ssm`): command parameters stay in SSM's history"),
+                            );
+                        }
                         if let Some((Some(s), _)) = spec
                             && s.arg_type != crate::bpcs::ArgType::String
                         {
@@ -845,6 +858,12 @@ hosts:
         assert!(e[0].contains("host `web-1` has no `ssm` section"), "{e:?}");
         let e = errors(&[("t.yaml", &rule("{ group: web }"))]);
         assert!(e[0].contains("without an `ssm` section: web-1"), "{e:?}");
+        let local = rule("{ host: web-2 }").replace("transport: ssm", "transport: local");
+        let e = errors(&[("t.yaml", &local)]);
+        assert!(e.iter().any(|m| m.contains("only `ssm` can replace")), "{e:?}");
+        let secret = rule("{ host: web-2 }").replace("action: noop", "action: noop\n    args: { message: \"ssm:/a\" }");
+        let e = errors(&[("t.yaml", &secret)]);
+        assert!(e.iter().any(|m| m.contains("secrets are not sent through SSM")), "{e:?}");
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub struct RawOutcome {
     pub stderr_flooded: bool,
     /// The runner exited but something on the host kept its output open past [`EXIT_DRAIN_GRACE`].
     pub output_lingered: bool,
+    /// The output was whole on the host but only part of it came back (SSM's inline limit): its size in bytes.
+    pub inline_limit: Option<u64>,
 }
 
 /// Most stdout accepted before the runner's start marker (a login shell's rc files may print).

@@ -98,7 +98,7 @@ impl SsmTransport {
         if let Some(c) = clients.get(&region.map(str::to_owned)) {
             return c.clone();
         }
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(sdk_timeouts());
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_owned()));
         }
@@ -154,6 +154,16 @@ impl Transport for SsmTransport {
     }
 }
 
+/// Bounds on every SSM and Parameter Store call: a hung request cannot hold a run (its slot, lease and claim)
+/// past its deadline.
+pub fn sdk_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(30))
+        .build()
+}
+
 /// One run: send, poll until the command ends or the deadline passes (then cancel and clean up), decode.
 pub async fn run(
     client: &Client,
@@ -165,11 +175,24 @@ pub async fn run(
     let script = command_script(invocation, &nonce)?;
     let command_id = send(client, settings, target, invocation, vec![script]).await?;
     let deadline = Instant::now() + settings.delivery_timeout + invocation.deadline;
-    match poll(client, settings, &command_id, &target.instance_id, deadline).await? {
-        Polled::Done(out) => Ok(outcome(invocation, &out, &nonce)),
-        Polled::Deadline => {
-            cancel_and_clean(client, settings, target, invocation, &command_id).await;
+    // Once the command is accepted, every ending but a final status cancels it and cleans up: a run RUNE stops
+    // following must not go on (its host lease is released with the result).
+    match poll(client, settings, &command_id, &target.instance_id, deadline).await {
+        Ok(Polled::Done(out)) => {
+            let raw = outcome(invocation, &out, &nonce);
+            if raw.deadline_hit {
+                // The agent's own execution timeout: it killed the script; what the runner left is cleaned up.
+                clean_up(client, settings, target, invocation, &nonce).await;
+            }
+            Ok(raw)
+        }
+        Ok(Polled::Deadline) => {
+            cancel_and_clean(client, settings, target, invocation, &command_id, &nonce).await;
             Ok(RawOutcome { deadline_hit: true, ..RawOutcome::default() })
+        }
+        Err(e) => {
+            cancel_and_clean(client, settings, target, invocation, &command_id, &nonce).await;
+            Err(e)
         }
     }
 }
@@ -181,7 +204,7 @@ pub fn command_script(invocation: &Invocation, nonce: &str) -> Result<String, Tr
     let b64 = base64::engine::general_purpose::STANDARD;
     // Base64 holds no quote: both literals are taken as they are by the shell.
     Ok(format!(
-        "umask 077\nd=$(mktemp -d \"${{TMPDIR:-/tmp}}/rune-ssm.XXXXXXXX\") || exit 125\n\
+        "umask 077\nd=\"${{TMPDIR:-/tmp}}/rune-ssm-{nonce}\"; mkdir -m 700 -- \"$d\" || exit 125\n\
          printf '%s' '{}' | base64 -d >\"$d/wrap.sh\" && printf '%s' '{}' | base64 -d >\"$d/runner.in\" || {{ rm -rf -- \"$d\"; exit 125; }}\n\
          exec bash --noprofile --norc \"$d/wrap.sh\" \"$d\"\n",
         b64.encode(wrapper),
@@ -236,19 +259,62 @@ async fn send_to(
             .max_concurrency(max_concurrency.clamp(1, instance_ids.len()).to_string())
             .max_errors(instance_ids.len().to_string());
     }
-    let sent = request
+    let request = request
         .document_name(&target.document)
         .parameters("commands", commands)
         .parameters("executionTimeout", vec![execution.to_string()])
         .timeout_seconds(i32::try_from(delivery).unwrap_or(i32::MAX))
-        .comment(&invocation.comment)
-        .send()
-        .await
-        .map_err(send_error)?;
-    sent.command()
-        .and_then(|c| c.command_id())
-        .map(str::to_owned)
-        .ok_or_else(|| TransportError::Protocol("SendCommand answered without a command id".into()))
+        .comment(&invocation.comment);
+    // SendCommand has no idempotency token: the SDK must not resend it on its own (a lost answer would run the
+    // plugin twice). A throttled send was not accepted and is retried here; after an unclear failure (timeout,
+    // connection, 5xx) the command is looked up by its comment, which names the run.
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1..=SEND_ATTEMPTS {
+        let no_retry =
+            aws_sdk_ssm::config::Builder::default().retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled());
+        let answer = request.clone().customize().config_override(no_retry).send().await;
+        let e = match answer {
+            Ok(sent) => {
+                return sent
+                    .command()
+                    .and_then(|c| c.command_id())
+                    .map(str::to_owned)
+                    .ok_or_else(|| TransportError::Protocol("SendCommand answered without a command id".into()));
+            }
+            Err(e) => e,
+        };
+        let code = e.code().unwrap_or("");
+        if is_throttling(code) && attempt < SEND_ATTEMPTS {
+            tokio::time::sleep(jitter(wait)).await;
+            wait *= 2;
+            continue;
+        }
+        let unclear = e.as_service_error().is_none() || e.raw_response().is_some_and(|r| r.status().is_server_error());
+        if unclear {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(id) = find_sent(client, &instance_ids[0], &invocation.comment).await {
+                    tracing::warn!(command_id = %id, error = %error_chain(&e), "SSM SendCommand failed but the command was accepted");
+                    return Ok(id);
+                }
+            }
+        }
+        return Err(send_error(e));
+    }
+    Err(TransportError::Unreachable("SSM SendCommand: throttled on every attempt".into()))
+}
+
+/// How many times a throttled `SendCommand` is tried.
+const SEND_ATTEMPTS: u32 = 4;
+
+fn is_throttling(code: &str) -> bool {
+    code.contains("Throttl") || code == "TooManyRequestsException" || code == "RequestLimitExceeded"
+}
+
+/// The id of the command sent to `instance_id` with `comment` (the run's own, so unique), if SSM lists it.
+async fn find_sent(client: &Client, instance_id: &str, comment: &str) -> Option<String> {
+    let listed = client.list_commands().instance_id(instance_id).send().await.ok()?;
+    listed.commands().iter().find(|c| c.comment() == Some(comment)).and_then(|c| c.command_id()).map(str::to_owned)
 }
 
 fn send_error(e: SdkError<SendCommandError>) -> TransportError {
@@ -323,7 +389,7 @@ pub async fn poll(
                     )));
                 }
                 let code = e.code().unwrap_or("");
-                if code.contains("Throttl") || code == "TooManyRequestsException" || code == "RequestLimitExceeded" {
+                if is_throttling(code) {
                     wait = (wait * 2).min(settings.poll_max);
                     continue;
                 }
@@ -347,6 +413,15 @@ pub async fn poll(
         if ended(&out)? {
             return Ok(Polled::Done(Box::new(out)));
         }
+        // SSM itself gives up on delivery only after the delivery timeout *plus* the execution timeout: an
+        // instance that never picked the command up is unreachable once the delivery timeout has passed.
+        let waiting = matches!(out.status(), Some(CommandInvocationStatus::Pending | CommandInvocationStatus::Delayed));
+        if waiting && sent.elapsed() >= settings.delivery_timeout {
+            return Err(TransportError::Unreachable(format!(
+                "SSM: the command did not reach the instance within {:?} (agent offline or instance stopped)",
+                settings.delivery_timeout
+            )));
+        }
     }
 }
 
@@ -356,8 +431,11 @@ fn ended(out: &GetCommandInvocationOutput) -> Result<bool, TransportError> {
     ended_as(out.status(), out.status_details().unwrap_or(""))
 }
 
-/// [`ended`] for a status and its details (`GetCommandInvocation` or `ListCommandInvocations`).
+/// [`ended`] for a status and its details (`GetCommandInvocation` or `ListCommandInvocations`). The API spells
+/// details with spaces (`Delivery Timed Out`, `Access Denied`); they are compared without spaces or case.
 fn ended_as(status: Option<&CommandInvocationStatus>, details: &str) -> Result<bool, TransportError> {
+    let details: String = details.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect();
+    let details = details.as_str();
     match status {
         None
         | Some(
@@ -367,20 +445,20 @@ fn ended_as(status: Option<&CommandInvocationStatus>, details: &str) -> Result<b
             | CommandInvocationStatus::Cancelling,
         ) => Ok(false),
         // StatusDetails tells a script that failed from a command that never ran or was ended from outside.
-        Some(CommandInvocationStatus::Failed) if details == "Undeliverable" => Err(TransportError::Unreachable(
+        Some(CommandInvocationStatus::Failed) if details == "undeliverable" => Err(TransportError::Unreachable(
             "SSM: undeliverable: the instance is not managed, is stopped or terminated, or its agent is offline".into(),
         )),
-        Some(CommandInvocationStatus::Failed) if details == "Terminated" => Err(TransportError::LostMidRun(
-            "SSM: the command was terminated on the instance (the instance stopped or the agent restarted)".into(),
+        Some(CommandInvocationStatus::Failed) if details == "terminated" => Err(TransportError::LostMidRun(
+            "SSM: terminated — the command's MaxErrors was reached before it ran here, or the instance stopped".into(),
         )),
-        Some(CommandInvocationStatus::Failed) if details == "InvalidPlatform" => {
+        Some(CommandInvocationStatus::Failed) if details == "invalidplatform" => {
             Err(TransportError::Spawn("SSM: the document does not run on this instance's platform (not Linux?)".into()))
         }
-        Some(CommandInvocationStatus::Failed) if details == "AccessDenied" => {
+        Some(CommandInvocationStatus::Failed) if details == "accessdenied" => {
             Err(TransportError::AuthFailed("SSM: access denied for the document or the instance (IAM policy)".into()))
         }
         Some(CommandInvocationStatus::Success | CommandInvocationStatus::Failed) => Ok(true),
-        Some(CommandInvocationStatus::TimedOut) if details.contains("Delivery") => Err(TransportError::Unreachable(
+        Some(CommandInvocationStatus::TimedOut) if details.contains("delivery") => Err(TransportError::Unreachable(
             "SSM: the command was not delivered to the instance in time (agent offline?)".into(),
         )),
         // The agent ended the script at `executionTimeout`: judged like a deadline (output, if any, is kept).
@@ -447,7 +525,7 @@ pub async fn run_many(
                 tracing::warn!(command_id, error = %error_chain(&e), "SSM CancelCommand failed");
             }
             for i in open {
-                clean_up(client, settings, members[i].target, members[i].invocation).await;
+                clean_up(client, settings, members[i].target, members[i].invocation, &nonces[i]).await;
                 done[i] = Some(Ok(RawOutcome { deadline_hit: true, ..RawOutcome::default() }));
             }
             break;
@@ -460,8 +538,7 @@ pub async fn run_many(
                 l
             }
             Err(e) => {
-                let code = e.code().unwrap_or("");
-                if code.contains("Throttl") || code == "TooManyRequestsException" {
+                if is_throttling(e.code().unwrap_or("")) {
                     wait = (wait * 2).min(settings.poll_max);
                     continue;
                 }
@@ -491,7 +568,14 @@ pub async fn run_many(
                 }
                 continue;
             };
+            let waiting = matches!(status, Some(CommandInvocationStatus::Pending | CommandInvocationStatus::Delayed));
             match ended_as(status.as_ref(), details) {
+                Ok(false) if waiting && sent_at.elapsed() >= settings.delivery_timeout => {
+                    done[i] = Some(Err(TransportError::Unreachable(format!(
+                        "SSM: the command did not reach the instance within {:?} (agent offline or instance stopped)",
+                        settings.delivery_timeout
+                    ))));
+                }
                 Ok(false) => {}
                 Err(e) => done[i] = Some(Err(e)),
                 Ok(true) => {
@@ -506,6 +590,19 @@ pub async fn run_many(
                     });
                 }
             }
+        }
+    }
+    // Hosts RUNE stopped following (or whose invocation ended abnormally) are cancelled and cleaned up: nothing
+    // goes on unobserved. Cancelling an ended invocation does nothing.
+    let failed: Vec<usize> = (0..members.len()).filter(|&i| matches!(done[i], Some(Err(_)))).collect();
+    if !failed.is_empty() {
+        let failed_ids: Vec<String> = failed.iter().map(|&i| ids[i].clone()).collect();
+        if let Err(e) = client.cancel_command().command_id(&command_id).set_instance_ids(Some(failed_ids)).send().await
+        {
+            tracing::warn!(command_id, error = %error_chain(&e), "SSM CancelCommand failed");
+        }
+        for i in failed {
+            clean_up(client, settings, members[i].target, members[i].invocation, &nonces[i]).await;
         }
     }
     done.into_iter()
@@ -550,7 +647,7 @@ fn fan_out_script(members: &[Member<'_>], nonces: &[String]) -> Result<String, T
         if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(TransportError::Spawn(format!("SSM: `{id}` is not an instance id")));
         }
-        cases.push_str(&format!("  {id}) w={w_off} wl={w_len} r={r_off} rl={r_len} ;;\n"));
+        cases.push_str(&format!("  {id}) w={w_off} wl={w_len} r={r_off} rl={r_len} n={nonce} ;;\n"));
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&table).map_err(|e| TransportError::Spawn(format!("SSM fan-out table: {e}")))?;
@@ -559,7 +656,7 @@ fn fan_out_script(members: &[Member<'_>], nonces: &[String]) -> Result<String, T
     Ok(format!(
         "umask 077\n\
          case \"${{AWS_SSM_INSTANCE_ID:-}}\" in\n{cases}  *) echo \"rune: no run for instance ${{AWS_SSM_INSTANCE_ID:-(unset: SSM agent older than 2.3?)}} in this command\" >&2; exit 125 ;;\nesac\n\
-         d=$(mktemp -d \"${{TMPDIR:-/tmp}}/rune-ssm.XXXXXXXX\") || exit 125\n\
+         d=\"${{TMPDIR:-/tmp}}/rune-ssm-$n\"; mkdir -m 700 -- \"$d\" || exit 125\n\
          printf '%s' '{b64}' | base64 -d | gzip -dc >\"$d/all\" \\\n\
          && tail -c +$((w + 1)) \"$d/all\" | head -c \"$wl\" >\"$d/wrap.sh\" \\\n\
          && tail -c +$((r + 1)) \"$d/all\" | head -c \"$rl\" >\"$d/runner.in\" \\\n\
@@ -582,25 +679,25 @@ async fn cancel_and_clean(
     target: &SsmTarget,
     invocation: &Invocation,
     command_id: &str,
+    nonce: &str,
 ) {
     if let Err(e) = client.cancel_command().command_id(command_id).instance_ids(&target.instance_id).send().await {
         tracing::warn!(command_id, instance = %target.instance_id, error = %error_chain(&e), "SSM CancelCommand failed");
     }
-    clean_up(client, settings, target, invocation).await;
+    clean_up(client, settings, target, invocation, nonce).await;
 }
 
-/// Sends the invocation's cleanup (kills what its runner left, removes its dir) as a command of its own, without
-/// waiting for it.
-async fn clean_up(client: &Client, settings: &SsmSettings, target: &SsmTarget, invocation: &Invocation) {
-    if invocation.cleanup.is_empty() {
-        return;
-    }
+/// Sends the invocation's cleanup (kills what its runner left, removes its dir) and removes the wrapper's dir
+/// (`rune-ssm-<nonce>`: a killed wrapper never ran its exit trap), as a command of its own, without waiting for it.
+async fn clean_up(client: &Client, settings: &SsmSettings, target: &SsmTarget, invocation: &Invocation, nonce: &str) {
     let cleanup = Invocation {
         deadline: Duration::from_secs(30),
         comment: format!("{} cleanup", invocation.comment).chars().take(100).collect(),
         ..invocation.clone()
     };
-    if let Err(e) = send(client, settings, target, &cleanup, vec![invocation.cleanup.clone()]).await {
+    let mut script = invocation.cleanup.clone();
+    script.push_str(&format!("\nrm -rf -- \"${{TMPDIR:-/tmp}}/rune-ssm-{nonce}\"\n"));
+    if let Err(e) = send(client, settings, target, &cleanup, vec![script]).await {
         tracing::warn!(instance = %target.instance_id, error = %e, "SSM cleanup command failed");
     }
 }
@@ -608,7 +705,7 @@ async fn clean_up(client: &Client, settings: &SsmSettings, target: &SsmTarget, i
 /// What the invocation returned, decoded into the same outcome the other transports give.
 fn outcome(invocation: &Invocation, out: &GetCommandInvocationOutput, nonce: &str) -> RawOutcome {
     let inline = out.standard_output_content().unwrap_or("");
-    let stderr = out.standard_error_content().unwrap_or("");
+    let stderr = without_agent_note(out.standard_error_content().unwrap_or(""));
     let mut sink = OutputSink::new(invocation);
     let mut raw = RawOutcome::default();
     match Frame::parse(inline, nonce, invocation.stdout_cap) {
@@ -616,6 +713,9 @@ fn outcome(invocation: &Invocation, out: &GetCommandInvocationOutput, nonce: &st
             sink.stdout(&frame.stdout);
             sink.stderr(stderr.as_bytes());
             sink.finish(&mut raw);
+            if !frame.complete && frame.len <= invocation.stdout_cap as u64 {
+                raw.inline_limit = Some(frame.len);
+            }
             raw.stdout_truncated |= !frame.complete;
             raw.stderr_flooded |= frame.stderr_len > invocation.stderr_budget as u64;
         }
@@ -638,6 +738,16 @@ fn outcome(invocation: &Invocation, out: &GetCommandInvocationOutput, nonce: &st
     raw
 }
 
+/// stderr without the line the SSM agent appends when a script exits non-zero (`failed to run commands: exit
+/// status N`), so the runner's own last line stays last, as over SSH.
+fn without_agent_note(stderr: &str) -> &str {
+    let trimmed = stderr.trim_end_matches('\n');
+    match trimmed.rfind('\n').map_or(("", trimmed), |i| (&trimmed[..=i], &trimmed[i + 1..])) {
+        (before, last) if last.starts_with("failed to run commands: exit status") => before,
+        _ => stderr,
+    }
+}
+
 /// The wrapper's frame, decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -647,6 +757,8 @@ pub struct Frame {
     pub complete: bool,
     /// Bytes of stderr the runner wrote.
     pub stderr_len: u64,
+    /// Bytes of stdout the runner wrote (the header's count).
+    pub len: u64,
 }
 
 impl Frame {
@@ -681,7 +793,7 @@ impl Frame {
             _ => return None,
         };
         let complete = ended && stdout.len() as u64 == len;
-        Some(Frame { stdout, complete, stderr_len })
+        Some(Frame { stdout, complete, stderr_len, len })
     }
 }
 
@@ -734,7 +846,7 @@ mod tests {
         let text = "rune-ssm-frame 1 n 5 0 raw\nab\ncd\nrune-ssm-end n\n";
         assert_eq!(
             Frame::parse(text, "n", 100),
-            Some(Frame { stdout: b"ab\ncd".to_vec(), complete: true, stderr_len: 0 })
+            Some(Frame { stdout: b"ab\ncd".to_vec(), complete: true, stderr_len: 0, len: 5 })
         );
         let cut = &text[..30];
         let frame = Frame::parse(cut, "n", 100).unwrap();

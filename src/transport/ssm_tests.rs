@@ -249,3 +249,70 @@ async fn send_errors_map_to_statuses() {
     let got = run(&client!(&denied), &settings(), &target(), &invocation).await;
     assert!(matches!(got, Err(TransportError::AuthFailed(_))), "{got:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_command_still_pending_after_the_delivery_timeout_is_unreachable_and_cancelled() {
+    let send = mock!(Client::send_command).sequence().output(sent).times(2).build();
+    let get = mock!(Client::get_command_invocation)
+        .sequence()
+        .output(|| invocation(CommandInvocationStatus::Pending, "Pending"))
+        .repeatedly()
+        .build();
+    let cancel = mock!(Client::cancel_command).then_output(|| CancelCommandOutput::builder().build());
+    let client = client!(&send, &get, &cancel);
+    let got = run(&client, &settings(), &target(), &test_invocation(Duration::from_secs(600))).await;
+    match got {
+        Err(TransportError::Unreachable(m)) => assert!(m.contains("did not reach the instance"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cancel.num_calls(), 1, "a run RUNE stops following is cancelled");
+    assert_eq!(send.num_calls(), 2, "and cleaned up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_send_is_retried_by_rune() {
+    let throttled = || {
+        SendCommandError::generic(ErrorMetadata::builder().code("ThrottlingException").message("Rate exceeded").build())
+    };
+    let send = mock!(Client::send_command).sequence().error(throttled).times(2).output(sent).build();
+    let get = mock!(Client::get_command_invocation).then_output(|| finished(0, "", ""));
+    let client = client!(&send, &get);
+    assert!(run(&client, &settings(), &target(), &test_invocation(Duration::from_secs(5))).await.is_ok());
+    assert_eq!(send.num_calls(), 3);
+}
+
+#[test]
+fn status_details_are_matched_as_ssm_spells_them() {
+    use CommandInvocationStatus as S;
+    assert!(matches!(ended_as(Some(&S::TimedOut), "Delivery Timed Out"), Err(TransportError::Unreachable(_))));
+    assert!(matches!(ended_as(Some(&S::Failed), "Access Denied"), Err(TransportError::AuthFailed(_))));
+    assert!(matches!(ended_as(Some(&S::Failed), "Invalid Platform"), Err(TransportError::Spawn(_))));
+    assert!(matches!(ended_as(Some(&S::TimedOut), "Execution Timed Out"), Ok(true)));
+}
+
+#[test]
+fn the_agents_exit_note_is_dropped_from_stderr() {
+    assert_eq!(without_agent_note("rune: no bash\nfailed to run commands: exit status 125"), "rune: no bash\n");
+    assert_eq!(without_agent_note("plain\n"), "plain\n");
+    assert_eq!(without_agent_note("failed to run commands: exit status 1\n"), "");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_whose_answer_is_lost_is_found_by_its_comment_not_sent_again() {
+    use aws_sdk_ssm::operation::list_commands::ListCommandsOutput;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+    let send = mock!(Client::send_command)
+        .then_http_response(|| Response::new(StatusCode::try_from(503).unwrap(), SdkBody::from("{}")));
+    let list = mock!(Client::list_commands).then_output(|| {
+        ListCommandsOutput::builder()
+            .commands(Command::builder().command_id(ID).comment("rune r1 corr-1").build())
+            .build()
+    });
+    let get = mock!(Client::get_command_invocation).then_output(|| finished(0, "", ""));
+    let client = client!(&send, &list, &get);
+    let got = run(&client, &settings(), &target(), &test_invocation(Duration::from_secs(5))).await;
+    assert!(got.is_ok(), "{got:?}");
+    assert_eq!(send.num_calls(), 1, "never sent twice");
+    assert_eq!(get.num_calls(), 1, "the found command was followed");
+}
