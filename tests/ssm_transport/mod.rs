@@ -251,3 +251,25 @@ fn a_fan_out_is_one_send_command_and_one_envelope_per_host() {
     let run_ids: std::collections::BTreeSet<&str> = envelopes.iter().filter_map(|e| e["run_id"].as_str()).collect();
     assert_eq!(run_ids.len(), 4, "one run id per host");
 }
+
+/// Issue 5's acceptance: `rune run noop --use-ssm` prints the same envelope as over SSH (a real sshd).
+#[test]
+fn noop_through_ssm_prints_the_envelope_it_prints_over_ssh() {
+    let fleet = crate::fleet(1);
+    let endpoint = SsmEndpoint::start(&[INSTANCE]);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("    ssm: {{ instance_id: {INSTANCE} }}\n");
+    std::fs::write(dir.path().join("inventory.yaml"), crate::inventory_yaml(&fleet, fleet.known_hosts(), &extra))
+        .unwrap();
+    let host = fleet.hosts()[0].name.clone();
+    let args = ["noop", "--host", host.as_str(), "--arg", "message=same $(either) way"];
+    let (code, ssh, all) = run_json(&endpoint, dir.path(), &args);
+    assert_eq!((code, ssh["transport"].as_str(), ssh["status"].as_str()), (Some(0), Some("ssh"), Some("ok")), "{all}");
+    let mut via_ssm = args.to_vec();
+    via_ssm.push("--use-ssm");
+    let (code, ssm, all) = run_json(&endpoint, dir.path(), &via_ssm);
+    assert_eq!((code, ssm["transport"].as_str(), ssm["status"].as_str()), (Some(0), Some("ssm"), Some("ok")), "{all}");
+    let keys = |v: &Value| v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+    assert_eq!(keys(&ssm), keys(&ssh), "the same fields");
+    assert_eq!(stable(ssm), stable(ssh), "the same envelope but for ids, times and transport");
+}
