@@ -96,6 +96,9 @@ pub struct ParameterStore {
     /// Used instead of the configuration chain's when set (tests).
     fixed: Option<Client>,
     cache: Arc<std::sync::Mutex<HashMap<SecretRef, (Instant, SecretValue)>>>,
+    /// One lookup at a time per reference: runs that miss the cache together wait for the first one's answer
+    /// instead of each asking Parameter Store (and being throttled).
+    inflight: Arc<std::sync::Mutex<HashMap<SecretRef, Arc<tokio::sync::Mutex<()>>>>>,
     ttl: Duration,
     max_cached: usize,
 }
@@ -106,6 +109,7 @@ impl Default for ParameterStore {
             client: Arc::default(),
             fixed: None,
             cache: Arc::default(),
+            inflight: Arc::default(),
             ttl: DEFAULT_TTL,
             max_cached: DEFAULT_MAX_CACHED,
         }
@@ -145,12 +149,38 @@ impl ParameterStore {
 
     /// The parameter's value (decrypted), from the cache while it is fresh.
     pub async fn get(&self, reference: &SecretRef) -> Result<SecretValue, SecretError> {
-        let now = Instant::now();
-        if let Some((at, value)) = self.lock().get(reference)
-            && now.saturating_duration_since(*at) < self.ttl
-        {
-            return Ok(value.clone());
+        if let Some(value) = self.fresh(reference) {
+            return Ok(value);
         }
+        let turn = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            inflight.entry(reference.clone()).or_default().clone()
+        };
+        let result = {
+            let _turn = turn.lock().await;
+            match self.fresh(reference) {
+                Some(value) => Ok(value),
+                None => self.fetch(reference).await,
+            }
+        };
+        let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inflight.get(reference).is_some_and(|t| Arc::strong_count(t) <= 2) {
+            inflight.remove(reference);
+        }
+        result
+    }
+
+    /// The cached value while it is fresh.
+    fn fresh(&self, reference: &SecretRef) -> Option<SecretValue> {
+        let now = Instant::now();
+        self.lock()
+            .get(reference)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < self.ttl)
+            .map(|(_, value)| value.clone())
+    }
+
+    /// Asks Parameter Store and caches the answer.
+    async fn fetch(&self, reference: &SecretRef) -> Result<SecretValue, SecretError> {
         let answer = self.client().await.get_parameter().name(reference.path()).with_decryption(true).send().await;
         let value = match answer {
             Ok(out) => match out.parameter().and_then(|p| p.value()) {
@@ -175,6 +205,7 @@ impl ParameterStore {
                 );
             }
         };
+        let now = Instant::now();
         let mut cache = self.lock();
         if cache.len() >= self.max_cached {
             cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < self.ttl);
@@ -213,6 +244,72 @@ mod tests {
         }
         let long = format!("ssm:/{}", "a".repeat(MAX_PATH));
         assert!(matches!(SecretRef::parse(&long), Some(Err(_))));
+    }
+
+    mod store {
+        use super::super::*;
+        use aws_sdk_ssm::config::retry::RetryConfig;
+        use aws_sdk_ssm::error::ErrorMetadata;
+        use aws_sdk_ssm::operation::get_parameter::GetParameterOutput;
+        use aws_sdk_ssm::types::Parameter;
+        use aws_sdk_ssm::types::error::ParameterNotFound;
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+        fn reference(path: &str) -> SecretRef {
+            SecretRef::parse(&format!("ssm:{path}")).unwrap().unwrap()
+        }
+
+        fn value(v: &'static str) -> impl Fn() -> GetParameterOutput {
+            move || GetParameterOutput::builder().parameter(Parameter::builder().value(v).build()).build()
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn values_are_cached_for_their_ttl_and_fetched_once_when_runs_miss_together() {
+            let rule = mock!(Client::get_parameter)
+                .match_requests(|r| r.name() == Some("/a") && r.with_decryption() == Some(true))
+                .sequence()
+                .output(value("one"))
+                .output(value("two"))
+                .build();
+            let client =
+                mock_client!(aws_sdk_ssm, RuleMode::Sequential, [&rule], |b| b.retry_config(RetryConfig::disabled()));
+            let store = ParameterStore::with_client(client, Duration::from_secs(60), 8);
+            let r = reference("/a");
+            let (x, y, z) = tokio::join!(store.get(&r), store.get(&r), store.get(&r));
+            for v in [x, y, z] {
+                assert_eq!(v.unwrap().expose(), "one");
+            }
+            assert_eq!(rule.num_calls(), 1, "one lookup for three runs");
+            tokio::time::advance(Duration::from_secs(61)).await;
+            assert_eq!(store.get(&r).await.unwrap().expose(), "two", "stale after the TTL");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn errors_name_the_reference_and_the_code_only() {
+            let not_found = mock!(Client::get_parameter)
+                .then_error(|| GetParameterError::ParameterNotFound(ParameterNotFound::builder().build()));
+            let denied = mock!(Client::get_parameter).then_error(|| {
+                GetParameterError::generic(
+                    ErrorMetadata::builder()
+                        .code("AccessDeniedException")
+                        .message("User: arn:aws:iam::123456789012:role/rune is not authorized")
+                        .build(),
+                )
+            });
+            let kms = mock!(Client::get_parameter).then_error(|| {
+                GetParameterError::generic(
+                    ErrorMetadata::builder().code("KMSAccessDeniedException").message("k").build(),
+                )
+            });
+            let client = mock_client!(aws_sdk_ssm, RuleMode::Sequential, [&not_found, &denied, &kms], |b| b
+                .retry_config(RetryConfig::disabled()));
+            let store = ParameterStore::with_client(client, Duration::ZERO, 8);
+            assert_eq!(store.get(&reference("/x")).await.unwrap_err(), SecretError::NotFound(reference("/x")));
+            let e = store.get(&reference("/y")).await.unwrap_err();
+            assert_eq!(e, SecretError::Denied(reference("/y"), "AccessDeniedException".into()));
+            assert!(!e.to_string().contains("123456789012"), "no account or principal in what is published: {e}");
+            assert!(matches!(store.get(&reference("/z")).await, Err(SecretError::Denied(..))));
+        }
     }
 
     #[test]
