@@ -220,12 +220,14 @@ fn wrapper(invocation: &Invocation, nonce: &str) -> Result<String, TransportErro
     let out_keep = (invocation.stdout_cap + 1).to_string();
     let err_keep = (invocation.stderr_budget + 1).to_string();
     let err_tail = invocation.stderr_tail.min(INLINE_STDERR_CHARS - 100).to_string();
+    let drain_steps = (super::EXIT_DRAIN_GRACE.as_millis() / 10).to_string();
     crate::mediator::render(WRAPPER, |name| match name {
         "COMMAND" => Some(invocation.command.as_str()),
         "OUT_KEEP" => Some(&out_keep),
         "ERR_KEEP" => Some(&err_keep),
         "ERR_TAIL" => Some(&err_tail),
         "NONCE" => Some(nonce),
+        "DRAIN_STEPS" => Some(&drain_steps),
         _ => None,
     })
     .map_err(TransportError::Spawn)
@@ -717,6 +719,7 @@ fn outcome(invocation: &Invocation, out: &GetCommandInvocationOutput, nonce: &st
                 raw.inline_limit = Some(frame.len);
             }
             raw.stdout_truncated |= !frame.complete;
+            raw.output_lingered = frame.lingered;
             raw.stderr_flooded |= frame.stderr_len > invocation.stderr_budget as u64;
         }
         None => {
@@ -759,6 +762,8 @@ pub struct Frame {
     pub stderr_len: u64,
     /// Bytes of stdout the runner wrote (the header's count).
     pub len: u64,
+    /// Something the runner left behind held its output open past the exit grace; the wrapper stopped reading.
+    pub lingered: bool,
 }
 
 impl Frame {
@@ -773,6 +778,8 @@ impl Frame {
         let len: u64 = fields.next()?.parse().ok()?;
         let stderr_len: u64 = fields.next()?.parse().ok()?;
         let encoding = fields.next()?;
+        // Added later: absent in frames of older wrappers.
+        let lingered = fields.next() == Some("1");
         let end = format!("rune-ssm-end {nonce}\n");
         let (stdout, ended) = match encoding {
             "gzip-base64" => {
@@ -793,7 +800,7 @@ impl Frame {
             _ => return None,
         };
         let complete = ended && stdout.len() as u64 == len;
-        Some(Frame { stdout, complete, stderr_len, len })
+        Some(Frame { stdout, complete, stderr_len, len, lingered })
     }
 }
 
@@ -846,7 +853,7 @@ mod tests {
         let text = "rune-ssm-frame 1 n 5 0 raw\nab\ncd\nrune-ssm-end n\n";
         assert_eq!(
             Frame::parse(text, "n", 100),
-            Some(Frame { stdout: b"ab\ncd".to_vec(), complete: true, stderr_len: 0, len: 5 })
+            Some(Frame { stdout: b"ab\ncd".to_vec(), complete: true, stderr_len: 0, len: 5, lingered: false })
         );
         let cut = &text[..30];
         let frame = Frame::parse(cut, "n", 100).unwrap();

@@ -273,3 +273,21 @@ fn noop_through_ssm_prints_the_envelope_it_prints_over_ssh() {
     assert_eq!(keys(&ssm), keys(&ssh), "the same fields");
     assert_eq!(stable(ssm), stable(ssh), "the same envelope but for ids, times and transport");
 }
+
+/// A plugin that answers and leaves a detached child behind (writing to its stderr for 30 s): with a 5 s timeout
+/// the agent's execution timeout is 20 s, so a wrapper that waited for the child would end as `timeout`; the
+/// run ends after at most the exit grace instead, `ok`, with a note in `stderr_tail` when the child still held
+/// the output then (as over SSH).
+#[test]
+fn a_child_left_holding_the_output_does_not_hold_the_run() {
+    let endpoint = SsmEndpoint::start(&[INSTANCE]);
+    let dir = tempfile::tempdir().unwrap();
+    inventory(dir.path());
+    let marker = format!("ssm{}", std::process::id());
+    let arg = format!("marker={marker}");
+    let started = Instant::now();
+    let args = ["lingering-child", "--host", "app-1", "--use-ssm", "--timeout", "5s", "--arg", &arg];
+    let (code, env, all) = run_json(&endpoint, dir.path(), &args);
+    eprintln!("lingering-child through SSM: {:?}, stderr_tail {:?}", started.elapsed(), env["stderr_tail"]);
+    assert_eq!((code, env["status"].as_str()), (Some(0), Some("ok")), "{all}");
+}
