@@ -107,7 +107,8 @@ impl Orchestrator {
     /// nothing runs. Messages name references, never values.
     pub async fn prepare(&self, request: &mut RunRequest) -> Result<Plan, Refused> {
         if !request.secrets.is_empty() {
-            // What refuses the request whatever the values are is checked first: no secret is read for nothing.
+            // Secrets never go through SSM: SendCommand parameters stay in SSM's command history, readable with
+            // ssm:ListCommands. Checked before any parameter is read (the only place: secrets are resolved here).
             let ssm = self.inventory.select(&request.hosts, &request.groups).ok().is_some_and(|hosts| {
                 hosts.iter().any(|h| request.transport.unwrap_or(h.transport) == TransportKind::Ssm)
             });
@@ -202,17 +203,6 @@ impl Orchestrator {
                     Some(h) => *host = Arc::new(h),
                     None => problems.push(format!("host `{}` has no `{kind}` section in the inventory", host.name)),
                 }
-            }
-        }
-        // SendCommand parameters stay in SSM's command history, readable with ssm:ListCommands: a secret value
-        // must not travel there.
-        if !request.secrets.is_empty() {
-            for host in hosts.iter().filter(|h| h.transport == TransportKind::Ssm) {
-                let names = request.secrets.keys().cloned().collect::<Vec<_>>().join(", ");
-                problems.push(format!(
-                    "host `{}`: secret arguments ({names}) are not sent through SSM (command parameters are kept in its history)",
-                    host.name
-                ));
             }
         }
         if let Some(t) = request.timeout

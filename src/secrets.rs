@@ -138,13 +138,7 @@ impl ParameterStore {
         if let Some(c) = &self.fixed {
             return c;
         }
-        self.client
-            .get_or_init(|| async {
-                let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .timeout_config(crate::transport::ssm::sdk_timeouts());
-                Client::new(&loader.load().await)
-            })
-            .await
+        self.client.get_or_init(|| async { Client::new(&crate::transport::ssm::aws_sdk_config(None).await) }).await
     }
 
     /// The parameter's value (decrypted), from the cache while it is fresh.

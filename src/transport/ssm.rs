@@ -98,11 +98,7 @@ impl SsmTransport {
         if let Some(c) = clients.get(&region.map(str::to_owned)) {
             return c.clone();
         }
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(sdk_timeouts());
-        if let Some(r) = region {
-            loader = loader.region(aws_config::Region::new(r.to_owned()));
-        }
-        let client = Client::new(&loader.load().await);
+        let client = Client::new(&aws_sdk_config(region).await);
         clients.insert(region.map(str::to_owned), client.clone());
         client
     }
@@ -154,14 +150,20 @@ impl Transport for SsmTransport {
     }
 }
 
-/// Bounds on every SSM and Parameter Store call: a hung request cannot hold a run (its slot, lease and claim)
-/// past its deadline.
-pub fn sdk_timeouts() -> aws_config::timeout::TimeoutConfig {
-    aws_config::timeout::TimeoutConfig::builder()
+/// The standard AWS configuration chain (environment, profile, instance role; `AWS_ENDPOINT_URL_SSM`), in
+/// `region` when given, with every call bounded: a hung request cannot hold a run (its slot, lease and claim)
+/// past its deadline. For the SSM transport and Parameter Store alike.
+pub async fn aws_sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(Duration::from_secs(10))
         .operation_timeout(Duration::from_secs(30))
-        .build()
+        .build();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_owned()));
+    }
+    loader.load().await
 }
 
 /// One run: send, poll until the command ends or the deadline passes (then cancel and clean up), decode.
@@ -187,11 +189,11 @@ pub async fn run(
             Ok(raw)
         }
         Ok(Polled::Deadline) => {
-            cancel_and_clean(client, settings, target, invocation, &command_id, &nonce).await;
+            cancel_and_clean(client, settings, &command_id, &[(Member { target, invocation }, &nonce)]).await;
             Ok(RawOutcome { deadline_hit: true, ..RawOutcome::default() })
         }
         Err(e) => {
-            cancel_and_clean(client, settings, target, invocation, &command_id, &nonce).await;
+            cancel_and_clean(client, settings, &command_id, &[(Member { target, invocation }, &nonce)]).await;
             Err(e)
         }
     }
@@ -415,16 +417,26 @@ pub async fn poll(
         if ended(&out)? {
             return Ok(Polled::Done(Box::new(out)));
         }
-        // SSM itself gives up on delivery only after the delivery timeout *plus* the execution timeout: an
-        // instance that never picked the command up is unreachable once the delivery timeout has passed.
-        let waiting = matches!(out.status(), Some(CommandInvocationStatus::Pending | CommandInvocationStatus::Delayed));
-        if waiting && sent.elapsed() >= settings.delivery_timeout {
-            return Err(TransportError::Unreachable(format!(
-                "SSM: the command did not reach the instance within {:?} (agent offline or instance stopped)",
-                settings.delivery_timeout
-            )));
+        if let Some(e) = undelivered(out.status(), sent, settings) {
+            return Err(e);
         }
     }
+}
+
+/// SSM itself gives up on delivery only after the delivery timeout *plus* the execution timeout: an instance
+/// that has not picked the command up once the delivery timeout has passed is unreachable.
+fn undelivered(
+    status: Option<&CommandInvocationStatus>,
+    sent: Instant,
+    settings: &SsmSettings,
+) -> Option<TransportError> {
+    let waiting = matches!(status, Some(CommandInvocationStatus::Pending | CommandInvocationStatus::Delayed));
+    (waiting && sent.elapsed() >= settings.delivery_timeout).then(|| {
+        TransportError::Unreachable(format!(
+            "SSM: the command did not reach the instance within {:?} (agent offline or instance stopped)",
+            settings.delivery_timeout
+        ))
+    })
 }
 
 /// True when the invocation has ended in a way that has output to judge; false while it goes on; an error for
@@ -501,8 +513,7 @@ pub async fn run_many(
         Err(e) => return members.iter().map(|_| Err(e.clone())).collect(),
     };
     let deadline_of = members.iter().map(|m| m.invocation.deadline).max().unwrap_or_default();
-    let send =
-        Invocation { deadline: deadline_of, comment: comment.chars().take(100).collect(), ..first.invocation.clone() };
+    let send = Invocation { deadline: deadline_of, comment: comment_of(comment), ..first.invocation.clone() };
     let ids: Vec<String> = members.iter().map(|m| m.target.instance_id.clone()).collect();
     let sent = send_to(client, settings, first.target, &ids, &send, vec![script], max_concurrency).await;
     let command_id = match sent {
@@ -520,14 +531,9 @@ pub async fn run_many(
         let now = Instant::now();
         if now >= deadline {
             let open: Vec<usize> = (0..members.len()).filter(|&i| done[i].is_none()).collect();
-            let open_ids: Vec<String> = open.iter().map(|&i| ids[i].clone()).collect();
-            if let Err(e) =
-                client.cancel_command().command_id(&command_id).set_instance_ids(Some(open_ids)).send().await
-            {
-                tracing::warn!(command_id, error = %error_chain(&e), "SSM CancelCommand failed");
-            }
+            let runs: Vec<_> = open.iter().map(|&i| (members[i], nonces[i].as_str())).collect();
+            cancel_and_clean(client, settings, &command_id, &runs).await;
             for i in open {
-                clean_up(client, settings, members[i].target, members[i].invocation, &nonces[i]).await;
                 done[i] = Some(Ok(RawOutcome { deadline_hit: true, ..RawOutcome::default() }));
             }
             break;
@@ -570,15 +576,8 @@ pub async fn run_many(
                 }
                 continue;
             };
-            let waiting = matches!(status, Some(CommandInvocationStatus::Pending | CommandInvocationStatus::Delayed));
             match ended_as(status.as_ref(), details) {
-                Ok(false) if waiting && sent_at.elapsed() >= settings.delivery_timeout => {
-                    done[i] = Some(Err(TransportError::Unreachable(format!(
-                        "SSM: the command did not reach the instance within {:?} (agent offline or instance stopped)",
-                        settings.delivery_timeout
-                    ))));
-                }
-                Ok(false) => {}
+                Ok(false) => done[i] = undelivered(status.as_ref(), sent_at, settings).map(Err),
                 Err(e) => done[i] = Some(Err(e)),
                 Ok(true) => {
                     let far = Instant::now() + settings.not_found_grace;
@@ -596,16 +595,12 @@ pub async fn run_many(
     }
     // Hosts RUNE stopped following (or whose invocation ended abnormally) are cancelled and cleaned up: nothing
     // goes on unobserved. Cancelling an ended invocation does nothing.
-    let failed: Vec<usize> = (0..members.len()).filter(|&i| matches!(done[i], Some(Err(_)))).collect();
+    let failed: Vec<_> = (0..members.len())
+        .filter(|&i| matches!(done[i], Some(Err(_))))
+        .map(|i| (members[i], nonces[i].as_str()))
+        .collect();
     if !failed.is_empty() {
-        let failed_ids: Vec<String> = failed.iter().map(|&i| ids[i].clone()).collect();
-        if let Err(e) = client.cancel_command().command_id(&command_id).set_instance_ids(Some(failed_ids)).send().await
-        {
-            tracing::warn!(command_id, error = %error_chain(&e), "SSM CancelCommand failed");
-        }
-        for i in failed {
-            clean_up(client, settings, members[i].target, members[i].invocation, &nonces[i]).await;
-        }
+        cancel_and_clean(client, settings, &command_id, &failed).await;
     }
     done.into_iter()
         .map(|d| d.unwrap_or_else(|| Err(TransportError::Protocol("SSM fan-out: no outcome".into()))))
@@ -667,26 +662,26 @@ fn fan_out_script(members: &[Member<'_>], nonces: &[String]) -> Result<String, T
     ))
 }
 
+/// `text` cut to the 100 characters an SSM command comment may have.
+fn comment_of(text: &str) -> String {
+    text.chars().take(100).collect()
+}
+
 /// Waits vary by ±20 % so that many runs do not poll in step.
 fn jitter(wait: Duration) -> Duration {
     let r = (uuid::Uuid::new_v4().as_u128() % 401) as u32; // 0..=400
     wait * (800 + r) / 1000
 }
 
-/// At the deadline: cancel the command, then send the invocation's cleanup (kills what the runner left, removes
-/// its dir) as a command of its own, without waiting for it.
-async fn cancel_and_clean(
-    client: &Client,
-    settings: &SsmSettings,
-    target: &SsmTarget,
-    invocation: &Invocation,
-    command_id: &str,
-    nonce: &str,
-) {
-    if let Err(e) = client.cancel_command().command_id(command_id).instance_ids(&target.instance_id).send().await {
-        tracing::warn!(command_id, instance = %target.instance_id, error = %error_chain(&e), "SSM CancelCommand failed");
+/// Cancels the command on these runs' instances, then sends each run's cleanup ([`clean_up`]).
+async fn cancel_and_clean(client: &Client, settings: &SsmSettings, command_id: &str, runs: &[(Member<'_>, &str)]) {
+    let ids: Vec<String> = runs.iter().map(|(m, _)| m.target.instance_id.clone()).collect();
+    if let Err(e) = client.cancel_command().command_id(command_id).set_instance_ids(Some(ids)).send().await {
+        tracing::warn!(command_id, error = %error_chain(&e), "SSM CancelCommand failed");
     }
-    clean_up(client, settings, target, invocation, nonce).await;
+    for (m, nonce) in runs {
+        clean_up(client, settings, m.target, m.invocation, nonce).await;
+    }
 }
 
 /// Sends the invocation's cleanup (kills what its runner left, removes its dir) and removes the wrapper's dir
@@ -694,7 +689,7 @@ async fn cancel_and_clean(
 async fn clean_up(client: &Client, settings: &SsmSettings, target: &SsmTarget, invocation: &Invocation, nonce: &str) {
     let cleanup = Invocation {
         deadline: Duration::from_secs(30),
-        comment: format!("{} cleanup", invocation.comment).chars().take(100).collect(),
+        comment: comment_of(&format!("{} cleanup", invocation.comment)),
         ..invocation.clone()
     };
     let mut script = invocation.cleanup.clone();
