@@ -90,7 +90,7 @@ impl MotoServer {
 
     /// An SSM client on this server through the real SDK (no retries: moto answers at once).
     pub fn ssm_client(&self) -> aws_sdk_ssm::Client {
-        ssm_client(&self.url())
+        aws_sdk_ssm::Client::from_conf(super::ssm::client_config(&self.url()).build())
     }
 }
 
@@ -108,24 +108,6 @@ pub fn aws_env(url: &str) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
-}
-
-/// An SSM client for the endpoint at `url`, built directly (no credential chain, no IMDS), retries off.
-pub fn ssm_client(url: &str) -> aws_sdk_ssm::Client {
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "AKIDRUNETEST",
-            "rune-test-secret",
-            None,
-            None,
-            "rune-test",
-        ))
-        .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled())
-        .build();
-    aws_sdk_ssm::Client::from_conf(config)
 }
 
 impl Drop for MotoServer {

@@ -298,19 +298,7 @@ impl SsmEndpoint {
     /// Panics when an HTTP proxy is configured without `NO_PROXY` covering 127.0.0.1: the client would send
     /// the requests through it, off this machine.
     pub fn config(&self) -> aws_sdk_ssm::config::Builder {
-        refuse_proxies();
-        aws_sdk_ssm::Config::builder()
-            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-            .region(aws_sdk_ssm::config::Region::new(REGION))
-            .credentials_provider(aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "test"))
-            .endpoint_url(self.url())
-            .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled())
-            .timeout_config(
-                aws_sdk_ssm::config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(CLIENT_CONNECT_TIMEOUT)
-                    .operation_timeout(CLIENT_OPERATION_TIMEOUT)
-                    .build(),
-            )
+        client_config(&self.url())
     }
 
     /// A real SDK client for this endpoint, configured by [`SsmEndpoint::config`].
@@ -349,6 +337,23 @@ impl Drop for SsmEndpoint {
             let _ = thread.join();
         }
     }
+}
+
+/// [`SsmEndpoint::config`] for any AWS-compatible server on loopback at `url` (moto's too).
+pub fn client_config(url: &str) -> aws_sdk_ssm::config::Builder {
+    refuse_proxies();
+    aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new(REGION))
+        .credentials_provider(aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(url)
+        .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_ssm::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CLIENT_CONNECT_TIMEOUT)
+                .operation_timeout(CLIENT_OPERATION_TIMEOUT)
+                .build(),
+        )
 }
 
 /// Panics when the SDK's HTTP client would send loopback requests to a proxy.
