@@ -28,6 +28,16 @@ static DOCUMENT_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^([a-zA-Z0-9_.-]{3,128}|arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:document/[a-zA-Z0-9_.-]{3,128})$")
         .unwrap_or_else(|_| unreachable!())
 });
+/// S3 bucket names (general purpose buckets: 3–63 of lowercase letters, digits, dots and hyphens).
+static BUCKET_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$").unwrap_or_else(|_| unreachable!()));
+/// S3 key prefixes RUNE writes under: `/`-separated segments of `[A-Za-z0-9_.-]`, at most 200 characters (the
+/// agent appends `<command id>/<instance id>/…`; no characters S3 or a URL would need to escape).
+static KEY_PREFIX_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$").unwrap_or_else(|_| unreachable!()));
+/// Document versions: a number, `$LATEST` or `$DEFAULT`.
+static DOCUMENT_VERSION_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^([1-9][0-9]{0,8}|\$LATEST|\$DEFAULT)$").unwrap_or_else(|_| unreachable!()));
 static USER_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z_][a-z0-9_.-]{0,31}\$?$").unwrap_or_else(|_| unreachable!()));
 
@@ -95,6 +105,10 @@ pub struct DefaultsConfig {
 pub struct SsmDefaultsConfig {
     pub region: Option<String>,
     pub document: Option<String>,
+    pub document_version: Option<String>,
+    pub output_s3_bucket: Option<String>,
+    pub output_s3_key_prefix: Option<String>,
+    pub output_s3_region: Option<String>,
 }
 
 /// A host's `ssm` section as written.
@@ -104,6 +118,10 @@ pub struct SsmHostConfig {
     pub instance_id: String,
     pub region: Option<String>,
     pub document: Option<String>,
+    pub document_version: Option<String>,
+    pub output_s3_bucket: Option<String>,
+    pub output_s3_key_prefix: Option<String>,
+    pub output_s3_region: Option<String>,
 }
 
 /// How the SSM transport reaches a host: the managed instance, and where its API lives.
@@ -115,6 +133,28 @@ pub struct SsmTarget {
     pub region: Option<String>,
     /// The Run Command document; `AWS-RunShellScript` unless set.
     pub document: String,
+    /// The document version to run (a number, `$LATEST`, `$DEFAULT`); None: the document's default version.
+    pub document_version: Option<String>,
+    /// Where the agent uploads the full output; None: only the inline output (24,000 characters) comes back.
+    pub output: Option<S3Output>,
+}
+
+impl SsmTarget {
+    /// What hosts must share to go out in one `SendCommand`: region, document and version, output bucket.
+    pub fn command_key(&self) -> (Option<String>, String, Option<String>, Option<S3Output>) {
+        (self.region.clone(), self.document.clone(), self.document_version.clone(), self.output.clone())
+    }
+}
+
+/// The S3 output bucket of SSM runs (`SendCommand`'s `OutputS3BucketName`, `OutputS3KeyPrefix`,
+/// `OutputS3Region`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct S3Output {
+    pub bucket: String,
+    /// Without leading or trailing `/`; None: the bucket's root.
+    pub key_prefix: Option<String>,
+    /// The bucket's region; None: the instance's (the host's `ssm.region`, else the SDK's own).
+    pub region: Option<String>,
 }
 
 /// The document used when neither the host nor the defaults name one.
@@ -234,7 +274,38 @@ fn ssm_target(host: Option<&SsmHostConfig>, defaults: Option<&SsmDefaultsConfig>
     if !DOCUMENT_RE.is_match(&document) {
         return Err(format!("ssm.document `{document}` is not a document name or ARN"));
     }
-    Ok(Some(SsmTarget { instance_id: h.instance_id.clone(), region, document }))
+    let or_default = |own: &Option<String>, default: fn(&SsmDefaultsConfig) -> &Option<String>| {
+        own.clone().or_else(|| defaults.and_then(|d| default(d).clone()))
+    };
+    let document_version = or_default(&h.document_version, |d| &d.document_version);
+    if let Some(v) = document_version.as_deref().filter(|v| !DOCUMENT_VERSION_RE.is_match(v)) {
+        return Err(format!("ssm.document_version `{v}` is not a version (a number, `$LATEST` or `$DEFAULT`)"));
+    }
+    let key_prefix = or_default(&h.output_s3_key_prefix, |d| &d.output_s3_key_prefix);
+    let output_region = or_default(&h.output_s3_region, |d| &d.output_s3_region);
+    let output = match or_default(&h.output_s3_bucket, |d| &d.output_s3_bucket) {
+        None if key_prefix.is_some() || output_region.is_some() => {
+            return Err("ssm.output_s3_key_prefix and ssm.output_s3_region need ssm.output_s3_bucket".into());
+        }
+        None => None,
+        Some(bucket) => {
+            if !BUCKET_RE.is_match(&bucket) || bucket.contains("..") {
+                return Err(format!("ssm.output_s3_bucket `{bucket}` is not an S3 bucket name"));
+            }
+            let key_prefix = key_prefix.map(|p| p.trim_matches('/').to_owned());
+            if let Some(p) = key_prefix.as_deref().filter(|p| p.len() > 200 || !KEY_PREFIX_RE.is_match(p)) {
+                return Err(format!(
+                    "ssm.output_s3_key_prefix `{p}` must be `/`-separated segments of [A-Za-z0-9_.-], at most 200 \
+                     characters"
+                ));
+            }
+            if let Some(r) = output_region.as_deref().filter(|r| !REGION_RE.is_match(r)) {
+                return Err(format!("ssm.output_s3_region `{r}` is not a region name (like `eu-west-1`)"));
+            }
+            Some(S3Output { bucket, key_prefix, region: output_region })
+        }
+    };
+    Ok(Some(SsmTarget { instance_id: h.instance_id.clone(), region, document, document_version, output }))
 }
 
 /// The validated inventory.
@@ -492,29 +563,48 @@ hosts:
         let text = "
 defaults:
   user: ops
-  ssm: { region: eu-west-1 }
+  ssm: { region: eu-west-1, output_s3_bucket: rune-output, output_s3_key_prefix: /runs/prod/ }
 hosts:
   web-1:
     transport: ssm
     ssm: { instance_id: i-0123456789abcdef0 }
   web-2:
-    ssm: { instance_id: mi-0123456789abcdef0, region: us-east-1, document: Rune-Run }
+    ssm: { instance_id: mi-0123456789abcdef0, region: us-east-1, document: Rune-Run, document_version: 3 }
 ";
         let inv = Inventory::parse(text, "inv.yaml", None).expect("valid");
         let w1 = inv.get("web-1").expect("web-1");
         assert_eq!(w1.transport, TransportKind::Ssm);
         let t = w1.ssm.as_ref().expect("ssm");
         assert_eq!((t.region.as_deref(), t.document.as_str()), (Some("eu-west-1"), DEFAULT_SSM_DOCUMENT));
+        let output = S3Output { bucket: "rune-output".into(), key_prefix: Some("runs/prod".into()), region: None };
+        assert_eq!((t.document_version.as_deref(), t.output.as_ref()), (None, Some(&output)));
         let w2 = inv.get("web-2").expect("web-2");
         assert_eq!(w2.transport, TransportKind::Ssh, "an ssm section alone does not switch the transport");
         assert_eq!(w2.via(TransportKind::Ssm).map(|h| h.transport), Some(TransportKind::Ssm));
         assert_eq!(w2.ssm.as_ref().map(|t| t.document.as_str()), Some("Rune-Run"));
+        assert_eq!(w2.ssm.as_ref().and_then(|t| t.document_version.as_deref()), Some("3"));
         for (bad, why) in [
             ("transport: ssm", "needs an `ssm` section"),
             ("ssm: { instance_id: i-123 }", "not an instance id"),
             ("ssm: { instance_id: \"i-0123456789abcdef0; rm\" }", "not an instance id"),
             ("ssm: { instance_id: i-0123456789abcdef0, region: \"us-east-1.evil\" }", "not a region"),
             ("ssm: { instance_id: i-0123456789abcdef0, document: \"a b\" }", "not a document"),
+            ("ssm: { instance_id: i-0123456789abcdef0, document_version: \"1; x\" }", "not a version"),
+            ("ssm: { instance_id: i-0123456789abcdef0, output_s3_bucket: Bad_Bucket }", "not an S3 bucket"),
+            ("ssm: { instance_id: i-0123456789abcdef0, output_s3_bucket: a..b }", "not an S3 bucket"),
+            ("ssm: { instance_id: i-0123456789abcdef0, output_s3_key_prefix: runs }", "need ssm.output_s3_bucket"),
+            (
+                "ssm: { instance_id: i-0123456789abcdef0, output_s3_bucket: ok-b, output_s3_key_prefix: \"a b\" }",
+                "segments",
+            ),
+            (
+                "ssm: { instance_id: i-0123456789abcdef0, output_s3_bucket: ok-b, output_s3_key_prefix: \"a//b\" }",
+                "segments",
+            ),
+            (
+                "ssm: { instance_id: i-0123456789abcdef0, output_s3_bucket: ok-b, output_s3_region: mars }",
+                "not a region",
+            ),
         ] {
             let text = format!("hosts:\n  h:\n    user: ops\n    {bad}\n");
             let err = Inventory::parse(&text, "inv.yaml", None).expect_err(bad);

@@ -379,10 +379,14 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
         };
     }
     if let Some(bytes) = raw.inline_limit {
+        let full = match &raw.full_output_error {
+            Some(why) => format!("; the full copy in the S3 output bucket could not be read: {why}"),
+            None => "; set `ssm.output_s3_bucket` in the inventory for full output".to_owned(),
+        };
         return fail(
             Status::ProtocolError,
             format!(
-                "the plugin ran, but its output ({bytes} bytes) passed the transport's inline limit (SSM returns 24,000 characters) and cannot be read whole"
+                "the plugin ran, but its output ({bytes} bytes) passed the transport's inline limit (SSM returns 24,000 characters) and cannot be read whole{full}"
             ),
         );
     }

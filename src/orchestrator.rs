@@ -266,15 +266,13 @@ impl Orchestrator {
         let (tx, rx) = mpsc::channel(plan.specs.len().max(1));
         let parallel = parallel.clamp(1, MAX_PARALLEL);
         let limit = Arc::new(Semaphore::new(parallel));
-        // SSM hosts that share region and document go out as one SendCommand (at most 50 each); the rest one
+        // SSM hosts that share region, document and output bucket go out as one SendCommand (at most 50 each); the rest one
         // run at a time per host.
-        let mut groups: BTreeMap<(Option<String>, String), Vec<RunSpec>> = BTreeMap::new();
+        let mut groups: BTreeMap<_, Vec<RunSpec>> = BTreeMap::new();
         let mut singles = Vec::new();
         for spec in plan.specs {
             match (spec.host.transport, spec.host.ssm.as_ref()) {
-                (TransportKind::Ssm, Some(t)) => {
-                    groups.entry((t.region.clone(), t.document.clone())).or_default().push(spec)
-                }
+                (TransportKind::Ssm, Some(t)) => groups.entry(t.command_key()).or_default().push(spec),
                 _ => singles.push(spec),
             }
         }

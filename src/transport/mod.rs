@@ -124,6 +124,8 @@ pub struct RawOutcome {
     pub output_lingered: bool,
     /// The output was whole on the host but only part of it came back (SSM's inline limit): its size in bytes.
     pub inline_limit: Option<u64>,
+    /// Why the full output could not be read from the SSM output bucket (with `inline_limit`).
+    pub full_output_error: Option<String>,
 }
 
 /// Most stdout accepted before the runner's start marker (a login shell's rc files may print).

@@ -24,7 +24,10 @@ use base64::Engine as _;
 use tokio::time::Instant;
 
 use super::{BoxFuture, Invocation, OutputSink, RawOutcome, Transport, TransportError};
-use crate::inventory::{Host, SsmTarget, TransportKind};
+use crate::inventory::{Host, S3Output, SsmTarget, TransportKind};
+
+/// The S3 client that reads full output from an output bucket.
+pub type S3Client = aws_sdk_s3::Client;
 
 const WRAPPER: &str = include_str!("ssm_wrap.sh");
 
@@ -72,6 +75,9 @@ pub struct SsmTransport {
     clients: Arc<tokio::sync::Mutex<HashMap<Option<String>, Client>>>,
     /// Used for every region when set (tests, mocks).
     fixed: Option<Client>,
+    /// S3 clients for output buckets, by the bucket's region.
+    s3_clients: Arc<tokio::sync::Mutex<HashMap<Option<String>, S3Client>>>,
+    fixed_s3: Option<S3Client>,
 }
 
 impl std::fmt::Debug for SsmTransport {
@@ -88,6 +94,27 @@ impl SsmTransport {
     /// A transport that uses `client` for every host, whatever its region.
     pub fn with_client(settings: SsmSettings, client: Client) -> SsmTransport {
         SsmTransport { settings: Arc::new(settings), fixed: Some(client), ..SsmTransport::default() }
+    }
+
+    /// Reads output buckets with `client`, whatever their region.
+    pub fn with_s3_client(self, client: S3Client) -> SsmTransport {
+        SsmTransport { fixed_s3: Some(client), ..self }
+    }
+
+    /// The client for `target`'s output bucket; None when it has none.
+    async fn s3_client(&self, target: &SsmTarget) -> Option<S3Client> {
+        let output = target.output.as_ref()?;
+        if let Some(c) = &self.fixed_s3 {
+            return Some(c.clone());
+        }
+        let region = output.region.clone().or_else(|| target.region.clone());
+        let mut clients = self.s3_clients.lock().await;
+        if let Some(c) = clients.get(&region) {
+            return Some(c.clone());
+        }
+        let client = S3Client::new(&aws_sdk_config(region.as_deref()).await);
+        clients.insert(region, client.clone());
+        Some(client)
     }
 
     async fn client(&self, region: Option<&str>) -> Client {
@@ -125,7 +152,8 @@ impl SsmTransport {
         }
         let Some(first) = members.first() else { return Vec::new() };
         let client = self.client(first.target.region.as_deref()).await;
-        run_many(&client, &self.settings, &members, max_concurrency, comment).await
+        let s3 = self.s3_client(first.target).await;
+        run_many(&client, s3.as_ref(), &self.settings, &members, max_concurrency, comment).await
     }
 }
 
@@ -145,7 +173,8 @@ impl Transport for SsmTransport {
                 .as_ref()
                 .ok_or_else(|| TransportError::Spawn(format!("host `{}` has no `ssm` section", host.name)))?;
             let client = self.client(target.region.as_deref()).await;
-            run(&client, &self.settings, target, invocation).await
+            let s3 = self.s3_client(target).await;
+            run(&client, s3.as_ref(), &self.settings, target, invocation).await
         })
     }
 }
@@ -166,9 +195,11 @@ pub async fn aws_sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
     loader.load().await
 }
 
-/// One run: send, poll until the command ends or the deadline passes (then cancel and clean up), decode.
+/// One run: send, poll until the command ends or the deadline passes (then cancel and clean up), decode. `s3`
+/// reads the full output when the target has an output bucket and the inline part is cut.
 pub async fn run(
     client: &Client,
+    s3: Option<&S3Client>,
     settings: &SsmSettings,
     target: &SsmTarget,
     invocation: &Invocation,
@@ -181,7 +212,7 @@ pub async fn run(
     // following must not go on (its host lease is released with the result).
     match poll(client, settings, &command_id, &target.instance_id, deadline).await {
         Ok(Polled::Done(out)) => {
-            let raw = outcome(invocation, &out, &nonce);
+            let raw = read_outcome(s3, Member { target, invocation }, &out, &command_id, &nonce).await;
             if raw.deadline_hit {
                 // The agent's own execution timeout: it killed the script; what the runner left is cleaned up.
                 clean_up(client, settings, target, invocation, &nonce).await;
@@ -263,8 +294,13 @@ async fn send_to(
             .max_concurrency(max_concurrency.clamp(1, instance_ids.len()).to_string())
             .max_errors(instance_ids.len().to_string());
     }
+    if let Some(output) = &target.output {
+        // The agent finds the bucket's region itself (`OutputS3Region` is ignored by the service).
+        request = request.output_s3_bucket_name(&output.bucket).set_output_s3_key_prefix(output.key_prefix.clone());
+    }
     let request = request
         .document_name(&target.document)
+        .set_document_version(target.document_version.clone())
         .parameters("commands", commands)
         .parameters("executionTimeout", vec![execution.to_string()])
         .timeout_seconds(i32::try_from(delivery).unwrap_or(i32::MAX))
@@ -501,6 +537,7 @@ pub struct Member<'a> {
 /// `GetCommandInvocation`. One outcome per member, in order.
 pub async fn run_many(
     client: &Client,
+    s3: Option<&S3Client>,
     settings: &SsmSettings,
     members: &[Member<'_>],
     max_concurrency: usize,
@@ -582,7 +619,7 @@ pub async fn run_many(
                 Ok(true) => {
                     let far = Instant::now() + settings.not_found_grace;
                     done[i] = Some(match poll(client, &read_now, &command_id, &ids[i], far).await {
-                        Ok(Polled::Done(out)) => Ok(outcome(members[i].invocation, &out, &nonces[i])),
+                        Ok(Polled::Done(out)) => Ok(read_outcome(s3, members[i], &out, &command_id, &nonces[i]).await),
                         Ok(Polled::Deadline) => Err(TransportError::LostMidRun(format!(
                             "SSM: {} ended in the list but its invocation could not be read",
                             ids[i]
@@ -699,9 +736,106 @@ async fn clean_up(client: &Client, settings: &SsmSettings, target: &SsmTarget, i
     }
 }
 
-/// What the invocation returned, decoded into the same outcome the other transports give.
-fn outcome(invocation: &Invocation, out: &GetCommandInvocationOutput, nonce: &str) -> RawOutcome {
-    let inline = out.standard_output_content().unwrap_or("");
+/// What the invocation returned, decoded; when its frame was cut by the inline limit and the target has an
+/// output bucket, decoded again from the agent's full copy in S3 (a copy that cannot be read leaves the cut
+/// outcome, with the reason).
+async fn read_outcome(
+    s3: Option<&S3Client>,
+    member: Member<'_>,
+    out: &GetCommandInvocationOutput,
+    command_id: &str,
+    nonce: &str,
+) -> RawOutcome {
+    let Member { target, invocation } = member;
+    let raw = outcome(invocation, out, out.standard_output_content().unwrap_or(""), nonce);
+    let (Some(s3), Some(output), Some(_)) = (s3, target.output.as_ref(), raw.inline_limit) else { return raw };
+    // The frame of `stdout_cap` + 1 bytes, gzip'd (at worst a little larger) and base64'd in 76-column lines.
+    let limit = (invocation.stdout_cap as u64 + 1) * 3 / 2 + 64 * 1024;
+    let why = match s3_stdout(s3, output, command_id, &target.instance_id, limit).await {
+        Ok(full) => {
+            let whole = outcome(invocation, out, &full, nonce);
+            if whole.inline_limit.is_none() {
+                return whole;
+            }
+            "the copy in S3 is cut short too".to_owned()
+        }
+        Err(e) => e,
+    };
+    RawOutcome { full_output_error: Some(why), ..raw }
+}
+
+/// Where the agent puts an invocation's output in the bucket: `<prefix>/<command id>/<instance id>/`, then the
+/// document's plugin and step (`awsrunShellScript/0.awsrunShellScript/` for `AWS-RunShellScript`), then
+/// `stdout` and `stderr`.
+fn s3_output_prefix(output: &S3Output, command_id: &str, instance_id: &str) -> String {
+    match &output.key_prefix {
+        Some(p) => format!("{p}/{command_id}/{instance_id}/"),
+        None => format!("{command_id}/{instance_id}/"),
+    }
+}
+
+/// The invocation's stdout as the agent uploaded it (at most `limit` bytes). The key is listed rather than
+/// built, since its plugin part depends on the document. Errors say what failed, for the result's message.
+async fn s3_stdout(
+    s3: &S3Client,
+    output: &S3Output,
+    command_id: &str,
+    instance_id: &str,
+    limit: u64,
+) -> Result<String, String> {
+    let prefix = s3_output_prefix(output, command_id, instance_id);
+    let at = |what: &str| format!("s3://{}/{prefix}{what}", output.bucket);
+    let mut attempt = 0;
+    let key = loop {
+        attempt += 1;
+        let listed = s3
+            .list_objects_v2()
+            .bucket(&output.bucket)
+            .prefix(&prefix)
+            .max_keys(100)
+            .send()
+            .await
+            .map_err(|e| format!("cannot list {}: {}", at(""), s3_error(&e)))?;
+        let mut keys: Vec<&str> =
+            listed.contents().iter().filter_map(|o| o.key()).filter(|k| k.ends_with("/stdout")).collect();
+        keys.sort_unstable();
+        if let Some(key) = keys.first() {
+            break (*key).to_owned();
+        }
+        // The agent uploads when the plugin ends; a moment's lag is waited for, not more.
+        if attempt >= 3 {
+            return Err(format!("no stdout under {} (can the instance's role write to the bucket?)", at("")));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let object = s3
+        .get_object()
+        .bucket(&output.bucket)
+        .key(&key)
+        .range(format!("bytes=0-{}", limit.saturating_sub(1)))
+        .send()
+        .await
+        .map_err(|e| format!("cannot read s3://{}/{key}: {}", output.bucket, s3_error(&e)))?;
+    let mut body = object.body.into_async_read();
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(&mut body, limit), &mut bytes)
+        .await
+        .map_err(|e| format!("cannot read s3://{}/{key}: {e}", output.bucket))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// An S3 error's code and message (or its chain when the service did not answer).
+fn s3_error<E: std::error::Error + ProvideErrorMetadata + 'static>(e: &SdkError<E>) -> String {
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => error_chain(e),
+    }
+}
+
+/// What the invocation returned (`inline` is its stdout: the inline part, or the copy from S3), decoded into the
+/// same outcome the other transports give.
+fn outcome(invocation: &Invocation, out: &GetCommandInvocationOutput, inline: &str, nonce: &str) -> RawOutcome {
     let stderr = without_agent_note(out.standard_error_content().unwrap_or(""));
     let mut sink = OutputSink::new(invocation);
     let mut raw = RawOutcome::default();

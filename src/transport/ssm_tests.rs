@@ -187,7 +187,13 @@ fn test_invocation(deadline: Duration) -> Invocation {
 }
 
 fn target() -> SsmTarget {
-    SsmTarget { instance_id: INSTANCE.into(), region: None, document: "AWS-RunShellScript".into() }
+    SsmTarget {
+        instance_id: INSTANCE.into(),
+        region: None,
+        document: "AWS-RunShellScript".into(),
+        document_version: None,
+        output: None,
+    }
 }
 
 fn sent() -> SendCommandOutput {
@@ -209,7 +215,7 @@ async fn a_run_sends_one_command_with_its_comment_and_decodes_the_frame() {
     let get = mock!(Client::get_command_invocation)
         .then_output(|| finished(0, "rune-runner-start r1\n{\"status\":\"ok\"}", "log line\n"));
     let client = client!(&send, &get);
-    let raw = run(&client, &settings(), &target(), &test_invocation(Duration::from_secs(75))).await.unwrap();
+    let raw = run(&client, None, &settings(), &target(), &test_invocation(Duration::from_secs(75))).await.unwrap();
     assert_eq!(raw.exit_code, Some(0));
     assert!(raw.runner_started);
     assert_eq!(raw.stdout, b"{\"status\":\"ok\"}");
@@ -229,7 +235,7 @@ async fn at_the_deadline_the_command_is_cancelled_and_cleaned_up() {
         .match_requests(|r| r.command_id() == Some(ID) && r.instance_ids() == [INSTANCE.to_owned()])
         .then_output(|| CancelCommandOutput::builder().build());
     let client = client!(&send, &get, &cancel);
-    let raw = run(&client, &settings(), &target(), &test_invocation(Duration::from_secs(5))).await.unwrap();
+    let raw = run(&client, None, &settings(), &target(), &test_invocation(Duration::from_secs(5))).await.unwrap();
     assert!(raw.deadline_hit);
     assert_eq!(raw.exit_code, None);
     assert_eq!(cancel.num_calls(), 1);
@@ -244,9 +250,9 @@ async fn send_errors_map_to_statuses() {
         SendCommandError::generic(ErrorMetadata::builder().code("AccessDeniedException").message("no").build())
     });
     let invocation = test_invocation(Duration::from_secs(5));
-    let got = run(&client!(&unmanaged), &settings(), &target(), &invocation).await;
+    let got = run(&client!(&unmanaged), None, &settings(), &target(), &invocation).await;
     assert!(matches!(got, Err(TransportError::Unreachable(_))), "{got:?}");
-    let got = run(&client!(&denied), &settings(), &target(), &invocation).await;
+    let got = run(&client!(&denied), None, &settings(), &target(), &invocation).await;
     assert!(matches!(got, Err(TransportError::AuthFailed(_))), "{got:?}");
 }
 
@@ -260,7 +266,7 @@ async fn a_command_still_pending_after_the_delivery_timeout_is_unreachable_and_c
         .build();
     let cancel = mock!(Client::cancel_command).then_output(|| CancelCommandOutput::builder().build());
     let client = client!(&send, &get, &cancel);
-    let got = run(&client, &settings(), &target(), &test_invocation(Duration::from_secs(600))).await;
+    let got = run(&client, None, &settings(), &target(), &test_invocation(Duration::from_secs(600))).await;
     match got {
         Err(TransportError::Unreachable(m)) => assert!(m.contains("did not reach the instance"), "{m}"),
         other => panic!("{other:?}"),
@@ -277,7 +283,7 @@ async fn a_throttled_send_is_retried_by_rune() {
     let send = mock!(Client::send_command).sequence().error(throttled).times(2).output(sent).build();
     let get = mock!(Client::get_command_invocation).then_output(|| finished(0, "", ""));
     let client = client!(&send, &get);
-    assert!(run(&client, &settings(), &target(), &test_invocation(Duration::from_secs(5))).await.is_ok());
+    assert!(run(&client, None, &settings(), &target(), &test_invocation(Duration::from_secs(5))).await.is_ok());
     assert_eq!(send.num_calls(), 3);
 }
 
@@ -311,7 +317,7 @@ async fn a_send_whose_answer_is_lost_is_found_by_its_comment_not_sent_again() {
     });
     let get = mock!(Client::get_command_invocation).then_output(|| finished(0, "", ""));
     let client = client!(&send, &list, &get);
-    let got = run(&client, &settings(), &target(), &test_invocation(Duration::from_secs(5))).await;
+    let got = run(&client, None, &settings(), &target(), &test_invocation(Duration::from_secs(5))).await;
     assert!(got.is_ok(), "{got:?}");
     assert_eq!(send.num_calls(), 1, "never sent twice");
     assert_eq!(get.num_calls(), 1, "the found command was followed");

@@ -291,3 +291,89 @@ fn a_child_left_holding_the_output_does_not_hold_the_run() {
     eprintln!("lingering-child through SSM: {:?}, stderr_tail {:?}", started.elapsed(), env["stderr_tail"]);
     assert_eq!((code, env["status"].as_str()), (Some(0), Some("ok")), "{all}");
 }
+
+/// Output past SSM's 24,000-character inline limit comes whole from the S3 output bucket (moto's S3, where the
+/// test endpoint uploads like the agent), for a single run and a fan-out; without a bucket, or when the copy
+/// cannot be read, the result is a truncated `protocol_error` that says why.
+#[test]
+fn output_past_the_inline_limit_comes_whole_from_the_s3_output_bucket() {
+    let moto = crate::support::moto::MotoServer::start();
+    let s3 = crate::support::ssm::s3_client(&moto.url());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(s3.create_bucket().bucket("rune-output").send()).unwrap();
+    let ids = ["i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c", "i-0000000000000000d"];
+    let endpoint = ids
+        .iter()
+        .fold(SsmEndpoint::builder(), |b, id| b.instance(id, InstanceBehavior::default()))
+        .s3_output(&moto.url())
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = "output_s3_bucket: rune-output, output_s3_key_prefix: rune/runs";
+    let sections = [bucket, bucket, "document_version: $LATEST", "output_s3_bucket: no-such-bucket"];
+    let hosts: String = ids
+        .iter()
+        .zip(sections)
+        .enumerate()
+        .map(|(n, (id, extra))| format!("  h{n}:\n    transport: ssm\n    ssm: {{ instance_id: {id}, {extra} }}\n"))
+        .collect();
+    std::fs::write(dir.path().join("inventory.yaml"), format!("hosts:\n{hosts}")).unwrap();
+    let mut env = aws_env(&endpoint.url());
+    env.push(("AWS_ENDPOINT_URL_S3".into(), moto.url()));
+    let root = env!("CARGO_MANIFEST_DIR");
+    let plugins = format!("{root}/plugins:{root}/tests/fixtures/plugins");
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.push(("RUNE_PLUGINS_DIR", &plugins));
+    let args = ["run", "big-result", "--hosts", "h0,h1,h2,h3", "--inventory", "inventory.yaml", "--output", "json"];
+    let out = rune(&args, dir.path(), &vars);
+    let envelopes: std::collections::BTreeMap<String, Value> = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<Value>(l).unwrap())
+        .map(|e| (e["host"].as_str().unwrap_or_default().to_owned(), e))
+        .collect();
+    assert_eq!(envelopes.len(), 4, "{}", text(&out));
+    for host in ["h0", "h1"] {
+        let e = &envelopes[host];
+        assert_eq!((e["status"].as_str(), e["truncated"].as_bool()), (Some("ok"), Some(false)), "{e}");
+        let blob = e["output"]["data"]["blob"].as_str().unwrap_or_default();
+        assert!(blob.len() > 50_000, "{host}: {} characters", blob.len());
+        let digest = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                std::io::Write::write_all(&mut child.stdin.take().unwrap(), blob.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        let digest = String::from_utf8_lossy(&digest.stdout);
+        assert_eq!(Some(digest.split(' ').next().unwrap_or_default()), e["output"]["data"]["sha256"].as_str());
+    }
+    let plain = &envelopes["h2"];
+    assert_eq!((plain["status"].as_str(), plain["truncated"].as_bool()), (Some("protocol_error"), Some(true)));
+    assert!(plain["error"].as_str().unwrap_or("").contains("set `ssm.output_s3_bucket`"), "{plain}");
+    let missing = &envelopes["h3"];
+    assert_eq!((missing["status"].as_str(), missing["truncated"].as_bool()), (Some("protocol_error"), Some(true)));
+    assert!(missing["error"].as_str().unwrap_or("").contains("NoSuchBucket"), "{missing}");
+    eprintln!("without a bucket: {}\nmissing bucket: {}", plain["error"], missing["error"]);
+    let sends = endpoint.request_bodies(crate::support::ssm::Operation::SendCommand);
+    let fan_out: Vec<&Value> =
+        sends.iter().filter(|b| b["Comment"].as_str().is_some_and(|c| c.starts_with("rune fan-out "))).collect();
+    assert_eq!(fan_out.len(), 1, "h0 and h1 share the bucket: one SendCommand: {sends:?}");
+    let pinned: Vec<&Value> = sends.iter().filter(|b| b["DocumentVersion"] == "$LATEST").collect();
+    assert_eq!(pinned.len(), 1, "h2's run, and only it, names its document version: {sends:?}");
+    assert_eq!(pinned[0]["InstanceIds"][0], ids[2]);
+    assert_eq!(
+        (fan_out[0]["OutputS3BucketName"].as_str(), fan_out[0]["OutputS3KeyPrefix"].as_str()),
+        (Some("rune-output"), Some("rune/runs"))
+    );
+    let listed = runtime.block_on(s3.list_objects_v2().bucket("rune-output").prefix("rune/runs/").send()).unwrap();
+    assert!(
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .any(|k| k.ends_with(&format!("/{}/awsrunShellScript/0.awsrunShellScript/stdout", ids[0])))
+    );
+}

@@ -40,6 +40,11 @@
 //! - Constraints the service checks and the SDK does not: `Comment` at most 100 characters, `TimeoutSeconds` in
 //!   30..=2592000, instance ids `i-` + 8 or 17 word characters (or `mi-` + 17), at most 50 of them. Breaking one
 //!   is a `ValidationException` here as there.
+//! - With `OutputS3BucketName` the agent uploads the whole stdout and stderr to
+//!   `<OutputS3KeyPrefix>/<command id>/<instance id>/awsrunShellScript/0.awsrunShellScript/{stdout,stderr}` when
+//!   the plugin ends, before the status is final. The endpoint does the same into the S3 server given to
+//!   [`SsmEndpointBuilder::s3_output`] (moto's), through the real `aws-sdk-s3`; without one nothing is uploaded.
+//!   A failed upload does not change the invocation's status.
 //! - Not served: `Targets` (a `ValidationException` here), paging (`MaxResults`/`NextToken` are ignored and
 //!   everything is listed), `ListCommandInvocations` filters. An unknown `CommandId` lists nothing.
 //! - Processes are spawned from the endpoint's thread with `PR_SET_PDEATHSIG` = SIGKILL: if the test process dies
@@ -77,6 +82,8 @@ pub const PLUGIN_NAME: &str = "aws:runShellScript";
 pub const STDOUT_LIMIT: usize = 24_000;
 /// Bytes of stderr in `StandardErrorContent`.
 pub const STDERR_LIMIT: usize = 8_000;
+/// Bytes of stdout and stderr kept for the S3 output bucket.
+pub const S3_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
 /// Bytes of the combined plugin `Output` of `ListCommandInvocations` (the agent's `MaximumPluginOutputSize`).
 pub const PLUGIN_OUTPUT_LIMIT: usize = 2_400;
 /// ResponseCode of a command whose process group was killed (timeout, cancel): 128 + SIGKILL, as the agent.
@@ -190,6 +197,7 @@ pub struct LoggedRequest {
 pub struct SsmEndpointBuilder {
     instances: Vec<(String, InstanceBehavior)>,
     documents: Vec<String>,
+    s3: Option<String>,
 }
 
 impl SsmEndpointBuilder {
@@ -204,6 +212,12 @@ impl SsmEndpointBuilder {
     /// Accepts `name` as a document that runs like `AWS-RunShellScript` (same parameters, same plugin).
     pub fn document(mut self, name: &str) -> Self {
         self.documents.push(name.to_owned());
+        self
+    }
+
+    /// Uploads output to this S3-compatible server (moto's URL) for commands sent with `OutputS3BucketName`.
+    pub fn s3_output(mut self, url: &str) -> Self {
+        self.s3 = Some(url.to_owned());
         self
     }
 
@@ -238,6 +252,7 @@ impl SsmEndpointBuilder {
         let shared = Arc::new(Shared {
             instances: self.instances.into_iter().collect(),
             documents,
+            s3: self.s3.as_deref().map(s3_client),
             dir: dir.path().to_owned(),
             state: Mutex::new(State::default()),
             stopping: CancellationToken::new(),
@@ -356,6 +371,27 @@ pub fn client_config(url: &str) -> aws_sdk_ssm::config::Builder {
         )
 }
 
+/// A real S3 client for an S3-compatible server on loopback at `url` (moto's), configured like
+/// [`client_config`]; path-style addressing (no `<bucket>.127.0.0.1` host names).
+pub fn s3_client(url: &str) -> aws_sdk_s3::Client {
+    refuse_proxies();
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(REGION))
+        .credentials_provider(aws_credential_types::Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(url)
+        .force_path_style(true)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CLIENT_CONNECT_TIMEOUT)
+                .operation_timeout(CLIENT_OPERATION_TIMEOUT)
+                .build(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 /// Panics when the SDK's HTTP client would send loopback requests to a proxy.
 fn refuse_proxies() {
     let set = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -373,6 +409,8 @@ fn refuse_proxies() {
 
 /// What the server and the runners share.
 struct Shared {
+    /// Where output goes for commands with an output bucket.
+    s3: Option<aws_sdk_s3::Client>,
     instances: HashMap<String, InstanceBehavior>,
     documents: HashSet<String>,
     dir: PathBuf,
@@ -450,8 +488,8 @@ struct CommandRecord {
 impl CommandRecord {
     /// Where a real agent would have uploaded `stream` (`stdout`, `stderr`), or empty without a bucket:
     /// `https://s3.<region>.amazonaws.com/<bucket>/<prefix>/<command>/<instance>/awsrunShellScript/`
-    /// `0.awsrunShellScript/<stream>` (the key layout is the agent's; the URL form is not verified). Nothing is
-    /// uploaded.
+    /// `0.awsrunShellScript/<stream>` (the key layout is the agent's; the URL form is not verified). Uploaded
+    /// only with [`SsmEndpointBuilder::s3_output`].
     fn output_url(&self, instance_id: &str, stream: &str) -> String {
         if self.output_s3_bucket.is_empty() {
             return String::new();
@@ -1354,8 +1392,11 @@ impl Run {
             let _ = tokio::time::timeout(KILL_GRACE, &mut readers).await;
             readers.abort();
         }
-        let stdout = String::from_utf8_lossy(&lock(&stdout)).into_owned();
-        let stderr = String::from_utf8_lossy(&lock(&stderr)).into_owned();
+        let stdout = std::mem::take(&mut *lock(&stdout));
+        let stderr = std::mem::take(&mut *lock(&stderr));
+        self.upload(&stdout, &stderr).await;
+        let stdout = String::from_utf8_lossy(&stdout[..stdout.len().min(STDOUT_LIMIT)]).into_owned();
+        let stderr = String::from_utf8_lossy(&stderr[..stderr.len().min(STDERR_LIMIT)]).into_owned();
         let (status, details, code) = match ended {
             Ok(Ok(status)) if status.success() => (InvocationStatus::Success, "Success", 0),
             Ok(Ok(status)) => (InvocationStatus::Failed, "Failed", exit_code(status)),
@@ -1368,6 +1409,31 @@ impl Run {
             invocation.stderr = stderr;
             invocation.finish(status, details, code);
         });
+    }
+
+    /// Uploads the output to the command's output bucket, as the agent does before the final status.
+    async fn upload(&self, stdout: &[u8], stderr: &[u8]) {
+        let Some(s3) = &self.shared.s3 else { return };
+        let (bucket, prefix) = {
+            let state = lock(&self.shared.state);
+            match state.command(&self.command_id) {
+                Some(c) if !c.output_s3_bucket.is_empty() => {
+                    (c.output_s3_bucket.clone(), c.output_s3_key_prefix.trim_end_matches('/').to_owned())
+                }
+                _ => return,
+            }
+        };
+        let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        for (stream, bytes) in [("stdout", stdout), ("stderr", stderr)] {
+            let key = format!(
+                "{prefix}{}/{}/awsrunShellScript/0.awsrunShellScript/{stream}",
+                self.command_id, self.instance_id
+            );
+            let body = aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec());
+            if let Err(e) = s3.put_object().bucket(&bucket).key(&key).body(body).send().await {
+                eprintln!("ssm endpoint: upload of s3://{bucket}/{key} failed: {e:?}");
+            }
+        }
     }
 
     /// Like the agent when it cannot start the script: `Failed`, ResponseCode 1, the reason on stderr.
@@ -1400,14 +1466,14 @@ fn write_script(path: &Path, script: &str) -> std::io::Result<()> {
     file.write_all(script.as_bytes())
 }
 
-/// Drains both pipes to their end, keeping the first [`STDOUT_LIMIT`] / [`STDERR_LIMIT`] bytes.
+/// Drains both pipes to their end, keeping the first [`S3_OUTPUT_LIMIT`] bytes of each.
 async fn capture_both(
     stdout: Option<tokio::process::ChildStdout>,
     stdout_into: Arc<Mutex<Vec<u8>>>,
     stderr: Option<tokio::process::ChildStderr>,
     stderr_into: Arc<Mutex<Vec<u8>>>,
 ) {
-    tokio::join!(capture(stdout, STDOUT_LIMIT, stdout_into), capture(stderr, STDERR_LIMIT, stderr_into));
+    tokio::join!(capture(stdout, S3_OUTPUT_LIMIT, stdout_into), capture(stderr, S3_OUTPUT_LIMIT, stderr_into));
 }
 
 async fn capture(pipe: Option<impl AsyncRead + Unpin>, limit: usize, into: Arc<Mutex<Vec<u8>>>) {
