@@ -10,7 +10,14 @@ dd bs=65536 iflag=count_bytes count=@OUT_KEEP@ status=none <"$d/outp" >"$d/out" 
 op=$!
 dd bs=65536 iflag=count_bytes count=@ERR_KEEP@ status=none <"$d/errp" >"$d/err" &
 ep=$!
-@COMMAND@ <"$d/runner.in" >"$d/outp" 2>"$d/errp"
+# The runner leads a session of its own, as over SSH (sshd makes one per channel): after a timeout its sweep finds
+# what left the plugin's process group. (The agent's kill of this script's group then misses the runner: RUNE's
+# cleanup command kills it by its pid file, and its own timeout bounds it.)
+if command -v setsid >/dev/null 2>&1; then
+  setsid -w @COMMAND@ <"$d/runner.in" >"$d/outp" 2>"$d/errp"
+else
+  @COMMAND@ <"$d/runner.in" >"$d/outp" 2>"$d/errp"
+fi
 rc=$?
 # The runner has exited. Something it left behind may still hold its output open: the readers get @DRAIN_STEPS@
 # hundredths of a second to see the end, then they are stopped and the frame says so (over SSH: the exit grace).

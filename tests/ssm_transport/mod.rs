@@ -133,14 +133,20 @@ fn ssm_faults_map_to_the_statuses_ssh_faults_do() {
     assert!(env["error"].as_str().unwrap_or("").contains("not a managed instance"), "{env}");
     // A plugin past its timeout: `timeout`, and nothing of it left running.
     inventory(dir.path());
-    let marker = format!("m{}", std::process::id());
-    let arg = format!("marker={marker}");
-    let (code, env, all) =
-        run_json(&endpoint, dir.path(), &["hang", "--host", "app-slow", "--use-ssm", "--timeout", "2s", "--arg", &arg]);
-    assert_eq!((code, env["status"].as_str()), (Some(1), Some("timeout")), "{all}");
-    let left =
-        std::process::Command::new("pgrep").args(["-f", &format!("rune-hang(-child)?-{marker}")]).output().unwrap();
-    assert!(left.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&left.stdout));
+    // hang-nested leaves the plugin's process group (a nested `timeout`): the runner's sweep of its session
+    // finds it, as over SSH.
+    for (action, prefix) in [("hang", "rune-hang(-child)?-"), ("hang-nested", "rune-nested-")] {
+        let marker = format!("m{}", std::process::id());
+        let arg = format!("marker={marker}");
+        let (code, env, all) = run_json(
+            &endpoint,
+            dir.path(),
+            &[action, "--host", "app-slow", "--use-ssm", "--timeout", "2s", "--arg", &arg],
+        );
+        assert_eq!((code, env["status"].as_str()), (Some(1), Some("timeout")), "{action}: {all}");
+        let left = std::process::Command::new("pgrep").args(["-f", &format!("{prefix}{marker}")]).output().unwrap();
+        assert!(left.stdout.is_empty(), "{action} left running: {}", String::from_utf8_lossy(&left.stdout));
+    }
 }
 
 /// Opt-in, against real AWS: skipped unless `RUNE_TEST_AWS_SSM_INSTANCE` names a managed instance (`i-…`/`mi-…`)
