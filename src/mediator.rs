@@ -42,6 +42,66 @@ pub struct RunSpec {
     pub trigger: Arc<Value>,
     /// Sweep run dirs left by killed runners on this host first (the orchestrator asks once per host).
     pub sweep_stale: bool,
+    /// Values of secret arguments: hidden wherever the result would show them.
+    pub masked: Masked,
+}
+
+/// Values a run's result must not show (resolved secrets): the plugin gets them, but every occurrence in its
+/// output (string values of the BPCS result), the error and the stderr tail becomes `<redacted>`. Values shorter
+/// than [`Masked::MIN_CHARS`] are not masked (masking `ab` everywhere would garble the output, and hides little).
+/// A plugin that prints a secret transformed (base64, a prefix) is not caught: don't.
+#[derive(Clone, Default)]
+pub struct Masked(Arc<[String]>);
+
+impl Masked {
+    pub const MIN_CHARS: usize = 4;
+    const SHOWN: &str = "<redacted>";
+
+    pub fn new(values: impl IntoIterator<Item = String>) -> Masked {
+        let mut values: Vec<String> = values.into_iter().filter(|v| v.chars().count() >= Self::MIN_CHARS).collect();
+        // Longest first: a secret that contains another is replaced whole.
+        values.sort_unstable_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Masked(values.into())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn text(&self, text: &mut String) {
+        for value in self.0.iter() {
+            if text.contains(value.as_str()) {
+                *text = text.replace(value.as_str(), Self::SHOWN);
+            }
+        }
+    }
+
+    /// Every string in `value`, object keys included.
+    pub fn json(&self, value: &mut Value) {
+        match value {
+            Value::String(s) => self.text(s),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.json(v)),
+            Value::Object(map) => {
+                let hit = map.keys().any(|k| self.0.iter().any(|v| k.contains(v.as_str())));
+                if hit {
+                    let entries = std::mem::take(map);
+                    for (mut k, v) in entries {
+                        self.text(&mut k);
+                        map.insert(k, v);
+                    }
+                }
+                map.values_mut().for_each(|v| self.json(v));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Masked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Masked({} values)", self.0.len())
+    }
 }
 
 impl RunSpec {
@@ -155,9 +215,11 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
         id = spec.run_id
     );
     // Kills the plugin's group (timeout's), the runner and its group, then removes the dir.
+    // Pids are checked first: a dir left by a killed run may name pids reused since (`ours_check`).
     let kill = format!(
-        "d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then g=$(cat \"$d/pgid\" 2>/dev/null); p=$(cat \"$d/pid\" 2>/dev/null); kill -KILL -- ${{g:+\"-$g\"}} ${{p:+\"$p\" \"-$p\"}} 2>/dev/null; rm -rf -- \"$d\"; fi",
-        id = spec.run_id
+        "d=\"${{TMPDIR:-/tmp}}/rune-{id}\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then {ours}g=$(cat \"$d/pgid\" 2>/dev/null); p=$(cat \"$d/pid\" 2>/dev/null); [ -n \"$g\" ] && o \"$g\" && kill -KILL -- \"-$g\" 2>/dev/null; [ -n \"$p\" ] && o \"$p\" && kill -KILL -- \"$p\" \"-$p\" 2>/dev/null; rm -rf -- \"$d\"; fi",
+        id = spec.run_id,
+        ours = crate::transport::ours_check(&spec.run_id),
     );
     let sudo = if spec.uses_sudo() { "sudo -n " } else { "" };
     let command = format!("{sudo}bash --noprofile --norc -c '{boot}'");
@@ -299,6 +361,12 @@ pub fn finish(spec: &RunSpec, started: Started, verdict: Verdict, raw: RawOutcom
     let finished_at = Utc::now();
     let duration_ms = u64::try_from(started.clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(run_id = %spec.run_id, host = %spec.host.name, status = %verdict.status, duration_ms, "run finished");
+    let (mut output, mut error, mut stderr_tail) = (verdict.output, verdict.error, stderr_tail(&raw));
+    if !spec.masked.is_empty() {
+        output.iter_mut().for_each(|o| spec.masked.json(o));
+        error.iter_mut().for_each(|e| spec.masked.text(e));
+        spec.masked.text(&mut stderr_tail);
+    }
     ResultEnvelope {
         record: RecordKind::Result,
         timestamp: finished_at,
@@ -318,9 +386,9 @@ pub fn finish(spec: &RunSpec, started: Started, verdict: Verdict, raw: RawOutcom
         status: verdict.status,
         outcome: verdict.status.into(),
         exit_code: raw.exit_code,
-        output: verdict.output,
-        error: verdict.error,
-        stderr_tail: stderr_tail(&raw),
+        output,
+        error,
+        stderr_tail,
         truncated: raw.stdout_truncated,
         dry_run: spec.dry_run,
         operator: spec.operator.clone(),
@@ -466,6 +534,21 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_values_are_replaced_in_strings_and_keys_longest_first_and_short_ones_are_left() {
+        let masked = Masked::new(["hunter2".to_owned(), "hunter2-extended".to_owned(), "ab".to_owned()]);
+        assert_eq!(format!("{masked:?}"), "Masked(2 values)", "Debug shows no value");
+        let mut text = "pw=hunter2-extended and hunter2; ab stays".to_owned();
+        masked.text(&mut text);
+        assert_eq!(text, "pw=<redacted> and <redacted>; ab stays");
+        let mut value = serde_json::json!({"data": {"list": ["x hunter2 y", 3], "hunter2": true}, "summary": "ok"});
+        masked.json(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({"data": {"list": ["x <redacted> y", 3], "<redacted>": true}, "summary": "ok"})
+        );
+    }
 
     /// Every byte but NUL, in every position, survives the shell and printf %b unchanged.
     #[test]

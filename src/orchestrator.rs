@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::bpcs::{self, RawArg};
 use crate::inventory::Host;
 use crate::inventory::{Inventory, TransportKind};
-use crate::mediator::{self, RunSpec};
+use crate::mediator::{self, Masked, RunSpec};
 use crate::plugins::{MAX_TIMEOUT_SECS, Registry};
 use crate::results::ResultEnvelope;
 use crate::secrets::{ParameterStore, SecretRef};
@@ -221,6 +221,11 @@ impl Orchestrator {
         let (Some(plugin), Some(args), true) = (plugin, args, problems.is_empty()) else {
             return Err(Refused(problems));
         };
+        let masked = Masked::new(request.secrets.keys().filter_map(|name| match request.args.get(name) {
+            Some(RawArg::Text(value)) => Some(value.clone()),
+            Some(RawArg::Json(Value::String(value))) => Some(value.clone()),
+            _ => None,
+        }));
         let args = Arc::new(args);
         let trigger = Arc::new(request.trigger.clone());
         let timeout = request.timeout.unwrap_or(plugin.timeout);
@@ -238,6 +243,7 @@ impl Orchestrator {
                 operator: request.operator.clone(),
                 trigger: trigger.clone(),
                 sweep_stale: self.first_run_on(&host.name),
+                masked: masked.clone(),
                 host,
             })
             .collect();

@@ -128,6 +128,16 @@ pub struct RawOutcome {
     pub full_output_error: Option<String>,
 }
 
+/// Bash for a cleanup command (single-quoted there, so no `'`): defines `o PID`, false when PID now belongs to
+/// another program. The pids a cleanup reads come from a dir a killed run left, and may have been reused since:
+/// a process of the run has `id` (a UUID) in its command line (the run dir's path, or the session shell's
+/// text); no command line at all (gone, a zombie, a kernel thread) is safe to signal.
+pub(crate) fn ours_check(id: &str) -> String {
+    format!(
+        "o() {{ local c; c=$(tr \"\\0\" \" \" <\"/proc/$1/cmdline\" 2>/dev/null); [ -z \"$c\" ] || [[ $c == *{id}* ]]; }}; "
+    )
+}
+
 /// Most stdout accepted before the runner's start marker (a login shell's rc files may print).
 pub const MAX_PRELUDE_BYTES: usize = 64 * 1024;
 

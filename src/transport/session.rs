@@ -33,8 +33,10 @@ pub fn boot_command(sid: &str) -> String {
 
 /// Kills the run's process group and the shell, and removes the session dir (for the deadline and flood paths).
 pub fn cleanup_command(sid: &str) -> String {
+    // Pids are checked first: a dir left by a killed shell may name pids reused since (`ours_check`).
     format!(
-        "bash --noprofile --norc -c 'd=\"${{TMPDIR:-/tmp}}/rune-s-{sid}\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then g=$(cat \"$d/pgid\" 2>/dev/null); p=$(cat \"$d/pid\" 2>/dev/null); kill -KILL -- ${{g:+\"-$g\"}} ${{p:+\"$p\"}} 2>/dev/null; rm -rf -- \"$d\"; fi'"
+        "bash --noprofile --norc -c 'd=\"${{TMPDIR:-/tmp}}/rune-s-{sid}\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then {ours}g=$(cat \"$d/pgid\" 2>/dev/null); p=$(cat \"$d/pid\" 2>/dev/null); [ -n \"$g\" ] && o \"$g\" && kill -KILL -- \"-$g\" 2>/dev/null; [ -n \"$p\" ] && o \"$p\" && kill -KILL -- \"$p\" 2>/dev/null; rm -rf -- \"$d\"; fi'",
+        ours = super::ours_check(sid),
     )
 }
 
@@ -277,6 +279,48 @@ impl EndScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pid left in a session dir is killed only while it is still the run's: one reused by another program
+    /// survives the cleanup (the dir goes either way).
+    #[test]
+    fn cleanup_kills_the_runs_pids_and_spares_reused_ones() {
+        use std::os::unix::process::CommandExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let spawn = |arg0: &str| {
+            std::process::Command::new("bash")
+                .args(["-c", &format!("exec -a {arg0} sleep 1000")])
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let sid = uuid::Uuid::new_v4().simple().to_string();
+        let mut stranger = spawn("unrelated-sleeper");
+        let mut ours = spawn(&format!("rune-s-{sid}-shell"));
+        let cleanup = |g: u32, p: u32| {
+            let dir = tmp.path().join(format!("rune-s-{sid}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("pgid"), format!("{g}\n")).unwrap();
+            std::fs::write(dir.join("pid"), format!("{p}\n")).unwrap();
+            let status = std::process::Command::new("sh")
+                .args(["-c", &cleanup_command(&sid)])
+                .env("TMPDIR", tmp.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            assert!(!dir.exists(), "the dir is removed");
+        };
+        cleanup(stranger.id(), stranger.id());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(stranger.try_wait().unwrap().is_none(), "a reused pid is spared");
+        cleanup(ours.id(), ours.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ours.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the run's process was not killed");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
 
     fn scan(chunks: &[&[u8]]) -> (Vec<u8>, Option<i32>, usize) {
         let mut scanner = EndScanner::new(b"rune-run-end abc ".to_vec());

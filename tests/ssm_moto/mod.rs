@@ -123,6 +123,15 @@ fn secret_arguments_are_resolved_from_parameter_store_and_never_shown() {
     let digest = hex::encode(sha2::Sha256::digest(CANARY.as_bytes()));
     assert_eq!(envelope["output"]["data"]["sha256"], digest.as_str(), "the plugin got the decrypted value");
 
+    // A plugin that echoes the value back: the result shows `<redacted>` in its place.
+    let echo = ["run", "echo-args", "--host", "localhost", "--output", "json", "--arg", "text=ssm:/rune/test/token"];
+    let out = rune(&echo, dir.path(), &vars);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains(CANARY), "an echoed value leaked into the result or the log: {all}");
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    assert_eq!(envelope["output"]["data"]["text"], "<redacted>", "{envelope}");
+
     let out = run("token=ssm:/rune/test/missing", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("secret ssm:/rune/test/missing: no such parameter"), "{}", text(&out));
