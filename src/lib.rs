@@ -36,6 +36,7 @@
 //!   [`config::Settings`], every error at once with its position; secrets read from files or variables.
 //! - [`cli`]: the `rune` command line.
 
+pub mod audit;
 pub mod bpcs;
 pub mod bridge;
 pub mod cli;

@@ -1,0 +1,484 @@
+//! The audit trail: one record for every decision, dispatch, result and refusal, appended to a JSON Lines file
+//! that is fsync'd, hash-chained and rotated by size (docs/security.md, "Audit trail").
+//!
+//! Each line is one JSON object: `seq` (1, 2, … across files), `time`, `kind`, the record's fields, `prev` (the
+//! previous record's hash; [`GENESIS`] for the first) and `hash`: the SHA-256 of the line's bytes up to (not
+//! including) `,"hash":"`. Editing, removing, reordering or cutting a record breaks the chain where it happened
+//! ([`verify`]). Rotation renames the active file to `<name>.NNNNNN` (oldest lowest) and starts a new one whose
+//! first record continues the chain. `<name>.head` holds the last record's seq and hash: records removed from the
+//! end while RUNE was down are noticed at the next start and by `rune audit verify`.
+//!
+//! Writing happens on a thread of its own (blocking file I/O never runs on the runtime): appends are batched, one
+//! write and one `fdatasync` per batch. [`AuditLog::append`] returns once its record is on disk — what a
+//! remediation waits for before it runs (fail closed); [`AuditLog::record`] only queues (suppressions at alert
+//! storm rates). A failed write is cut back off the file, so the chain on disk stays whole; the records of that
+//! batch get the error.
+
+pub mod verify;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+/// `prev` of the first record of a trail.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// What precedes the hash on every line; the hash covers the bytes before it.
+pub(crate) const HASH_MARK: &str = ",\"hash\":\"";
+/// Keys the trail sets itself; a record's own fields with these names are dropped.
+const RESERVED: [&str; 5] = ["seq", "time", "kind", "prev", "hash"];
+/// Records written with one `write` and one `fdatasync` at most.
+const MAX_BATCH: usize = 4096;
+/// Longest record line read back (at open, by `verify`): records are a few hundred bytes.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Where and how the trail is written.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// The active file; rotated files sit beside it.
+    pub path: PathBuf,
+    /// The active file is rotated once it reaches this size.
+    pub max_bytes: u64,
+    /// Records waiting for the writer; appends wait beyond it (backpressure, not loss).
+    pub queue: usize,
+    /// Every record's line once it is on disk (`rune.audit` on NATS). Best effort: a full channel drops the copy
+    /// (counted in [`AuditLog::mirror_dropped`]), never the record.
+    pub mirror: Option<mpsc::Sender<Arc<str>>>,
+}
+
+impl AuditOptions {
+    pub fn new(path: impl Into<PathBuf>) -> AuditOptions {
+        AuditOptions { path: path.into(), max_bytes: 100 * 1024 * 1024, queue: 65_536, mirror: None }
+    }
+}
+
+/// Why a record is not (known to be) on disk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit trail {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("audit trail closed")]
+    Closed,
+}
+
+/// A record on disk: its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    pub hash: String,
+}
+
+struct Job {
+    kind: &'static str,
+    fields: Map<String, Value>,
+    done: Option<oneshot::Sender<Result<Receipt, AuditError>>>,
+}
+
+/// A handle on the trail's writer; clones share it. The writer ends when the last handle is dropped, after
+/// writing what was queued.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Job>,
+    path: Arc<PathBuf>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    failed: AtomicU64,
+    mirror_dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens (or creates, mode 0600) the trail, finds where its chain ends — in the active file, else the newest
+    /// rotated one — checks it against the head file, and starts the writer, whose first record is a `start`
+    /// record (with what was found wrong at the end, if anything).
+    pub fn open(options: AuditOptions) -> Result<AuditLog, AuditError> {
+        let writer = Writer::open(&options)?;
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let stats = Arc::new(Stats::default());
+        let path = Arc::new(options.path.clone());
+        let thread_stats = stats.clone();
+        let mirror = options.mirror.clone();
+        let start = writer.start_fields();
+        std::thread::Builder::new()
+            .name("rune-audit".into())
+            .spawn(move || writer.run(rx, mirror, thread_stats))
+            .map_err(|e| io_error(&options.path, "cannot start the writer thread", &e))?;
+        let log = AuditLog { tx, path, stats };
+        // Queued first, so it is the first record of this process.
+        log.tx.try_send(Job { kind: "start", fields: start, done: None }).map_err(|_| AuditError::Closed)?;
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends a record and waits until it is on disk.
+    pub async fn append(&self, kind: &'static str, fields: Map<String, Value>) -> Result<Receipt, AuditError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Job { kind, fields, done: Some(done) }).await.map_err(|_| AuditError::Closed)?;
+        wait.await.unwrap_or(Err(AuditError::Closed))
+    }
+
+    /// Queues a record without waiting for the disk (waits only while the queue is full). A write that then
+    /// fails is logged and counted ([`AuditLog::failed`]).
+    pub async fn record(&self, kind: &'static str, fields: Map<String, Value>) {
+        if self.tx.send(Job { kind, fields, done: None }).await.is_err() {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(kind, path = %self.path.display(), "audit record lost: the audit writer has stopped");
+        }
+    }
+
+    /// Records that could not be written since start.
+    pub fn failed(&self) -> u64 {
+        self.stats.failed.load(Ordering::Relaxed)
+    }
+
+    /// Lines not copied to the mirror because it was full.
+    pub fn mirror_dropped(&self) -> u64 {
+        self.stats.mirror_dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The rotated file number `n` of `path`: `<path>.000042`.
+pub fn rotated_path(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n:06}"));
+    PathBuf::from(name)
+}
+
+/// `<path>.head`.
+pub fn head_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".head");
+    PathBuf::from(name)
+}
+
+/// The rotated files of `path`, oldest first, with their numbers.
+pub fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!("{name}.");
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let entry = e.ok()?;
+            let file = entry.file_name();
+            let digits = file.to_str()?.strip_prefix(&prefix)?;
+            (digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse().ok())
+                .flatten()
+                .map(|n| (n, path.with_file_name(file)))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Every file of the trail at `path`, oldest first: the rotated ones, then the active one (when it exists).
+pub fn trail_files(path: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = rotated_files(path).into_iter().map(|(_, p)| p).collect();
+    if path.exists() {
+        files.push(path.to_owned());
+    }
+    files
+}
+
+/// The line of a record: `fields` between `seq`/`time`/`kind` and `prev`/`hash`. Returns the line (with its
+/// newline) and its hash.
+pub(crate) fn seal(seq: u64, time: &str, kind: &str, fields: Map<String, Value>, prev: &str) -> (String, String) {
+    let mut object = Map::new();
+    object.insert("seq".into(), json!(seq));
+    object.insert("time".into(), json!(time));
+    object.insert("kind".into(), json!(kind));
+    for (k, v) in fields {
+        if !RESERVED.contains(&k.as_str()) {
+            object.insert(k, v);
+        }
+    }
+    object.insert("prev".into(), json!(prev));
+    let mut line = Value::Object(object).to_string();
+    // `{…,"prev":"…"}` → the bytes the hash covers are all but the closing brace.
+    line.pop();
+    let hash = hex::encode(Sha256::digest(line.as_bytes()));
+    line.push_str(HASH_MARK);
+    line.push_str(&hash);
+    line.push_str("\"}\n");
+    (line, hash)
+}
+
+/// A record line, split: the hashed part, the stored hash. None when the line does not end like one.
+pub(crate) fn split_line(line: &str) -> Option<(&str, &str)> {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let at = line.rfind(HASH_MARK)?;
+    let hash = line[at + HASH_MARK.len()..].strip_suffix("\"}")?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then_some((&line[..at], hash))
+}
+
+/// The SHA-256 of a record's hashed part, hex.
+pub(crate) fn hash_of(body: &str) -> String {
+    hex::encode(Sha256::digest(body.as_bytes()))
+}
+
+/// `seq` and `prev` of a parsed record.
+pub(crate) fn seq_prev(record: &Value) -> Option<(u64, &str)> {
+    Some((record.get("seq")?.as_u64()?, record.get("prev")?.as_str()?))
+}
+
+fn io_error(path: &Path, what: &str, e: &std::io::Error) -> AuditError {
+    AuditError::Io { path: path.display().to_string(), message: format!("{what}: {e}") }
+}
+
+/// The end of a trail as found on disk.
+#[derive(Debug, Default)]
+struct Tail {
+    seq: u64,
+    hash: Option<String>,
+    /// Bytes after the last complete record (a write cut short by a crash).
+    torn: usize,
+}
+
+/// Reads the last complete record of `path` (its last `MAX_LINE_BYTES` at most).
+fn read_tail(path: &Path) -> Result<Tail, AuditError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::default()),
+        Err(e) => return Err(io_error(path, "cannot read", &e)),
+    };
+    let metadata = file.metadata().map_err(|e| io_error(path, "cannot read", &e))?;
+    if !metadata.is_file() {
+        return Err(AuditError::Io { path: path.display().to_string(), message: "not a regular file".into() });
+    }
+    let len = metadata.len();
+    let from = len.saturating_sub(MAX_LINE_BYTES as u64 + 1);
+    file.seek(SeekFrom::Start(from)).map_err(|e| io_error(path, "cannot read", &e))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| io_error(path, "cannot read", &e))?;
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn = bytes.len() - complete;
+    let last = bytes[..complete.saturating_sub(1)].rsplit(|b| *b == b'\n').next().unwrap_or_default();
+    if last.is_empty() {
+        return Ok(Tail { torn, ..Tail::default() });
+    }
+    let text = std::str::from_utf8(last).map_err(|_| AuditError::Io {
+        path: path.display().to_string(),
+        message: "the last record is not UTF-8: run `rune audit verify`".into(),
+    })?;
+    let record: Value = serde_json::from_str(text).map_err(|e| AuditError::Io {
+        path: path.display().to_string(),
+        message: format!("the last record is not JSON ({e}): run `rune audit verify`"),
+    })?;
+    match (seq_prev(&record), split_line(text)) {
+        (Some((seq, _)), Some((_, hash))) => Ok(Tail { seq, hash: Some(hash.to_owned()), torn }),
+        _ => Err(AuditError::Io {
+            path: path.display().to_string(),
+            message: "the last record has no seq or hash: run `rune audit verify`".into(),
+        }),
+    }
+}
+
+/// `<seq> <hash>` from the head file, if there is one.
+fn read_head(path: &Path) -> Option<(u64, String)> {
+    let text = std::fs::read_to_string(head_path(path)).ok()?;
+    let (seq, hash) = text.trim().split_once(' ')?;
+    Some((seq.parse().ok()?, hash.to_owned()))
+}
+
+/// The writer thread's state.
+struct Writer {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    seq: u64,
+    prev: String,
+    next_rotation: u64,
+    max_bytes: u64,
+    /// What `open` found wrong at the end of the trail, for the start record.
+    found: Vec<String>,
+}
+
+impl Writer {
+    fn open(options: &AuditOptions) -> Result<Writer, AuditError> {
+        let path = options.path.clone();
+        let rotated = rotated_files(&path);
+        let next_rotation = rotated.last().map_or(1, |(n, _)| n + 1);
+        let mut found = Vec::new();
+        let mut tail = read_tail(&path)?;
+        if tail.hash.is_none()
+            && tail.torn == 0
+            && let Some((_, newest)) = rotated.last()
+        {
+            tail = read_tail(newest)?;
+        }
+        if tail.torn > 0 {
+            found.push(format!(
+                "the active file ended in a record cut short ({} bytes, a crash mid-write?); it is left in place and \
+                 the chain goes on from the last whole record",
+                tail.torn
+            ));
+        }
+        if let Some((seq, hash)) = read_head(&path)
+            && (seq > tail.seq || (seq == tail.seq && Some(&hash) != tail.hash.as_ref()))
+        {
+            found.push(format!(
+                "the head file names record {seq} ({hash}) but the trail ends at record {}: records were removed \
+                 from its end",
+                tail.seq
+            ));
+        }
+        for problem in &found {
+            tracing::error!(path = %path.display(), "audit trail: {problem}");
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error(&path, "cannot open", &e))?;
+        let mut size = file.metadata().map_err(|e| io_error(&path, "cannot open", &e))?.len();
+        if tail.torn > 0 {
+            // The next record starts on a line of its own.
+            file.write_all(b"\n").map_err(|e| io_error(&path, "cannot write", &e))?;
+            size += 1;
+        }
+        Ok(Writer {
+            path,
+            file,
+            size,
+            seq: tail.seq,
+            prev: tail.hash.unwrap_or_else(|| GENESIS.to_owned()),
+            next_rotation,
+            max_bytes: options.max_bytes.max(4096),
+            found,
+        })
+    }
+
+    fn start_fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("rune_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        fields.insert("pid".into(), json!(std::process::id()));
+        if !self.found.is_empty() {
+            fields.insert("problems".into(), json!(self.found));
+        }
+        fields
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Job>, mirror: Option<mpsc::Sender<Arc<str>>>, stats: Arc<Stats>) {
+        let mut batch = Vec::with_capacity(64);
+        while let Some(job) = rx.blocking_recv() {
+            batch.push(job);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(&mut batch, mirror.as_ref(), &stats);
+        }
+    }
+
+    fn write_batch(&mut self, batch: &mut Vec<Job>, mirror: Option<&mpsc::Sender<Arc<str>>>, stats: &Stats) {
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut buffer = String::with_capacity(batch.len() * 512);
+        let mut lines = Vec::with_capacity(batch.len());
+        let (mut seq, mut prev) = (self.seq, self.prev.clone());
+        for job in batch.iter_mut() {
+            seq += 1;
+            let (line, hash) = seal(seq, &time, job.kind, std::mem::take(&mut job.fields), &prev);
+            buffer.push_str(&line);
+            lines.push((seq, hash.clone(), line));
+            prev = hash;
+        }
+        let written = self.file.write_all(buffer.as_bytes()).and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.seq = seq;
+                self.prev = prev;
+                self.size += buffer.len() as u64;
+                self.write_head();
+                for (job, (seq, hash, line)) in batch.drain(..).zip(lines) {
+                    if let Some(done) = job.done {
+                        let _ = done.send(Ok(Receipt { seq, hash }));
+                    }
+                    if let Some(m) = mirror
+                        && m.try_send(Arc::from(line.trim_end())).is_err()
+                    {
+                        stats.mirror_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if self.size >= self.max_bytes
+                    && let Err(e) = self.rotate()
+                {
+                    tracing::error!(error = %e, "audit trail not rotated; it goes on in the same file");
+                }
+            }
+            Err(e) => {
+                let error = io_error(&self.path, "cannot write", &e);
+                // Cut a partial write back off, so the chain on disk stays whole.
+                if let Err(cut) = self.file.set_len(self.size) {
+                    tracing::error!(error = %cut, "audit trail: a failed write could not be cut back off the file");
+                }
+                stats.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %error, records = batch.len(), "AUDIT TRAIL UNWRITABLE: records not written");
+                for job in batch.drain(..) {
+                    if let Some(done) = job.done {
+                        let _ = done.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Best effort, no fsync: a head behind the trail after a crash is harmless; one ahead means removed records.
+    fn write_head(&self) {
+        let _ = std::fs::write(head_path(&self.path), format!("{} {}\n", self.seq, self.prev));
+    }
+
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        let target = rotated_path(&self.path, self.next_rotation);
+        if target.exists() {
+            return Err(AuditError::Io {
+                path: target.display().to_string(),
+                message: "exists already; not overwritten".into(),
+            });
+        }
+        std::fs::rename(&self.path, &target).map_err(|e| io_error(&self.path, "cannot rotate", &e))?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(|e| io_error(&self.path, "cannot open after rotation", &e))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        self.file = file;
+        self.size = 0;
+        self.next_rotation += 1;
+        tracing::info!(rotated = %target.display(), "audit trail rotated");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
