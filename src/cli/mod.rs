@@ -1,6 +1,7 @@
 //! The `rune` command line: argument parsing, logging set-up, and the documented exit codes.
 
 mod actions;
+pub mod audit;
 pub mod config;
 pub mod rules;
 mod run;
@@ -82,6 +83,9 @@ pub enum Command {
     /// The daemon's settings: check a settings file and the RUNE_* overrides.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// The audit trail: verify its chain, tail and query its records.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Run the daemon: webhooks (and NATS when configured) in, rules and gates, plugin runs, results out.
     Serve(serve::ServeArgs),
     /// Show one plugin's header, arguments and versions.
@@ -131,6 +135,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::PluginInfo { action, plugins, output } => actions::info(&action, &plugins, output),
         Command::Rules(command) => rules::main(command).await,
         Command::Config(command) => config::main(command),
+        Command::Audit(command) => audit::main(command),
         Command::Serve(_) => EXIT_USAGE,
     }
 }
