@@ -141,3 +141,51 @@ fn secret_arguments_are_resolved_from_parameter_store_and_never_shown() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("is not a Parameter Store reference"), "{}", text(&out));
 }
+
+// ---- the secrets cache filled by path (`GetParametersByPath`) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_reads_a_whole_path_page_by_page_and_runs_are_served_from_the_cache() {
+    use rune::secrets::{ParameterStore, Prefetched, SecretRef};
+    use std::time::Duration;
+    let moto = MotoServer::start();
+    let client = moto.ssm_client();
+    let put = |name: String, value: String| {
+        let client = client.clone();
+        async move {
+            client
+                .put_parameter()
+                .name(&name)
+                .value(value)
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put {name}: {e:?}"));
+        }
+    };
+    // 14 parameters under /rune/pf, nested two levels (more than one page of 10), and one elsewhere.
+    for i in 0..7 {
+        put(format!("/rune/pf/app/p{i}"), format!("app-{i}")).await;
+        put(format!("/rune/pf/db/replica/q{i}"), format!("db-{i}")).await;
+    }
+    put("/rune/elsewhere/x".into(), "x-value".into()).await;
+    let reference = |path: &str| SecretRef::parse(&format!("ssm:{path}")).unwrap().unwrap();
+
+    let store = ParameterStore::with_client(client.clone(), Duration::from_secs(300), 100);
+    assert_eq!(store.prefetch("/rune/pf/").await, Ok(Prefetched { cached: 14, truncated: false }));
+    assert_eq!(store.cached(), 14, "recursive, every page");
+    // Served from the cache: gone from Parameter Store, still there for the runs.
+    client.delete_parameter().name("/rune/pf/db/replica/q3").send().await.unwrap();
+    assert_eq!(store.get(&reference("/rune/pf/db/replica/q3")).await.unwrap().expose(), "db-3");
+    assert_eq!(store.cached(), 14);
+    // A miss falls back to GetParameter, as before.
+    assert_eq!(store.get(&reference("/rune/elsewhere/x")).await.unwrap().expose(), "x-value");
+    assert_eq!(store.cached(), 15);
+
+    // Bounded: a full cache stops the prefetch (nothing evicted), and says so.
+    let small = ParameterStore::with_client(client.clone(), Duration::from_secs(300), 4);
+    assert_eq!(small.prefetch("/rune/pf").await, Ok(Prefetched { cached: 4, truncated: true }));
+    assert_eq!(small.cached(), 4);
+    // Nothing under a path is not an error.
+    assert_eq!(store.prefetch("/rune/none").await, Ok(Prefetched { cached: 0, truncated: false }));
+}
