@@ -6,8 +6,10 @@
 //! A value rendered from alert data is never a reference, whatever it looks like: an alert cannot make RUNE read
 //! a parameter. Chatops arguments are never references either.
 //!
-//! Whole paths can be read into the cache ahead of the runs ([`ParameterStore::prefetch`],
-//! `GetParametersByPath`), so a storm of runs needing secrets does not ask Parameter Store once per run.
+//! The daemon's settings name secrets the same way (`token_ref: ssm:/…`, read once at start by
+//! `config::Settings::resolve_secrets`), and may prefetch whole paths into the cache at start
+//! ([`ParameterStore::prefetch`], `GetParametersByPath`), so a storm of runs needing secrets does not ask
+//! Parameter Store once per run.
 
 use std::collections::HashMap;
 use std::fmt;
