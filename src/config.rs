@@ -12,6 +12,10 @@
 //! 2. `compile`: raw → [`Settings`]: durations, sizes, addresses, URLs, subjects, names, exclusive choices
 //!    (authentication), cross-field rules (JetStream needs NATS, …), and secrets read from their files or
 //!    variables. Every problem is collected; a [`Settings`] exists only when there is none.
+//! 3. `resolve` (asynchronous, the only step that reaches the network): secrets given by reference
+//!    (`token_ref: ssm:/…`) are read from Parameter Store, and `ssm.secrets_prefetch` fills the secrets cache —
+//!    [`Settings::resolve_secrets`]. Loading collects the references and stays offline-testable; `rune serve`
+//!    and `rune config check` (unless `--offline`) call it before the settings are used.
 //!
 //! # Why RUNE parses the file itself instead of using `config`'s `yaml`/`toml` features
 //!
@@ -29,6 +33,7 @@
 
 mod compile;
 pub mod model;
+mod resolve;
 mod secret;
 mod source;
 #[cfg(test)]
@@ -42,6 +47,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+pub use resolve::{PrefetchPath, SecretReference};
 pub use secret::{REDACTED, Secret};
 pub use source::{CLI_VARIABLES, EnvOverride};
 
@@ -149,6 +155,10 @@ pub struct Settings {
     pub metrics: Metrics,
     pub log: Log,
     pub ssm: Ssm,
+    /// Secrets given by reference (`*_ref`): each stands as an empty placeholder until
+    /// [`Settings::resolve_secrets`] reads it.
+    #[serde(skip)]
+    pub references: Vec<SecretReference>,
     /// Where the values came from (the file, the variables that overrode it).
     #[serde(skip)]
     pub origin: Origin,
@@ -200,11 +210,11 @@ pub struct Nats {
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum NatsAuth {
     None,
-    /// A token, from `token_file` or `token_env`.
+    /// A token, from `token_file`, `token_env` or `token_ref`.
     Token {
         token: Secret,
     },
-    /// `user` with the password from `password_file` or `password_env`.
+    /// `user` with the password from `password_file`, `password_env` or `password_ref`.
     UserPassword {
         user: String,
         password: Secret,
@@ -419,6 +429,8 @@ pub struct Ssm {
     #[serde(serialize_with = "as_text")]
     pub secrets_cache_ttl: Duration,
     pub secrets_max_cached: usize,
+    /// Paths read whole into the secrets cache at start (`/rune/prod`, without a trailing `/`).
+    pub secrets_prefetch: Vec<PrefetchPath>,
 }
 
 impl Ssm {

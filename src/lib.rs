@@ -33,7 +33,8 @@
 //!   [`sources::webhook`] is the HTTP intake in front of them (auth, body bounds) that hands events to a sink,
 //!   [`sources::nats`] the NATS intake (core, JetStream, chatops request/reply).
 //! - [`config`]: the daemon's settings (one YAML/TOML file + `RUNE_*` overrides) validated into
-//!   [`config::Settings`], every error at once with its position; secrets read from files or variables.
+//!   [`config::Settings`], every error at once with its position; secrets read from files or variables, or
+//!   named by reference (`ssm:/…`) and read from Parameter Store ([`secrets`]) in one async step at start.
 //! - [`cli`]: the `rune` command line.
 
 pub mod audit;

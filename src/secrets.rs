@@ -5,6 +5,11 @@
 //!
 //! A value rendered from alert data is never a reference, whatever it looks like: an alert cannot make RUNE read
 //! a parameter. Chatops arguments are never references either.
+//!
+//! The daemon's settings name secrets the same way (`token_ref: ssm:/…`, read once at start by
+//! `config::Settings::resolve_secrets`), and may prefetch whole paths into the cache at start
+//! ([`ParameterStore::prefetch`], `GetParametersByPath`), so a storm of runs needing secrets does not ask
+//! Parameter Store once per run.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,7 +17,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use aws_sdk_ssm::Client;
-use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::operation::get_parameter::GetParameterError;
 use regex::Regex;
 use tokio::time::Instant;
@@ -86,6 +91,44 @@ pub enum SecretError {
     Denied(SecretRef, String),
     #[error("secret {0}: Parameter Store unavailable ({1})")]
     Unavailable(SecretRef, String),
+    /// Reading every parameter under a path ([`ParameterStore::prefetch`]) was refused.
+    #[error("secrets under {0}: access denied ({1})")]
+    PathDenied(String, String),
+    #[error("secrets under {0}: Parameter Store unavailable ({1})")]
+    PathUnavailable(String, String),
+}
+
+/// What [`ParameterStore::prefetch`] put into the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefetched {
+    /// Parameters cached.
+    pub cached: usize,
+    /// The cache was full before every parameter under the path was read: the rest are read when a run needs
+    /// them.
+    pub truncated: bool,
+}
+
+/// Whether a failed call was refused (IAM, KMS, credentials) or could not be answered, and why — the error code
+/// only when refused: AWS's message names the IAM principal and account, which would be published.
+enum Failure {
+    Denied(String),
+    Unavailable(String),
+}
+
+fn failure<E, R>(e: &SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    let code = e.code().unwrap_or("").to_owned();
+    let message = e.message().unwrap_or("").to_owned();
+    if code.contains("AccessDenied") || code.contains("KMS") || code.contains("Unrecognized") {
+        Failure::Denied(code)
+    } else if code.is_empty() {
+        Failure::Unavailable(crate::transport::ssm::error_chain(e))
+    } else {
+        Failure::Unavailable(format!("{code}: {message}"))
+    }
 }
 
 /// Resolves references through Parameter Store, with a bounded cache. Cloning gives another handle to the same
@@ -185,18 +228,10 @@ impl ParameterStore {
                 if matches!(e.as_service_error(), Some(GetParameterError::ParameterNotFound(_))) {
                     return Err(SecretError::NotFound(reference.clone()));
                 }
-                let code = e.code().unwrap_or("").to_owned();
-                let message = e.message().unwrap_or("").to_owned();
-                return Err(
-                    if code.contains("AccessDenied") || code.contains("KMS") || code.contains("Unrecognized") {
-                        // Only the code: AWS's message names the IAM principal and account, which would be published.
-                        SecretError::Denied(reference.clone(), code)
-                    } else if code.is_empty() {
-                        SecretError::Unavailable(reference.clone(), crate::transport::ssm::error_chain(&e))
-                    } else {
-                        SecretError::Unavailable(reference.clone(), format!("{code}: {message}"))
-                    },
-                );
+                return Err(match failure(&e) {
+                    Failure::Denied(code) => SecretError::Denied(reference.clone(), code),
+                    Failure::Unavailable(why) => SecretError::Unavailable(reference.clone(), why),
+                });
             }
         };
         let now = Instant::now();
@@ -211,6 +246,58 @@ impl ParameterStore {
         }
         cache.insert(reference.clone(), (now, value.clone()));
         Ok(value)
+    }
+
+    /// Reads every parameter under `path` (`/rune/prod`, recursively, decrypted, page by page) into the cache,
+    /// where each gets the normal TTL; a run that later misses the cache asks `GetParameter` as usual. Never
+    /// evicts: it stops when the cache is full (`truncated`). Nothing under the path is not an error.
+    pub async fn prefetch(&self, path: &str) -> Result<Prefetched, SecretError> {
+        // `/rune/prod/` and `/rune/prod` are the same hierarchy; `/` alone is every parameter.
+        let path = match path.trim_end_matches('/') {
+            "" => "/",
+            trimmed => trimmed,
+        };
+        let shown = format!("{PREFIX}{path}");
+        let mut budget = {
+            let now = Instant::now();
+            let mut cache = self.lock();
+            cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < self.ttl);
+            self.max_cached.saturating_sub(cache.len())
+        };
+        let mut pages = self
+            .client()
+            .await
+            .get_parameters_by_path()
+            .path(path)
+            .recursive(true)
+            .with_decryption(true)
+            .into_paginator()
+            .page_size(10)
+            .send();
+        let mut done = Prefetched { cached: 0, truncated: false };
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| match failure(&e) {
+                Failure::Denied(code) => SecretError::PathDenied(shown.clone(), code),
+                Failure::Unavailable(why) => SecretError::PathUnavailable(shown.clone(), why),
+            })?;
+            let now = Instant::now();
+            let mut cache = self.lock();
+            for parameter in page.parameters() {
+                let (Some(name), Some(value)) = (parameter.name(), parameter.value()) else { continue };
+                // A name outside the reference syntax cannot be asked for: not worth a slot.
+                let Some(Ok(reference)) = SecretRef::parse(&format!("{PREFIX}{name}")) else { continue };
+                if !cache.contains_key(&reference) {
+                    if budget == 0 {
+                        done.truncated = true;
+                        return Ok(done);
+                    }
+                    budget -= 1;
+                }
+                cache.insert(reference, (now, SecretValue(Arc::from(value))));
+                done.cached += 1;
+            }
+        }
+        Ok(done)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SecretRef, (Instant, SecretValue)>> {
@@ -303,6 +390,30 @@ mod tests {
             assert_eq!(e, SecretError::Denied(reference("/y"), "AccessDeniedException".into()));
             assert!(!e.to_string().contains("123456789012"), "no account or principal in what is published: {e}");
             assert!(matches!(store.get(&reference("/z")).await, Err(SecretError::Denied(..))));
+        }
+
+        #[tokio::test]
+        async fn a_refused_prefetch_names_the_path_and_the_code_only() {
+            use aws_sdk_ssm::operation::get_parameters_by_path::GetParametersByPathError;
+            let denied = mock!(Client::get_parameters_by_path)
+                .match_requests(|r| {
+                    r.path() == Some("/rune/prod") && r.recursive() == Some(true) && r.with_decryption() == Some(true)
+                })
+                .then_error(|| {
+                    GetParametersByPathError::generic(
+                        ErrorMetadata::builder()
+                            .code("AccessDeniedException")
+                            .message("User: arn:aws:iam::123456789012:role/rune is not authorized")
+                            .build(),
+                    )
+                });
+            let client =
+                mock_client!(aws_sdk_ssm, RuleMode::Sequential, [&denied], |b| b.retry_config(RetryConfig::disabled()));
+            let store = ParameterStore::with_client(client, Duration::from_secs(60), 8);
+            let e = store.prefetch("/rune/prod/").await.unwrap_err();
+            assert_eq!(e, SecretError::PathDenied("ssm:/rune/prod".into(), "AccessDeniedException".into()));
+            assert_eq!(e.to_string(), "secrets under ssm:/rune/prod: access denied (AccessDeniedException)");
+            assert_eq!(store.cached(), 0);
         }
     }
 

@@ -1,5 +1,7 @@
-//! `rune config check`: loads the daemon's settings (file + `RUNE_*` environment) and shows every error, or the
-//! effective settings with secrets redacted and the values that came from the environment marked.
+//! `rune config check`: loads the daemon's settings (file + `RUNE_*` environment), reads the secrets they name
+//! by reference from Parameter Store as `rune serve` would at start (unless `--offline`), and shows every error,
+//! or the effective settings with secrets redacted, the values that came from the environment marked, and each
+//! reference shown beside its `<redacted>` value.
 
 use std::path::PathBuf;
 
@@ -12,7 +14,9 @@ use crate::config::{self, ConfigError, Settings};
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the settings: every error with file:line:column or the variable that set it (exit 0 valid,
-    /// 2 invalid); when valid, print the effective settings with secrets redacted.
+    /// 2 invalid); when valid, print the effective settings with secrets redacted. Secrets given by reference
+    /// (`*_ref: ssm:/…`) and `ssm.secrets_prefetch` are read from Parameter Store, as `rune serve` does at start,
+    /// so a missing parameter or denied access shows here.
     Check {
         /// Settings file (.yaml, .yml or .toml). Without one, every setting has its default (the embedded
         /// mode); `RUNE_<SECTION>__<KEY>` variables override either.
@@ -20,13 +24,23 @@ pub enum ConfigCommand {
         config: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Pretty)]
         output: OutputFormat,
+        /// Do not reach Parameter Store: references are checked for their syntax only.
+        #[arg(long)]
+        offline: bool,
     },
 }
 
-pub fn main(command: ConfigCommand) -> i32 {
+pub async fn main(command: ConfigCommand) -> i32 {
     match command {
-        ConfigCommand::Check { config, output } => {
-            let (code, out, err) = check(config::load(config.as_deref()), output);
+        ConfigCommand::Check { config, output, offline } => {
+            let mut loaded = config::load(config.as_deref());
+            if !offline && let Ok(settings) = &mut loaded {
+                let store = settings.parameter_store();
+                if let Err(errors) = settings.resolve_secrets(&store).await {
+                    loaded = Err(errors);
+                }
+            }
+            let (code, out, err) = check(loaded, output);
             print!("{out}");
             eprint!("{err}");
             code
@@ -44,6 +58,7 @@ pub fn check(loaded: Result<Settings, Vec<ConfigError>>, output: OutputFormat) -
                 "embedded": settings.embedded(),
                 "settings": settings.redacted_json(),
                 "from_env": settings.origin.env.iter().map(|o| json!({"var": o.var, "field": o.field})).collect::<Vec<_>>(),
+                "secret_refs": settings.references,
                 "warnings": settings.warnings.iter().map(error_json).collect::<Vec<_>>(),
             });
             (EXIT_OK, format!("{document}\n"), String::new())
@@ -102,15 +117,28 @@ fn pretty(settings: &Settings) -> String {
         ),
     };
     let overrides = settings.origin.env.len();
-    out.push_str(&format!("{file} ({mode}; {overrides} value(s) from the environment)\n"));
+    let references = match settings.references.len() {
+        0 => String::new(),
+        n if settings.unresolved().next().is_none() => format!("; {n} secret(s) read from Parameter Store"),
+        n => format!("; {n} secret reference(s), not read"),
+    };
+    out.push_str(&format!("{file} ({mode}; {overrides} value(s) from the environment{references})\n"));
     let mut leaves = Vec::new();
     flatten("", &settings.redacted_json(), &mut leaves);
     let width = leaves.iter().map(|(k, v)| k.len() + v.len() + 3).max().unwrap_or(0).min(80);
     for (key, value) in leaves {
         let line = format!("{key} = {value}");
-        match settings.origin.env.iter().find(|o| within(&key, &o.field)) {
-            Some(o) => out.push_str(&format!("{line:<width$}  # env {}\n", o.var)),
-            None => out.push_str(&format!("{line}\n")),
+        let mut notes = Vec::new();
+        if let Some(o) = settings.origin.env.iter().find(|o| within(&key, &o.field)) {
+            notes.push(format!("env {}", o.var));
+        }
+        if let Some(r) = settings.references.iter().find(|r| r.key == key) {
+            let read = if r.resolved { "" } else { ", not read" };
+            notes.push(format!("{} ({}){read}", r.reference, r.field));
+        }
+        match notes.is_empty() {
+            true => out.push_str(&format!("{line}\n")),
+            false => out.push_str(&format!("{line:<width$}  # {}\n", notes.join("; "))),
         }
     }
     if overrides > 0 {

@@ -134,7 +134,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::ListActions { plugins, output } => actions::list(&plugins, output),
         Command::PluginInfo { action, plugins, output } => actions::info(&action, &plugins, output),
         Command::Rules(command) => rules::main(command).await,
-        Command::Config(command) => config::main(command),
+        Command::Config(command) => config::main(command).await,
         Command::Audit(command) => audit::main(command),
         Command::Serve(_) => EXIT_USAGE,
     }

@@ -54,6 +54,18 @@ pub async fn serve(args: ServeArgs, log: Option<String>, log_format: Option<supe
         Err(_) => (log.unwrap_or_else(|| "warn".into()), log_format.unwrap_or(super::LogFormat::Text)),
     };
     super::init_logging(&level, format);
+    // Secrets given by reference and the prefetched paths are read now, before anything else starts (plugins,
+    // rules, NATS, the listener): one store, kept for the runs' own references.
+    let (loaded, secrets) = match loaded {
+        Ok(mut s) => {
+            let store = s.parameter_store();
+            match s.resolve_secrets(&store).await {
+                Ok(()) => (Ok(s), store),
+                Err(errors) => (Err(errors), store),
+            }
+        }
+        Err(errors) => (Err(errors), ParameterStore::default()),
+    };
     let settings = match loaded {
         Ok(s) => s,
         Err(errors) => {
@@ -67,7 +79,7 @@ pub async fn serve(args: ServeArgs, log: Option<String>, log_format: Option<supe
     for w in &settings.warnings {
         tracing::warn!(warning = %w, "settings");
     }
-    match start(settings).await {
+    match start(settings, secrets).await {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
@@ -79,6 +91,8 @@ pub async fn serve(args: ServeArgs, log: Option<String>, log_format: Option<supe
 /// Everything `serve` builds before choosing the dedup store.
 struct Parts {
     settings: Settings,
+    /// The Parameter Store the settings' secrets were read through (its cache holds what was prefetched).
+    secrets: ParameterStore,
     registry: Arc<Registry>,
     inventory: Arc<crate::inventory::Inventory>,
     rules: crate::rules::RuleSet,
@@ -88,7 +102,10 @@ struct Parts {
     locks: Option<KvLocks>,
 }
 
-async fn start(settings: Settings) -> Result<i32, String> {
+async fn start(settings: Settings, secrets: ParameterStore) -> Result<i32, String> {
+    if let Some(r) = settings.unresolved().next() {
+        return Err(format!("internal error: {} ({}) was not read", r.field, r.reference));
+    }
     let registry = Arc::new(Registry::load(&settings.paths.plugins_dirs));
     for p in registry.problems() {
         tracing::warn!(problem = %p, "plugin not loaded");
@@ -124,7 +141,7 @@ async fn start(settings: Settings) -> Result<i32, String> {
         }
         _ => (None, None),
     };
-    let parts = Parts { settings, registry, inventory, rules, metrics, nats, locks };
+    let parts = Parts { settings, secrets, registry, inventory, rules, metrics, nats, locks };
     match kv {
         Some(store) => run(parts, store).await,
         None => run(parts, MemoryDedup::default()).await,
@@ -254,14 +271,14 @@ fn endpoint_auth(auth: &Option<config::EndpointAuth>) -> Result<Option<EndpointA
 }
 
 async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
-    let Parts { settings, registry, inventory, rules, metrics, nats, locks } = parts;
+    let Parts { settings, secrets, registry, inventory, rules, metrics, nats, locks } = parts;
     let mut engine = Engine::with_store(rules, registry.clone(), inventory.clone(), dedup);
     if let Some(locks) = locks {
         engine = engine.with_cluster_locks(locks);
     }
     let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default())
         .with_ssm(SsmTransport::new(settings.ssm.transport()))
-        .with_secrets(ParameterStore::new(settings.ssm.secrets_cache_ttl, settings.ssm.secrets_max_cached));
+        .with_secrets(secrets);
     // Publishers: JSON Lines (stdout, file) and NATS.
     let mut sinks: Vec<Arc<dyn Publish>> = Vec::new();
     if settings.results.stdout || settings.results.jsonl_file.is_some() {

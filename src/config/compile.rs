@@ -1,5 +1,6 @@
-//! Raw settings → validated [`Settings`]: every value checked, secrets read, cross-field rules applied, every
-//! problem collected with its position before anything is returned.
+//! Raw settings → validated [`Settings`]: every value checked, secrets read (references to Parameter Store
+//! checked and recorded, read later by `super::resolve`), cross-field rules applied, every problem collected
+//! with its position before anything is returned.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -11,6 +12,7 @@ use super::model::{
     NatsAuthConfig, NatsConfig, NatsTlsConfig, PathsConfig, ResultsConfig, SettingsConfig, SsmConfig, SubjectsConfig,
     WebhookConfig, default_hmac_header, parse_byte_size,
 };
+use super::resolve::{Hook, Position, PrefetchPath, SecretReference, SecretSlot};
 use super::secret::{self, Secret};
 use super::source::{Layers, is_within};
 use super::{
@@ -19,6 +21,7 @@ use super::{
     Webhook,
 };
 use crate::rules::matcher::SubjectPattern;
+use crate::secrets::SecretRef;
 
 /// Longest duration anywhere in the settings.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
@@ -33,7 +36,7 @@ pub struct Compiled {
 }
 
 pub fn compile(raw: SettingsConfig, layers: &Layers, pruned: &[String], env: &[(String, String)]) -> Compiled {
-    let mut c = Compiler { layers, pruned, env, errors: Vec::new(), warnings: Vec::new() };
+    let mut c = Compiler { layers, pruned, env, errors: Vec::new(), warnings: Vec::new(), references: Vec::new() };
     let embedded = raw.nats.urls.is_empty();
     let nats = c.nats(raw.nats);
     let webhook = c.webhook(raw.webhook, embedded);
@@ -54,10 +57,18 @@ pub fn compile(raw: SettingsConfig, layers: &Layers, pruned: &[String], env: &[(
             metrics: Metrics { enabled: raw.metrics.enabled },
             log: log?,
             ssm: ssm?,
+            references: Vec::new(),
             origin: Origin::default(),
             warnings: Vec::new(),
         })
     })();
+    let settings = settings.map(|mut s| {
+        // Only the references whose place exists (NATS settings without nats.urls are ignored, for one).
+        let mut references = std::mem::take(&mut c.references);
+        references.retain(|r| s.secret_mut(r.slot).is_some());
+        s.references = references;
+        s
+    });
     Compiled { settings, errors: c.errors, warnings: c.warnings }
 }
 
@@ -68,12 +79,20 @@ struct Compiler<'a> {
     env: &'a [(String, String)],
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
+    /// Secrets given by reference, read after compiling (`Settings::resolve_secrets`).
+    references: Vec<SecretReference>,
 }
 
 impl Compiler<'_> {
     fn diagnostic(&self, field: &str, message: String) -> ConfigError {
         let (location, env) = self.layers.locate(field, false);
         ConfigError { field: field.to_owned(), location, env, message }
+    }
+
+    /// Where `field` was written, kept for errors found after compiling.
+    fn position(&self, field: &str) -> Position {
+        let (location, env) = self.layers.locate(field, false);
+        Position { location, env }
     }
 
     /// Whether `field` is, contains or lies under a value the shape check already reported.
@@ -196,20 +215,67 @@ impl Compiler<'_> {
         }
     }
 
-    /// A secret given as `<field>_file` or `<field>_env` (exactly one of them).
-    fn secret(&mut self, field: &str, file: Option<&PathBuf>, env: Option<&String>) -> Option<Option<Secret>> {
-        match (file, env) {
-            (None, None) => Some(None),
-            (Some(file), Some(env)) => {
-                // Both are read, so that a missing one is reported too.
-                let _ = self.secret_file(&format!("{field}_file"), file);
-                let _ = self.secret_env(&format!("{field}_env"), env);
-                let key = field.rsplit('.').next().unwrap_or(field);
-                self.error(&format!("{field}_file"), format!("`{key}_file` and `{key}_env` are exclusive: give one"));
+    /// A Parameter Store reference (`ssm:/path/name`): checked and recorded; an empty placeholder stands for the
+    /// value until `Settings::resolve_secrets` reads it.
+    fn secret_ref(&mut self, field: &str, text: &str, slot: SecretSlot) -> Option<Secret> {
+        match SecretRef::parse(text) {
+            Some(Ok(reference)) => {
+                let position = self.position(field);
+                self.references.push(SecretReference {
+                    field: field.to_owned(),
+                    key: slot.key(),
+                    reference,
+                    resolved: false,
+                    slot,
+                    position,
+                });
+                Some(Secret::new(Vec::new()))
+            }
+            Some(Err(message)) => {
+                self.error(field, message);
                 None
             }
-            (Some(file), None) => self.secret_file(&format!("{field}_file"), file).map(Some),
-            (None, Some(env)) => self.secret_env(&format!("{field}_env"), env).map(Some),
+            None => {
+                // The value is not echoed: a secret written here by mistake must not reach the output.
+                self.error(
+                    field,
+                    "is not a secret reference such as ssm:/path/name (it names where the secret is kept)",
+                );
+                None
+            }
+        }
+    }
+
+    /// A secret given as `<field>_file`, `<field>_env` or `<field>_ref` (exactly one of them).
+    fn secret(
+        &mut self,
+        field: &str,
+        file: Option<&PathBuf>,
+        env: Option<&String>,
+        reference: Option<&String>,
+        slot: SecretSlot,
+    ) -> Option<Option<Secret>> {
+        // Each one given is read, so that a missing one is reported too.
+        let from_file = file.map(|f| self.secret_file(&format!("{field}_file"), f));
+        let from_env = env.map(|e| self.secret_env(&format!("{field}_env"), e));
+        let from_ref = reference.map(|r| self.secret_ref(&format!("{field}_ref"), r, slot));
+        let given: Vec<&str> = [(file.is_some(), "file"), (env.is_some(), "env"), (reference.is_some(), "ref")]
+            .into_iter()
+            .filter_map(|(given, form)| given.then_some(form))
+            .collect();
+        if let [first, .., last] = given.as_slice() {
+            let key = field.rsplit('.').next().unwrap_or(field);
+            let names: Vec<String> = given.iter().map(|form| format!("`{key}_{form}`")).collect();
+            let (init, _) = names.split_at(names.len() - 1);
+            self.error(
+                &format!("{field}_{first}"),
+                format!("{} and `{key}_{last}` are exclusive: give one", init.join(", ")),
+            );
+            return None;
+        }
+        match from_file.or(from_env).or(from_ref) {
+            None => Some(None),
+            Some(read) => read.map(Some),
         }
     }
 
@@ -320,8 +386,9 @@ impl Compiler<'_> {
 
     fn nats_auth(&mut self, raw: &NatsAuthConfig) -> Option<NatsAuth> {
         let f = "nats.auth";
-        let token_used = raw.token_file.is_some() || raw.token_env.is_some();
-        let user_used = raw.user.is_some() || raw.password_file.is_some() || raw.password_env.is_some();
+        let token_used = raw.token_file.is_some() || raw.token_env.is_some() || raw.token_ref.is_some();
+        let password_given = raw.password_file.is_some() || raw.password_env.is_some() || raw.password_ref.is_some();
+        let user_used = raw.user.is_some() || password_given;
         let methods: Vec<&str> = [
             (token_used, "token"),
             (user_used, "user + password"),
@@ -331,8 +398,20 @@ impl Compiler<'_> {
         .into_iter()
         .filter_map(|(used, name)| used.then_some(name))
         .collect();
-        let token = self.secret("nats.auth.token", raw.token_file.as_ref(), raw.token_env.as_ref());
-        let password = self.secret("nats.auth.password", raw.password_file.as_ref(), raw.password_env.as_ref());
+        let token = self.secret(
+            "nats.auth.token",
+            raw.token_file.as_ref(),
+            raw.token_env.as_ref(),
+            raw.token_ref.as_ref(),
+            SecretSlot::NatsToken,
+        );
+        let password = self.secret(
+            "nats.auth.password",
+            raw.password_file.as_ref(),
+            raw.password_env.as_ref(),
+            raw.password_ref.as_ref(),
+            SecretSlot::NatsPassword,
+        );
         let user = match &raw.user {
             Some(u) if u.is_empty() || u.chars().any(|c| c.is_control() || c.is_whitespace()) => {
                 self.error("nats.auth.user", "must be non-empty, without spaces or control characters");
@@ -341,10 +420,14 @@ impl Compiler<'_> {
             other => Some(other.clone()),
         };
         if raw.user.is_some() && matches!(password, Some(None)) {
-            self.error("nats.auth.user", "a user needs `password_file` or `password_env`");
+            self.error("nats.auth.user", "a user needs `password_file`, `password_env` or `password_ref`");
         }
         if raw.user.is_none() && matches!(password, Some(Some(_))) {
-            let field = if raw.password_file.is_some() { "nats.auth.password_file" } else { "nats.auth.password_env" };
+            let field = match (&raw.password_file, &raw.password_env) {
+                (Some(_), _) => "nats.auth.password_file",
+                (None, Some(_)) => "nats.auth.password_env",
+                (None, None) => "nats.auth.password_ref",
+            };
             self.error(field, "a password needs `user`");
         }
         let seed = raw.nkey_seed_file.as_ref().and_then(|p| {
@@ -631,9 +714,9 @@ impl Compiler<'_> {
         let max_body_bytes = self.size("webhook.max_body_bytes", &raw.max_body_bytes, MIN_BODY_BYTES, MAX_BODY_BYTES);
         let request_timeout = self.duration("webhook.request_timeout", &raw.request_timeout, false);
         let loopback = listen.is_none_or(|a| a.ip().is_loopback());
-        let alertmanager = self.endpoint("webhook.alertmanager", raw.alertmanager, loopback);
-        let grafana = self.endpoint("webhook.grafana", raw.grafana, loopback);
-        let generic = self.endpoint("webhook.generic", raw.generic, loopback);
+        let alertmanager = self.endpoint(Hook::Alertmanager, raw.alertmanager, loopback);
+        let grafana = self.endpoint(Hook::Grafana, raw.grafana, loopback);
+        let generic = self.endpoint(Hook::Generic, raw.generic, loopback);
         if raw.publish_to_nats && embedded {
             self.cross_error("webhook.publish_to_nats", &["nats.urls"], "needs NATS: set nats.urls");
         }
@@ -648,22 +731,32 @@ impl Compiler<'_> {
         })
     }
 
-    fn endpoint(&mut self, field: &str, raw: Option<EndpointConfig>, loopback: bool) -> Option<Option<EndpointAuth>> {
+    fn endpoint(&mut self, hook: Hook, raw: Option<EndpointConfig>, loopback: bool) -> Option<Option<EndpointAuth>> {
         let Some(raw) = raw else { return Some(None) };
+        let field = &format!("webhook.{}", hook.name());
         let bearer = self.secret(
             &format!("{field}.bearer_token"),
             raw.bearer_token_file.as_ref(),
             raw.bearer_token_env.as_ref(),
+            raw.bearer_token_ref.as_ref(),
+            SecretSlot::Bearer(hook),
         );
-        let hmac =
-            self.secret(&format!("{field}.hmac_secret"), raw.hmac_secret_file.as_ref(), raw.hmac_secret_env.as_ref());
-        let bearer_used = raw.bearer_token_file.is_some() || raw.bearer_token_env.is_some();
-        let hmac_used = raw.hmac_secret_file.is_some() || raw.hmac_secret_env.is_some();
+        let hmac = self.secret(
+            &format!("{field}.hmac_secret"),
+            raw.hmac_secret_file.as_ref(),
+            raw.hmac_secret_env.as_ref(),
+            raw.hmac_secret_ref.as_ref(),
+            SecretSlot::Hmac(hook),
+        );
+        let bearer_used =
+            raw.bearer_token_file.is_some() || raw.bearer_token_env.is_some() || raw.bearer_token_ref.is_some();
+        let hmac_used =
+            raw.hmac_secret_file.is_some() || raw.hmac_secret_env.is_some() || raw.hmac_secret_ref.is_some();
         let header = match &raw.hmac_header {
             Some(_) if !hmac_used => {
                 self.error(
                     &format!("{field}.hmac_header"),
-                    "is only used with `hmac_secret_file` or `hmac_secret_env`",
+                    "is only used with `hmac_secret_file`, `hmac_secret_env` or `hmac_secret_ref`",
                 );
                 None
             }
@@ -685,8 +778,8 @@ impl Compiler<'_> {
             [] => {
                 self.error(
                     field,
-                    "no authentication chosen: give `bearer_token_file`/`bearer_token_env` or \
-                     `hmac_secret_file`/`hmac_secret_env`, or write `none: true` to accept unauthenticated requests",
+                    "no authentication chosen: give `bearer_token_file`/`_env`/`_ref` or \
+                     `hmac_secret_file`/`_env`/`_ref`, or write `none: true` to accept unauthenticated requests",
                 );
                 None
             }
@@ -815,6 +908,38 @@ impl Compiler<'_> {
             self.error("ssm.secrets_max_cached", "must be within 1 and 100000");
             return None;
         }
+        let mut secrets_prefetch = Some(Vec::new());
+        for (i, text) in raw.secrets_prefetch.iter().enumerate() {
+            let field = format!("ssm.secrets_prefetch[{i}]");
+            // `/rune/prod/` and `/rune/prod` are the same hierarchy; a path has the syntax of a parameter name.
+            let path = text.strip_suffix('/').unwrap_or(text);
+            match SecretRef::parse(&format!("{}{path}", crate::secrets::PREFIX)) {
+                Some(Ok(_)) => {
+                    let position = self.position(&field);
+                    if let Some(list) = secrets_prefetch.as_mut() {
+                        list.push(PrefetchPath { path: path.to_owned(), position });
+                    }
+                }
+                _ => {
+                    self.error(
+                        &field,
+                        format!(
+                            "`{}` is not a Parameter Store path such as /rune/prod/ (`/`-separated segments of letters, digits, `_`, `.`, `-`)",
+                            crate::engine::truncate(text, 80)
+                        ),
+                    );
+                    secrets_prefetch = None;
+                }
+            }
+        }
+        if !raw.secrets_prefetch.is_empty() && secrets_cache_ttl == Some(Duration::ZERO) {
+            self.cross_error(
+                "ssm.secrets_prefetch",
+                &["ssm.secrets_cache_ttl"],
+                "needs ssm.secrets_cache_ttl above 0s: nothing prefetched would be kept",
+            );
+            secrets_prefetch = None;
+        }
         Some(Ssm {
             delivery_timeout: delivery_timeout?,
             poll_first: poll_first?,
@@ -822,6 +947,7 @@ impl Compiler<'_> {
             not_found_grace: not_found_grace?,
             secrets_cache_ttl: secrets_cache_ttl?,
             secrets_max_cached: raw.secrets_max_cached,
+            secrets_prefetch: secrets_prefetch?,
         })
     }
 

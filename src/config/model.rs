@@ -8,7 +8,8 @@
 //!
 //! Durations are strings (`30s`, `10m`, `1h 30m`) and sizes are integers or strings (`1048576`, `1MiB`);
 //! both are parsed by the compile step so that a bad one is an error with its position, not a shape error.
-//! Secrets have no field of their own: only `*_file` and `*_env` forms exist.
+//! Secrets have no field of their own: only `*_file`, `*_env` and `*_ref` (a Parameter Store reference,
+//! `ssm:/path/name`, read after loading by `Settings::resolve_secrets`) forms exist.
 //!
 //! Every key's type, default and meaning is in `docs/configuration.md` (one table per section); the comments
 //! here only say what the types alone do not.
@@ -44,6 +45,8 @@ pub struct SsmConfig {
     pub not_found_grace: String,
     pub secrets_cache_ttl: String,
     pub secrets_max_cached: usize,
+    /// Parameter Store paths read whole into the secrets cache at start (`GetParametersByPath`).
+    pub secrets_prefetch: Vec<String>,
 }
 
 impl Default for SsmConfig {
@@ -55,6 +58,7 @@ impl Default for SsmConfig {
             not_found_grace: "30s".into(),
             secrets_cache_ttl: "5m".into(),
             secrets_max_cached: 1024,
+            secrets_prefetch: Vec::new(),
         }
     }
 }
@@ -102,9 +106,11 @@ pub fn default_connect_timeout() -> String {
 pub struct NatsAuthConfig {
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
+    pub token_ref: Option<String>,
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
+    pub password_ref: Option<String>,
     pub nkey_seed_file: Option<PathBuf>,
     pub creds_file: Option<PathBuf>,
 }
@@ -385,8 +391,10 @@ pub struct EndpointConfig {
     pub none: bool,
     pub bearer_token_file: Option<PathBuf>,
     pub bearer_token_env: Option<String>,
+    pub bearer_token_ref: Option<String>,
     pub hmac_secret_file: Option<PathBuf>,
     pub hmac_secret_env: Option<String>,
+    pub hmac_secret_ref: Option<String>,
     /// Default `X-Rune-Signature` (only with an HMAC secret).
     pub hmac_header: Option<String>,
 }
@@ -606,6 +614,7 @@ pub const LIST_FIELDS: &[&str] = &[
     "nats.jetstream.alerts_stream.subjects",
     "nats.jetstream.consumer.backoff",
     "paths.plugins_dirs",
+    "ssm.secrets_prefetch",
 ];
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Secrets (tokens, passwords, HMAC keys, NATS seeds and credentials): read once at load time from a file or an
-//! environment variable, then held in a [`Secret`] that never prints its bytes.
+//! environment variable (or, for references, once at start from Parameter Store: `super::resolve`), then held
+//! in a [`Secret`] that never prints its bytes.
 
 use std::fmt;
 use std::io::Read as _;
@@ -95,7 +96,7 @@ pub fn read_env(name: &str, env: &[(String, String)]) -> Result<Secret, String> 
 }
 
 /// Drops one trailing line ending (`\n` or `\r\n`), as `echo` and editors leave one.
-fn trim_newline(bytes: &mut Vec<u8>) {
+pub(super) fn trim_newline(bytes: &mut Vec<u8>) {
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {

@@ -23,7 +23,7 @@ pub const CLI_VARIABLES: &[&str] =
     &["RUNE_CONFIG", "RUNE_LOG", "RUNE_LOG_FORMAT", "RUNE_PLUGINS_DIR", "RUNE_RULES_DIR", "RUNE_INVENTORY"];
 
 /// Top-level sections; a `RUNE_<SECTION>_…` variable with a single `_` is probably a mistyped override.
-const SECTIONS: &[&str] = &["nats", "webhook", "chatops", "paths", "limits", "results", "metrics", "log"];
+const SECTIONS: &[&str] = &["nats", "webhook", "chatops", "paths", "limits", "results", "metrics", "log", "ssm"];
 
 /// The shape check stops after this many errors (each one removes a value, so this bounds the retries).
 const MAX_SHAPE_ERRORS: usize = 100;
@@ -272,9 +272,16 @@ fn shape_check(mut root: Value, layers: &Layers, errors: &mut Vec<ConfigError>) 
             if !matches!(segments.last(), Some(Segment::Key(k)) if k == name) {
                 segments.push(Segment::Key(name.clone()));
             }
-            if message.contains(&format!("`{name}_file`")) {
-                message
-                    .push_str(&format!(" (secrets are never written in the file: use `{name}_file` or `{name}_env`)"));
+            let forms: Vec<String> = ["file", "env", "ref"]
+                .iter()
+                .map(|form| format!("`{name}_{form}`"))
+                .filter(|form| message.contains(form.as_str()))
+                .collect();
+            if let Some((last, [first, rest @ ..])) = forms.split_last() {
+                let others: String = rest.iter().map(|f| format!(", {f}")).collect();
+                message.push_str(&format!(" (secrets are never written in the file: use {first}{others} or {last})"));
+            } else if let [only] = forms.as_slice() {
+                message.push_str(&format!(" (secrets are never written in the file: use {only})"));
             }
         }
         let field = path_string(&segments);

@@ -261,8 +261,87 @@ fn every_validation_error() {
             "secret in clear",
             format!("{nats}  auth:\n    token: {CANARY}\n"),
             "nats.auth.token",
-            "secrets are never written in the file: use `token_file` or `token_env`",
+            "secrets are never written in the file: use `token_file`, `token_env` or `token_ref`",
             4,
+        ),
+        (
+            "a seed in clear",
+            format!("{nats}  auth:\n    nkey_seed: {CANARY}\n"),
+            "nats.auth.nkey_seed",
+            "secrets are never written in the file: use `nkey_seed_file`)",
+            4,
+        ),
+        (
+            "token file and reference",
+            format!("{nats}  auth:\n    token_file: secrets/token\n    token_ref: ssm:/rune/nats/token\n"),
+            "nats.auth.token_file",
+            "`token_file` and `token_ref` are exclusive: give one",
+            4,
+        ),
+        (
+            "token from all three sources",
+            format!(
+                "{nats}  auth:\n    token_file: secrets/token\n    token_env: TOKEN\n    token_ref: ssm:/rune/nats/token\n"
+            ),
+            "nats.auth.token_file",
+            "`token_file`, `token_env` and `token_ref` are exclusive: give one",
+            4,
+        ),
+        (
+            "malformed reference",
+            format!("{nats}  auth:\n    token_ref: \"ssm:rune/nats/token\"\n"),
+            "nats.auth.token_ref",
+            "is not a Parameter Store reference: expected ssm:/path/name",
+            4,
+        ),
+        (
+            "a secret pasted as a reference",
+            format!("{nats}  auth:\n    token_ref: {CANARY}\n"),
+            "nats.auth.token_ref",
+            "is not a secret reference such as ssm:/path/name",
+            4,
+        ),
+        (
+            "password reference without user",
+            format!("{nats}  auth:\n    password_ref: ssm:/rune/nats/password\n"),
+            "nats.auth.password_ref",
+            "needs `user`",
+            4,
+        ),
+        (
+            "bearer token and reference",
+            "webhook:\n  generic:\n    bearer_token_file: secrets/token\n    bearer_token_ref: ssm:/rune/hook\n".into(),
+            "webhook.generic.bearer_token_file",
+            "`bearer_token_file` and `bearer_token_ref` are exclusive",
+            3,
+        ),
+        (
+            "bearer and hmac references",
+            "webhook:\n  generic:\n    bearer_token_ref: ssm:/a\n    hmac_secret_ref: ssm:/b\n".into(),
+            "webhook.generic",
+            "more than one authentication method (a bearer token, an HMAC secret)",
+            2,
+        ),
+        (
+            "prefetch of a bad path",
+            "ssm:\n  secrets_prefetch: [/rune/prod/, \"rune/x\"]\n".into(),
+            "ssm.secrets_prefetch[1]",
+            "`rune/x` is not a Parameter Store path",
+            2,
+        ),
+        (
+            "prefetch of everything",
+            "ssm:\n  secrets_prefetch: [/]\n".into(),
+            "ssm.secrets_prefetch[0]",
+            "is not a Parameter Store path",
+            2,
+        ),
+        (
+            "prefetch without a cache",
+            "ssm:\n  secrets_cache_ttl: 0s\n  secrets_prefetch: [/rune/prod]\n".into(),
+            "ssm.secrets_prefetch",
+            "needs ssm.secrets_cache_ttl above 0s",
+            3,
         ),
         (
             "cert without key",
@@ -636,6 +715,122 @@ fn other_nats_auth_methods() {
     let NatsAuth::Credentials { file, contents } = &s.nats.unwrap().auth else { panic!() };
     assert!(file.ends_with("secrets/other") && file.is_absolute());
     assert_eq!(contents.expose(), b"other-secret");
+}
+
+#[test]
+fn secrets_by_reference_are_recorded_for_resolution_and_not_read_when_loading() {
+    let s = ok(
+        "nats:
+  urls: [nats://127.0.0.1:4222]
+  auth:
+    token_ref: ssm:/rune/prod/nats-token
+webhook:
+  alertmanager:
+    bearer_token_ref: ssm:/rune/prod/am
+  grafana:
+    hmac_secret_ref: ssm:/rune/prod/grafana
+    hmac_header: X-Grafana-Signature
+  generic:
+    hmac_secret_file: secrets/other
+ssm:
+  secrets_prefetch: [/rune/prod/, /rune/shared]
+",
+        &[],
+    );
+    let found: Vec<(&str, &str, String, bool)> =
+        s.references.iter().map(|r| (r.field.as_str(), r.key.as_str(), r.reference.to_string(), r.resolved)).collect();
+    assert_eq!(
+        found,
+        [
+            ("nats.auth.token_ref", "nats.auth.token", "ssm:/rune/prod/nats-token".to_owned(), false),
+            (
+                "webhook.alertmanager.bearer_token_ref",
+                "webhook.alertmanager.token",
+                "ssm:/rune/prod/am".to_owned(),
+                false
+            ),
+            ("webhook.grafana.hmac_secret_ref", "webhook.grafana.secret", "ssm:/rune/prod/grafana".to_owned(), false),
+        ]
+    );
+    assert_eq!(s.unresolved().count(), 3);
+    // Each keeps where it was written, for the errors of resolution.
+    let positions: Vec<u64> = s.references.iter().map(|r| r.position.location.as_ref().unwrap().1).collect();
+    assert_eq!(positions, [4, 7, 9]);
+    // Placeholders stand for the values; the method is chosen as with the other sources.
+    let NatsAuth::Token { token } = &s.nats.as_ref().unwrap().auth else { panic!() };
+    assert!(token.expose().is_empty());
+    let Some(EndpointAuth::Hmac { header, .. }) = &s.webhook.grafana else { panic!() };
+    assert_eq!(header, "X-Grafana-Signature");
+    assert!(matches!(s.webhook.alertmanager, Some(EndpointAuth::Bearer { .. })));
+    let paths: Vec<&str> = s.ssm.secrets_prefetch.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["/rune/prod", "/rune/shared"], "without the trailing `/`");
+    let json = s.redacted_json();
+    assert_eq!(json["nats"]["auth"]["token"], REDACTED);
+    assert_eq!(json["ssm"]["secrets_prefetch"], serde_json::json!(["/rune/prod", "/rune/shared"]));
+    assert!(s.warnings.is_empty(), "{}", lines(&s.warnings));
+}
+
+#[test]
+fn a_user_with_a_password_reference() {
+    let s = ok(
+        "nats:\n  urls: [nats://127.0.0.1:4222]\n  auth:\n    user: rune\n    password_ref: ssm:/rune/nats/password\n",
+        &[],
+    );
+    assert!(matches!(&s.nats.as_ref().unwrap().auth, NatsAuth::UserPassword { user, .. } if user == "rune"));
+    assert_eq!(s.references.len(), 1);
+    assert_eq!(s.references[0].key, "nats.auth.password");
+}
+
+#[test]
+fn references_of_ignored_settings_are_not_read() {
+    // No nats.urls: the NATS section is ignored (with a warning), so its token is never asked for.
+    let s = ok("nats:\n  auth:\n    token_ref: ssm:/rune/nats/token\n", &[]);
+    assert!(s.embedded());
+    assert!(s.references.is_empty(), "{:?}", s.references);
+    assert!(s.warnings.iter().any(|w| w.message.contains("without nats.urls are ignored")), "{}", lines(&s.warnings));
+}
+
+#[test]
+fn references_and_prefetch_paths_from_the_environment() {
+    let s = ok(
+        "nats:\n  urls: [nats://127.0.0.1:4222]\n  auth:\n    token_file: secrets/token\n",
+        &[
+            // The variable replaces the file's value only for the key it names: token_file stays, so the two
+            // sources clash below; here the file gives none.
+            ("RUNE_WEBHOOK__GENERIC__HMAC_SECRET_REF", "ssm:/rune/hooks/generic"),
+            ("RUNE_SSM__SECRETS_PREFETCH", "/rune/prod/, /rune/hooks"),
+        ],
+    );
+    let [r] = s.references.as_slice() else { panic!("{:?}", s.references) };
+    assert_eq!(
+        (r.field.as_str(), r.reference.to_string()),
+        ("webhook.generic.hmac_secret_ref", "ssm:/rune/hooks/generic".into())
+    );
+    assert_eq!(r.position.env.as_deref(), Some("RUNE_WEBHOOK__GENERIC__HMAC_SECRET_REF"));
+    let paths: Vec<&str> = s.ssm.secrets_prefetch.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["/rune/prod", "/rune/hooks"]);
+    assert_eq!(s.ssm.secrets_prefetch[1].position.env.as_deref(), Some("RUNE_SSM__SECRETS_PREFETCH"));
+
+    // RUNE_NATS__AUTH__TOKEN_REF works like RUNE_NATS__AUTH__TOKEN_FILE: with a file that gives no token…
+    let s = ok("nats:\n  urls: [nats://127.0.0.1:4222]\n", &[("RUNE_NATS__AUTH__TOKEN_REF", "ssm:/rune/nats/token")]);
+    assert_eq!(s.references[0].field, "nats.auth.token_ref");
+    assert!(matches!(s.nats.as_ref().unwrap().auth, NatsAuth::Token { .. }));
+    // …and beside a file that gives one, the two clash, the error naming the variable.
+    let found = errors(
+        "nats:\n  urls: [nats://127.0.0.1:4222]\n  auth:\n    token_file: secrets/token\n",
+        &[("RUNE_NATS__AUTH__TOKEN_REF", "ssm:/rune/nats/token")],
+    );
+    assert!(
+        found.iter().any(|e| e.message.contains("`token_file` and `token_ref` are exclusive")),
+        "{}",
+        lines(&found)
+    );
+    let found = errors("", &[("RUNE_WEBHOOK__GENERIC__BEARER_TOKEN_REF", "ssm:bad")]);
+    assert_eq!(found.len(), 1, "{}", lines(&found));
+    assert!(found[0].to_string().starts_with("env RUNE_WEBHOOK__GENERIC__BEARER_TOKEN_REF: webhook.generic.bearer_token_ref: `ssm:bad` is not a Parameter Store reference"), "{}", found[0]);
+    let s = ok("", &[("RUNE_SSM_SECRETS_PREFETCH", "/rune")]);
+    assert!(s.ssm.secrets_prefetch.is_empty());
+    assert!(s.warnings.iter().any(|w| w.env.as_deref() == Some("RUNE_SSM_SECRETS_PREFETCH")), "{}", lines(&s.warnings));
 }
 
 #[test]
