@@ -20,8 +20,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 rune \
  && useradd --system --uid 10001 --gid rune --home-dir /var/lib/rune --create-home --shell /usr/sbin/nologin rune \
- && mkdir -p /var/lib/rune/ssh \
- && chown rune:rune /var/lib/rune/ssh
+ && mkdir -p /var/lib/rune/ssh /var/lib/rune/audit \
+ && chown rune:rune /var/lib/rune/ssh /var/lib/rune/audit \
+ && chmod 700 /var/lib/rune/audit
 
 COPY --from=build /usr/local/bin/rune /usr/local/bin/rune
 COPY --chmod=0755 deploy/rune-healthcheck.sh /usr/local/bin/rune-healthcheck

@@ -155,6 +155,7 @@ pub struct Settings {
     pub metrics: Metrics,
     pub log: Log,
     pub ssm: Ssm,
+    pub audit: Audit,
     /// Secrets given by reference (`*_ref`): each stands as an empty placeholder until
     /// [`Settings::resolve_secrets`] reads it.
     #[serde(skip)]
@@ -413,6 +414,16 @@ pub struct Results {
     pub jsonl_file: Option<PathBuf>,
     /// Published under `nats.subjects.results_prefix` (only with NATS).
     pub nats: bool,
+}
+
+/// `audit`: the audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    pub enabled: bool,
+    /// The active file (its folder is made, mode 0700, when missing).
+    pub file: PathBuf,
+    pub max_file_size: u64,
+    pub refuse_diagnostics: bool,
 }
 
 /// `ssm`: the SSM transport's timing and the Parameter Store cache.

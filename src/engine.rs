@@ -396,6 +396,7 @@ impl Decision {
             "fingerprint": self.event.fingerprint,
             "status": self.event.status,
             "rule": &*self.rule,
+            "operator": self.operator(),
             "action": self.action,
             "host": self.host,
             "args": self.args,

@@ -7,7 +7,7 @@
 //!                                                               └── suppressed(reason) / deferred / cleared
 //!
 //! rune run ──RunRequest──> orchestrator ──(plugin, host, args)──> mediator ──Invocation──> transport
-//!                           │  validates action + args,             │  builds the runner program,      │ local / ssh
+//!                           │  validates action + args,             │  builds the runner program,      │ local / ssh / ssm
 //!                           │  resolves plugin (registry) and       │  runs it, validates the BPCS      │
 //!                           │  hosts (inventory), fans out          │  output into a RunResult          │
 //!                           └──────────── ResultEnvelope (results) <─┴──────────── RawOutcome <─────────┘
@@ -20,6 +20,8 @@
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
 //! - [`bridge`]: the daemon's core: events → engine → published decisions → bounded runs → published results.
+//! - [`audit`]: the hash-chained audit trail of every decision, dispatch, result and refusal; the orchestrator
+//!   records each run's dispatch before it starts (a remediation the trail cannot record does not run).
 //! - [`metrics`]: Prometheus metrics of the daemon.
 //! - [`event`]: the normalised event every source produces.
 //! - [`rules`]: rule files: loading with every error at once, compiled conditions, index, templates.

@@ -51,26 +51,43 @@ pub struct RunSpec {
 /// than [`Masked::MIN_CHARS`] are not masked (masking `ab` everywhere would garble the output, and hides little).
 /// A plugin that prints a secret transformed (base64, a prefix) is not caught: don't.
 #[derive(Clone, Default)]
-pub struct Masked(Arc<[String]>);
+pub struct Masked {
+    values: Arc<[String]>,
+    /// The secret arguments by name, as their references (`ssm:/path`): what records show in their place.
+    references: Arc<BTreeMap<String, String>>,
+}
 
 impl Masked {
     pub const MIN_CHARS: usize = 4;
     const SHOWN: &str = "<redacted>";
 
-    pub fn new(values: impl IntoIterator<Item = String>) -> Masked {
-        let mut values: Vec<String> = values.into_iter().filter(|v| v.chars().count() >= Self::MIN_CHARS).collect();
+    /// From the secret arguments: (name, reference, value).
+    pub fn new(secrets: impl IntoIterator<Item = (String, String, String)>) -> Masked {
+        let mut values = Vec::new();
+        let mut references = BTreeMap::new();
+        for (name, reference, value) in secrets {
+            references.insert(name, reference);
+            if value.chars().count() >= Self::MIN_CHARS {
+                values.push(value);
+            }
+        }
         // Longest first: a secret that contains another is replaced whole.
         values.sort_unstable_by_key(|v| std::cmp::Reverse(v.len()));
         values.dedup();
-        Masked(values.into())
+        Masked { values: values.into(), references: Arc::new(references) }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.values.is_empty()
+    }
+
+    /// The reference a secret argument was given as; None for other arguments.
+    pub fn reference(&self, name: &str) -> Option<&str> {
+        self.references.get(name).map(String::as_str)
     }
 
     pub fn text(&self, text: &mut String) {
-        for value in self.0.iter() {
+        for value in self.values.iter() {
             if text.contains(value.as_str()) {
                 *text = text.replace(value.as_str(), Self::SHOWN);
             }
@@ -83,7 +100,7 @@ impl Masked {
             Value::String(s) => self.text(s),
             Value::Array(items) => items.iter_mut().for_each(|v| self.json(v)),
             Value::Object(map) => {
-                let hit = map.keys().any(|k| self.0.iter().any(|v| k.contains(v.as_str())));
+                let hit = map.keys().any(|k| self.values.iter().any(|v| k.contains(v.as_str())));
                 if hit {
                     let entries = std::mem::take(map);
                     for (mut k, v) in entries {
@@ -100,7 +117,7 @@ impl Masked {
 
 impl std::fmt::Debug for Masked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Masked({} values)", self.0.len())
+        write!(f, "Masked({} values)", self.values.len())
     }
 }
 
@@ -321,6 +338,12 @@ pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
     finish(spec, started, verdict, raw)
 }
 
+/// The envelope of a run that was not started for `why` (`precondition_failed`): the audit trail refused it.
+pub fn not_run(spec: &RunSpec, why: String) -> ResultEnvelope {
+    let verdict = Verdict { status: Status::PreconditionFailed, output: None, error: Some(why) };
+    finish(spec, Started::now(), verdict, RawOutcome::default())
+}
+
 /// When a run started, for its envelope.
 #[derive(Debug, Clone, Copy)]
 pub struct Started {
@@ -537,7 +560,11 @@ mod tests {
 
     #[test]
     fn masked_values_are_replaced_in_strings_and_keys_longest_first_and_short_ones_are_left() {
-        let masked = Masked::new(["hunter2".to_owned(), "hunter2-extended".to_owned(), "ab".to_owned()]);
+        let masked = Masked::new(
+            [("a", "hunter2"), ("b", "hunter2-extended"), ("c", "ab")]
+                .map(|(n, v)| (n.to_owned(), format!("ssm:/{n}"), v.to_owned())),
+        );
+        assert_eq!(masked.reference("b"), Some("ssm:/b"));
         assert_eq!(format!("{masked:?}"), "Masked(2 values)", "Debug shows no value");
         let mut text = "pw=hunter2-extended and hunter2; ab stays".to_owned();
         masked.text(&mut text);

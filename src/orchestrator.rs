@@ -9,12 +9,13 @@ use regex::Regex;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::audit::Auditor;
 use crate::bpcs::{self, RawArg};
 use crate::inventory::Host;
 use crate::inventory::{Inventory, TransportKind};
 use crate::mediator::{self, Masked, RunSpec};
 use crate::plugins::{MAX_TIMEOUT_SECS, Registry};
-use crate::results::ResultEnvelope;
+use crate::results::{ResultEnvelope, Status};
 use crate::secrets::{ParameterStore, SecretRef};
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshTransport;
@@ -74,6 +75,9 @@ pub struct Orchestrator {
     ssh: SshTransport,
     ssm: SsmTransport,
     secrets: ParameterStore,
+    /// Writes the dispatch record before each run (and refuses runs the trail cannot record) and the result
+    /// record after it. None: runs are not audited.
+    audit: Option<Auditor>,
     /// Hosts whose stale run dirs the first run from this orchestrator sweeps; later runs skip the scan,
     /// whose cost grows with the number of run dirs on the host.
     swept: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -88,8 +92,18 @@ impl Orchestrator {
             ssh,
             ssm: SsmTransport::default(),
             secrets: ParameterStore::default(),
+            audit: None,
             swept: Arc::default(),
         }
+    }
+
+    /// This orchestrator recording every run in the audit trail.
+    pub fn with_audit(self, audit: Auditor) -> Orchestrator {
+        Orchestrator { audit: Some(audit), ..self }
+    }
+
+    pub fn audit(&self) -> Option<&Auditor> {
+        self.audit.as_ref()
     }
 
     /// This orchestrator with `ssm` as its SSM transport (settings, or a fixed client in tests).
@@ -221,10 +235,13 @@ impl Orchestrator {
         let (Some(plugin), Some(args), true) = (plugin, args, problems.is_empty()) else {
             return Err(Refused(problems));
         };
-        let masked = Masked::new(request.secrets.keys().filter_map(|name| match request.args.get(name) {
-            Some(RawArg::Text(value)) => Some(value.clone()),
-            Some(RawArg::Json(Value::String(value))) => Some(value.clone()),
-            _ => None,
+        let masked = Masked::new(request.secrets.iter().filter_map(|(name, reference)| {
+            let value = match request.args.get(name) {
+                Some(RawArg::Text(value)) => value.clone(),
+                Some(RawArg::Json(Value::String(value))) => value.clone(),
+                _ => return None,
+            };
+            Some((name.clone(), reference.to_string(), value))
         }));
         let args = Arc::new(args);
         let trigger = Arc::new(request.trigger.clone());
@@ -290,14 +307,14 @@ impl Orchestrator {
             let mut specs = specs.into_iter().peekable();
             while specs.peek().is_some() {
                 let chunk: Vec<RunSpec> = specs.by_ref().take(ssm::MAX_FAN_OUT).collect();
-                let (tx, limit, ssm) = (tx.clone(), limit.clone(), self.ssm.clone());
+                let (tx, limit, ssm, audit) = (tx.clone(), limit.clone(), self.ssm.clone(), self.audit.clone());
                 // Unique (the tag), so an unclear SendCommand failure can be looked up by it.
                 let tag = uuid::Uuid::new_v4().simple().to_string();
                 let comment = format!("rune fan-out {} x{} {}", &tag[..12], chunk.len(), plan.correlation_id);
                 tokio::spawn(async move {
                     let permits = u32::try_from(chunk.len().min(parallel)).unwrap_or(u32::MAX);
                     let Ok(_permits) = limit.acquire_many_owned(permits).await else { return };
-                    for envelope in fan_out(&ssm, &chunk, parallel, &comment).await {
+                    for envelope in fan_out(&ssm, audit.as_ref(), &chunk, parallel, &comment).await {
                         let _ = tx.send(envelope).await;
                     }
                 });
@@ -307,9 +324,20 @@ impl Orchestrator {
             let tx = tx.clone();
             let limit = limit.clone();
             let transport = self.transport(spec.host.transport);
+            let audit = self.audit.clone();
             tokio::spawn(async move {
                 let Ok(_permit) = limit.acquire_owned().await else { return };
-                let envelope = mediator::run(&spec, transport.as_ref()).await;
+                let admitted = match &audit {
+                    Some(a) => a.before_run(&spec).await,
+                    None => Ok(()),
+                };
+                let envelope = match admitted {
+                    Ok(()) => mediator::run(&spec, transport.as_ref()).await,
+                    Err(why) => mediator::not_run(&spec, why),
+                };
+                if let Some(a) = &audit {
+                    a.after_run(&spec, &envelope).await;
+                }
                 let _ = tx.send(envelope).await;
             });
         }
@@ -327,14 +355,31 @@ impl Orchestrator {
     }
 }
 
-/// One SendCommand for several SSM hosts; an envelope per host, in the chunk's order.
-async fn fan_out(ssm: &SsmTransport, specs: &[RunSpec], parallel: usize, comment: &str) -> Vec<ResultEnvelope> {
+/// One SendCommand for several SSM hosts; an envelope per host, in the chunk's order. Each host's dispatch is
+/// recorded first; a host the trail refuses is left out of the command.
+async fn fan_out(
+    ssm: &SsmTransport,
+    audit: Option<&Auditor>,
+    specs: &[RunSpec],
+    parallel: usize,
+    comment: &str,
+) -> Vec<ResultEnvelope> {
     let started = mediator::Started::now();
-    let prepared: Vec<Result<Invocation, mediator::Verdict>> = specs.iter().map(mediator::prepare).collect();
+    let mut prepared: Vec<Result<Invocation, mediator::Verdict>> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let admitted = match audit {
+            Some(a) => a.before_run(spec).await,
+            None => Ok(()),
+        };
+        prepared.push(match admitted {
+            Ok(()) => mediator::prepare(spec),
+            Err(why) => Err(mediator::Verdict { status: Status::PreconditionFailed, output: None, error: Some(why) }),
+        });
+    }
     let runs: Vec<(&Host, &Invocation)> =
         specs.iter().zip(&prepared).filter_map(|(spec, p)| p.as_ref().ok().map(|i| (spec.host.as_ref(), i))).collect();
     let mut outcomes = ssm.execute_many(&runs, parallel, comment).await.into_iter();
-    specs
+    let envelopes: Vec<ResultEnvelope> = specs
         .iter()
         .zip(prepared)
         .map(|(spec, p)| {
@@ -349,5 +394,11 @@ async fn fan_out(ssm: &SsmTransport, specs: &[RunSpec], parallel: usize, comment
             };
             mediator::finish(spec, started, verdict, raw)
         })
-        .collect()
+        .collect();
+    if let Some(a) = audit {
+        for (spec, envelope) in specs.iter().zip(&envelopes) {
+            a.after_run(spec, envelope).await;
+        }
+    }
+    envelopes
 }

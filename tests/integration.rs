@@ -2,6 +2,7 @@
 //! transport, and the KV gates against a real nats-server (`support::nats`, tests in `nats_kv`). One binary: every
 //! test starts the servers it needs and they die with it (Drop).
 
+mod audit;
 mod bridge_nats;
 mod bridge_ssh;
 mod cli_config;

@@ -14,11 +14,14 @@
 //! storm rates). A failed write is cut back off the file, so the chain on disk stays whole; the records of that
 //! batch get the error.
 
+pub mod records;
 pub mod verify;
+
+pub use records::Auditor;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +81,8 @@ struct Job {
     kind: &'static str,
     fields: Map<String, Value>,
     done: Option<oneshot::Sender<Result<Receipt, AuditError>>>,
+    /// The last record: the writer ends after it (and lets go of the trail's lock before answering).
+    last: bool,
 }
 
 /// A handle on the trail's writer; clones share it. The writer ends when the last handle is dropped, after
@@ -119,7 +124,9 @@ impl AuditLog {
             .map_err(|e| io_error(&options.path, "cannot start the writer thread", &e))?;
         let log = AuditLog { tx, path, stats };
         // Queued first, so it is the first record of this process.
-        log.tx.try_send(Job { kind: "start", fields: start, done: None }).map_err(|_| AuditError::Closed)?;
+        log.tx
+            .try_send(Job { kind: "start", fields: start, done: None, last: false })
+            .map_err(|_| AuditError::Closed)?;
         Ok(log)
     }
 
@@ -130,17 +137,27 @@ impl AuditLog {
     /// Appends a record and waits until it is on disk.
     pub async fn append(&self, kind: &'static str, fields: Map<String, Value>) -> Result<Receipt, AuditError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Job { kind, fields, done: Some(done) }).await.map_err(|_| AuditError::Closed)?;
+        self.tx.send(Job { kind, fields, done: Some(done), last: false }).await.map_err(|_| AuditError::Closed)?;
         wait.await.unwrap_or(Err(AuditError::Closed))
     }
 
     /// Queues a record without waiting for the disk (waits only while the queue is full). A write that then
     /// fails is logged and counted ([`AuditLog::failed`]).
     pub async fn record(&self, kind: &'static str, fields: Map<String, Value>) {
-        if self.tx.send(Job { kind, fields, done: None }).await.is_err() {
+        if self.tx.send(Job { kind, fields, done: None, last: false }).await.is_err() {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(kind, path = %self.path.display(), "audit record lost: the audit writer has stopped");
         }
+    }
+
+    /// Writes a `stop` record, the trail's last from this process, and waits for it: every record queued before
+    /// it is on disk too (first in, first out), and the trail is free for another writer. Later appends get
+    /// [`AuditError::Closed`].
+    pub async fn close(&self, fields: Map<String, Value>) -> Result<Receipt, AuditError> {
+        let (done, wait) = oneshot::channel();
+        let job = Job { kind: "stop", fields, done: Some(done), last: true };
+        self.tx.send(job).await.map_err(|_| AuditError::Closed)?;
+        wait.await.unwrap_or(Err(AuditError::Closed))
     }
 
     /// Records that could not be written since start.
@@ -304,6 +321,8 @@ fn read_head(path: &Path) -> Option<(u64, String)> {
 
 /// The writer thread's state.
 struct Writer {
+    /// `<path>.lock`, locked (flock) while this writer lives: one writer per trail, or the chain would fork.
+    _lock: File,
     path: PathBuf,
     file: File,
     size: u64,
@@ -318,6 +337,32 @@ struct Writer {
 impl Writer {
     fn open(options: &AuditOptions) -> Result<Writer, AuditError> {
         let path = options.path.clone();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io_error(dir, "cannot make the folder", &e))?;
+        }
+        let lock_path = {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".lock");
+            PathBuf::from(name)
+        };
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| io_error(&lock_path, "cannot open", &e))?;
+        // SAFETY: flock(2) on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(AuditError::Io {
+                path: path.display().to_string(),
+                message: "in use by another RUNE process (one writer per trail: give each process its own file)".into(),
+            });
+        }
         let rotated = rotated_files(&path);
         let next_rotation = rotated.last().map_or(1, |(n, _)| n + 1);
         let mut found = Vec::new();
@@ -360,6 +405,7 @@ impl Writer {
             size += 1;
         }
         Ok(Writer {
+            _lock: lock,
             path,
             file,
             size,
@@ -384,18 +430,40 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>, mirror: Option<mpsc::Sender<Arc<str>>>, stats: Arc<Stats>) {
         let mut batch = Vec::with_capacity(64);
         while let Some(job) = rx.blocking_recv() {
+            let mut last = job.last;
             batch.push(job);
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && !last {
                 match rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => {
+                        last = job.last;
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
-            self.write_batch(&mut batch, mirror.as_ref(), &stats);
+            if !last {
+                self.write_batch(&mut batch, mirror.as_ref(), &stats);
+                continue;
+            }
+            let done = batch.last_mut().and_then(|j| j.done.take());
+            let written = self.write_batch(&mut batch, mirror.as_ref(), &stats);
+            let receipt = written.then(|| Receipt { seq: self.seq, hash: self.prev.clone() });
+            let path = self.path.clone();
+            // The lock goes with the writer, before the answer: whoever waited on `close` may reopen the trail.
+            drop(self);
+            drop(rx);
+            if let Some(done) = done {
+                let _ = done.send(receipt.ok_or(AuditError::Io {
+                    path: path.display().to_string(),
+                    message: "the stop record could not be written".into(),
+                }));
+            }
+            return;
         }
     }
 
-    fn write_batch(&mut self, batch: &mut Vec<Job>, mirror: Option<&mpsc::Sender<Arc<str>>>, stats: &Stats) {
+    /// Writes the batch and answers its records; false when it could not be written.
+    fn write_batch(&mut self, batch: &mut Vec<Job>, mirror: Option<&mpsc::Sender<Arc<str>>>, stats: &Stats) -> bool {
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let mut buffer = String::with_capacity(batch.len() * 512);
         let mut lines = Vec::with_capacity(batch.len());
@@ -429,6 +497,7 @@ impl Writer {
                 {
                     tracing::error!(error = %e, "audit trail not rotated; it goes on in the same file");
                 }
+                true
             }
             Err(e) => {
                 let error = io_error(&self.path, "cannot write", &e);
@@ -443,13 +512,17 @@ impl Writer {
                         let _ = done.send(Err(error.clone()));
                     }
                 }
+                false
             }
         }
     }
 
     /// Best effort, no fsync: a head behind the trail after a crash is harmless; one ahead means removed records.
     fn write_head(&self) {
-        let _ = std::fs::write(head_path(&self.path), format!("{} {}\n", self.seq, self.prev));
+        let head = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(head_path(&self.path));
+        if let Ok(mut file) = head {
+            let _ = file.write_all(format!("{} {}\n", self.seq, self.prev).as_bytes());
+        }
     }
 
     fn rotate(&mut self) -> Result<(), AuditError> {

@@ -24,6 +24,7 @@ fn write(path: &Path, n: usize, max_bytes: u64) -> Vec<Receipt> {
         for i in 0..n {
             receipts.push(log.append("dispatch", fields(&format!("web-{i}"))).await.unwrap());
         }
+        log.close(Map::new()).await.unwrap();
         receipts
     })
 }
@@ -43,10 +44,11 @@ fn records_chain_and_verify_and_a_reopened_trail_continues_the_chain() {
     let receipts = write(&path, 3, 1 << 20);
     assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3, 4], "seq 1 is the start record");
     let again = write(&path, 2, 1 << 20);
-    assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), [6, 7]);
+    // 5 is the first process's stop record, 6 the second's start.
+    assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 8]);
     let report = check(&path);
     assert!(report.ok(), "{}", verify::pretty(&report));
-    assert_eq!((report.records, report.first_seq, report.last_seq), (7, Some(1), Some(7)));
+    assert_eq!((report.records, report.first_seq, report.last_seq), (9, Some(1), Some(9)));
     let all = lines(&path);
     let first: Value = serde_json::from_str(&all[0]).unwrap();
     assert_eq!((first["kind"].as_str(), first["prev"].as_str()), (Some("start"), Some(GENESIS)));
@@ -103,7 +105,7 @@ fn rotation_keeps_one_chain_across_files() {
     assert_eq!(files[0], rotated_path(&path, 1));
     let report = check(&path);
     assert!(report.ok(), "{}", verify::pretty(&report));
-    assert_eq!(report.records, 61);
+    assert_eq!(report.records, 62);
     // Without the oldest file the chain is still whole, and says where it starts.
     let report = verify(&files[1..], Some(&path));
     assert!(report.ok(), "{}", verify::pretty(&report));
@@ -113,7 +115,7 @@ fn rotation_keeps_one_chain_across_files() {
     assert!(verify(&gap, Some(&path)).problems.iter().any(|p| p.message.contains("missing")));
     // A restart after rotation goes on from the newest file.
     let more = write(&path, 1, 4096);
-    assert_eq!(more[0].seq, 63);
+    assert_eq!(more[0].seq, 64);
     assert!(check(&path).ok());
 }
 
@@ -128,7 +130,7 @@ fn a_torn_tail_or_a_head_ahead_of_the_trail_is_said_at_start() {
     drop(file);
     write(&path, 1, 1 << 20);
     let all = lines(&path);
-    let start: Value = all.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).nth(3).unwrap();
+    let start: Value = all.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).nth(4).unwrap();
     assert_eq!(start["kind"], "start");
     assert!(start["problems"][0].as_str().unwrap().contains("cut short"), "{start}");
     let report = check(&path);
@@ -143,6 +145,7 @@ fn a_torn_tail_or_a_head_ahead_of_the_trail_is_said_at_start() {
     std::fs::write(&path, kept.concat()).unwrap();
     write(&path, 1, 1 << 20);
     let start: Value = serde_json::from_str(&lines(&path)[2]).unwrap();
+    assert_eq!(start["kind"], "start");
     assert!(start["problems"][0].as_str().unwrap().contains("removed"), "{start}");
 }
 
@@ -159,5 +162,18 @@ fn mirror_gets_every_line_once_on_disk() {
         let result = rx.recv().await.unwrap();
         assert!(start.contains("\"kind\":\"start\""));
         assert_eq!(format!("{result}\n"), lines(&path)[1]);
+    });
+}
+
+#[test]
+fn one_writer_per_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let rt = runtime();
+    rt.block_on(async {
+        let first = AuditLog::open(AuditOptions::new(&path)).unwrap();
+        let second = AuditLog::open(AuditOptions::new(&path)).unwrap_err();
+        assert!(second.to_string().contains("in use by another RUNE process"), "{second}");
+        first.close(Map::new()).await.unwrap();
     });
 }

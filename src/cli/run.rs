@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, OutputFormat, PluginDirs, load_inventory};
+use crate::audit::{AuditLog, AuditOptions, Auditor};
 use crate::bpcs::RawArg;
 use crate::orchestrator::{DEFAULT_PARALLEL, MAX_PARALLEL, Orchestrator, RunRequest};
 use crate::results::{ResultEnvelope, Status};
@@ -60,6 +61,10 @@ pub struct RunArgs {
     /// `ssm` section). Credentials, region and endpoint come from the standard AWS configuration.
     #[arg(long)]
     pub use_ssm: bool,
+    /// Record this run (its dispatch, result or refusal) in this audit trail; a remediation the trail cannot
+    /// record does not run. One process per trail: not the daemon's file.
+    #[arg(long, env = "RUNE_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
 }
 
 /// Parses `30`, `30s`, `5m`, `2h` into a duration.
@@ -149,8 +154,19 @@ fn operator(args: &RunArgs) -> Result<String, String> {
     if valid { Ok(name) } else { Err(format!("operator `{name}` must be 1-64 characters of [A-Za-z0-9._@-]")) }
 }
 
-fn refuse(output: OutputFormat, problems: &[String]) -> i32 {
-    match output {
+/// Says why nothing was run (and records the refusal in the audit trail).
+async fn refuse(args: &RunArgs, audit: Option<&AuditLog>, problems: &[String]) -> i32 {
+    if let Some(log) = audit {
+        let operator = operator(args).unwrap_or_else(|_| "-".into());
+        let mut hosts = args.host.clone();
+        hosts.extend(args.hosts.iter().cloned());
+        hosts.extend(args.group.iter().map(|g| format!("group:{g}")));
+        let record = crate::audit::records::refusal("cli", &operator, &args.action, &hosts, problems);
+        if let Err(e) = log.append("refusal", record).await {
+            eprintln!("rune: the refusal could not be recorded: {e}");
+        }
+    }
+    match args.output {
         OutputFormat::Json => {
             let doc = json!({ "error": "invalid_request", "problems": problems, "ran": false });
             eprintln!("{doc}");
@@ -167,8 +183,28 @@ fn refuse(output: OutputFormat, problems: &[String]) -> i32 {
 
 /// `rune run`.
 pub async fn run(args: RunArgs) -> i32 {
+    let audit = match &args.audit_file {
+        Some(path) => match AuditLog::open(AuditOptions::new(path)) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                eprintln!("rune: {e}; nothing was run");
+                return EXIT_USAGE;
+            }
+        },
+        None => None,
+    };
+    let code = run_audited(&args, audit.as_ref()).await;
+    if let Some(log) = &audit
+        && let Err(e) = log.close(serde_json::Map::new()).await
+    {
+        eprintln!("rune: audit trail: {e}");
+    }
+    code
+}
+
+async fn run_audited(args: &RunArgs, audit: Option<&AuditLog>) -> i32 {
     let mut problems = Vec::new();
-    let mut raw_args = collect_args(&args).unwrap_or_else(|e| {
+    let mut raw_args = collect_args(args).unwrap_or_else(|e| {
         problems.extend(e);
         BTreeMap::new()
     });
@@ -176,7 +212,7 @@ pub async fn run(args: RunArgs) -> i32 {
         problems.extend(e);
         BTreeMap::new()
     });
-    let operator = operator(&args).unwrap_or_else(|e| {
+    let operator = operator(args).unwrap_or_else(|e| {
         problems.push(e);
         String::new()
     });
@@ -194,8 +230,11 @@ pub async fn run(args: RunArgs) -> i32 {
             None
         }
     };
-    let Some(inventory) = inventory else { return refuse(args.output, &problems) };
-    let orchestrator = Orchestrator::new(Arc::new(registry), inventory, SshTransport::default());
+    let Some(inventory) = inventory else { return refuse(args, audit, &problems).await };
+    let mut orchestrator = Orchestrator::new(Arc::new(registry), inventory, SshTransport::default());
+    if let Some(log) = audit {
+        orchestrator = orchestrator.with_audit(Auditor::new(log.clone(), false));
+    }
     let mut hosts = args.host.clone();
     hosts.extend(args.hosts.iter().filter(|h| !h.is_empty()).cloned());
     let mut request = RunRequest {
@@ -213,10 +252,10 @@ pub async fn run(args: RunArgs) -> i32 {
     };
     let plan = match orchestrator.prepare(&mut request).await {
         Ok(plan) if problems.is_empty() => plan,
-        Ok(_) => return refuse(args.output, &problems),
+        Ok(_) => return refuse(args, audit, &problems).await,
         Err(refused) => {
             problems.extend(refused.0);
-            return refuse(args.output, &problems);
+            return refuse(args, audit, &problems).await;
         }
     };
     let total = plan.specs.len();

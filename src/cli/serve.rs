@@ -13,6 +13,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_OK, EXIT_USAGE, load_inventory};
+use crate::audit::records::DecisionAudit;
+use crate::audit::{AuditLog, AuditOptions, Auditor};
 use crate::bridge::{Bridge, BridgeOptions};
 use crate::config::{self, Settings};
 use crate::engine::Engine;
@@ -276,11 +278,35 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     if let Some(locks) = locks {
         engine = engine.with_cluster_locks(locks);
     }
-    let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default())
+    let mut orchestrator = Orchestrator::new(registry, inventory, SshTransport::default())
         .with_ssm(SsmTransport::new(settings.ssm.transport()))
         .with_secrets(secrets);
     // Publishers: JSON Lines (stdout, file) and NATS.
     let mut sinks: Vec<Arc<dyn Publish>> = Vec::new();
+    // The audit trail: each run's dispatch (waited for: a remediation the trail cannot record does not run) and
+    // result, every decision; each record copied to `nats.subjects.audit` when NATS is configured.
+    let audit = match settings.audit.enabled {
+        true => {
+            let mirror = match (&nats, &settings.nats) {
+                (Some(client), Some(n)) => Some(audit_mirror(client.clone(), n.subjects.audit.clone())),
+                _ => None,
+            };
+            let options = AuditOptions {
+                max_bytes: settings.audit.max_file_size,
+                mirror,
+                ..AuditOptions::new(&settings.audit.file)
+            };
+            let log = AuditLog::open(options).map_err(|e| e.to_string())?;
+            tracing::info!(file = %settings.audit.file.display(), "audit trail open");
+            orchestrator = orchestrator.with_audit(Auditor::new(log.clone(), settings.audit.refuse_diagnostics));
+            sinks.push(Arc::new(DecisionAudit(log.clone())));
+            Some(log)
+        }
+        false => {
+            tracing::warn!("audit trail off (audit.enabled: false): runs and decisions are not recorded");
+            None
+        }
+    };
     if settings.results.stdout || settings.results.jsonl_file.is_some() {
         let jsonl = JsonLines::open(settings.results.stdout, settings.results.jsonl_file.as_deref())
             .await
@@ -418,6 +444,13 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     }
     let left = bridge.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    if let Some(audit) = &audit {
+        let mut fields = serde_json::Map::new();
+        fields.insert("in_flight".into(), serde_json::json!(left));
+        if let Err(e) = audit.close(fields).await {
+            tracing::error!(error = %e, "audit trail: the stop record could not be written");
+        }
+    }
     if let Some(client) = nats {
         let _ = client.flush().await;
     }
@@ -425,6 +458,19 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
         tracing::warn!(in_flight = left, "exited with runs still in flight");
     }
     Ok(EXIT_OK)
+}
+
+/// Publishes each audit record's line on `subject` (core NATS, best effort: the file is the record).
+fn audit_mirror(client: async_nats::Client, subject: String) -> tokio::sync::mpsc::Sender<Arc<str>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<str>>(10_000);
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            if let Err(e) = client.publish(subject.clone(), bytes::Bytes::copy_from_slice(line.as_bytes())).await {
+                tracing::warn!(error = %e, "audit record not copied to NATS");
+            }
+        }
+    });
+    tx
 }
 
 /// The subject prefix webhook payloads are published under (`<prefix>.<format>`): the literal head of an

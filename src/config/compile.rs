@@ -8,17 +8,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::model::{
-    ByteSizeConfig, ChatopsConfig, EndpointConfig, JetStreamConfig, LimitsConfig, LogConfig, LogFormatConfig,
-    NatsAuthConfig, NatsConfig, NatsTlsConfig, PathsConfig, ResultsConfig, SettingsConfig, SsmConfig, SubjectsConfig,
-    WebhookConfig, default_hmac_header, parse_byte_size,
+    AuditConfig, ByteSizeConfig, ChatopsConfig, EndpointConfig, JetStreamConfig, LimitsConfig, LogConfig,
+    LogFormatConfig, NatsAuthConfig, NatsConfig, NatsTlsConfig, PathsConfig, ResultsConfig, SettingsConfig, SsmConfig,
+    SubjectsConfig, WebhookConfig, default_hmac_header, parse_byte_size,
 };
 use super::resolve::{Hook, Position, PrefetchPath, SecretReference, SecretSlot};
 use super::secret::{self, Secret};
 use super::source::{Layers, is_within};
 use super::{
-    AlertsStream, Chatops, ClientCert, ConfigError, Consumer, EndpointAuth, JetStream, Kv, Limits, Log, LogFormat,
-    Metrics, Nats, NatsAuth, NatsTls, Origin, Paths, Reconnect, Results, ResultsStream, Settings, Ssm, Subjects,
-    Webhook,
+    AlertsStream, Audit, Chatops, ClientCert, ConfigError, Consumer, EndpointAuth, JetStream, Kv, Limits, Log,
+    LogFormat, Metrics, Nats, NatsAuth, NatsTls, Origin, Paths, Reconnect, Results, ResultsStream, Settings, Ssm,
+    Subjects, Webhook,
 };
 use crate::rules::matcher::SubjectPattern;
 use crate::secrets::SecretRef;
@@ -46,6 +46,7 @@ pub fn compile(raw: SettingsConfig, layers: &Layers, pruned: &[String], env: &[(
     let results = c.results(raw.results, embedded);
     let log = c.log(raw.log);
     let ssm = c.ssm(raw.ssm);
+    let audit = c.audit(raw.audit);
     let settings = (|| {
         Some(Settings {
             nats: nats?,
@@ -57,6 +58,7 @@ pub fn compile(raw: SettingsConfig, layers: &Layers, pruned: &[String], env: &[(
             metrics: Metrics { enabled: raw.metrics.enabled },
             log: log?,
             ssm: ssm?,
+            audit: audit?,
             references: Vec::new(),
             origin: Origin::default(),
             warnings: Vec::new(),
@@ -879,6 +881,20 @@ impl Compiler<'_> {
             self.warn("results", "results go nowhere: stdout, jsonl_file and nats are all off");
         }
         Some(Results { stdout, jsonl_file, nats })
+    }
+
+    fn audit(&mut self, raw: AuditConfig) -> Option<Audit> {
+        let max_file_size = self.size("audit.max_file_size", &raw.max_file_size, 64 * 1024, u64::MAX >> 1);
+        let file = self.path("audit.file", raw.file);
+        if raw.enabled && file.is_dir() {
+            self.error("audit.file", format!("`{}` is a folder", file.display()));
+        }
+        Some(Audit {
+            enabled: raw.enabled,
+            file,
+            max_file_size: max_file_size?,
+            refuse_diagnostics: raw.refuse_diagnostics,
+        })
     }
 
     fn ssm(&mut self, raw: SsmConfig) -> Option<Ssm> {

@@ -33,6 +33,31 @@ pub struct SettingsConfig {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub ssm: SsmConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit trail (docs/security.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// The active file; relative to the settings file's folder (the working directory without a file).
+    pub file: PathBuf,
+    /// The active file is rotated once it reaches this size.
+    pub max_file_size: ByteSizeConfig,
+    /// When the trail cannot be written, diagnostics are refused too (remediations always are).
+    pub refuse_diagnostics: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            file: PathBuf::from("rune-audit.jsonl"),
+            max_file_size: ByteSizeConfig::Bytes(100 * 1024 * 1024),
+            refuse_diagnostics: false,
+        }
+    }
 }
 
 /// The SSM transport and Parameter Store secrets (durations as strings).

@@ -21,6 +21,8 @@ fn repo() -> PathBuf {
 /// A running `rune serve`; killed on drop. Its stdout lines (JSON records) arrive on `lines`.
 struct Serve {
     child: Child,
+    /// Its own audit trail (one writer per trail; every instance here starts in the repo).
+    _audit: tempfile::TempDir,
     port: u16,
     lines: mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
@@ -29,9 +31,11 @@ struct Serve {
 impl Serve {
     fn start(config: Option<&Path>, extra_env: &[(&str, String)]) -> Serve {
         let port = free_port();
+        let audit = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rune"));
         cmd.arg("serve")
             .current_dir(repo())
+            .env("RUNE_AUDIT__FILE", audit.path().join("rune-audit.jsonl"))
             .env_remove("RUNE_CONFIG")
             .env("RUNE_WEBHOOK__LISTEN", format!("127.0.0.1:{port}"))
             .env("RUNE_LOG", "info")
@@ -65,7 +69,7 @@ impl Serve {
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push('\n');
             }
         });
-        let s = Serve { child, port, lines, stderr: stderr_text };
+        let s = Serve { child, _audit: audit, port, lines, stderr: stderr_text };
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             panic!("rune serve did not start:\n{}", s.stderr());
         }
@@ -113,7 +117,26 @@ impl Serve {
     }
 
     /// SIGTERM, then the exit code.
+    /// The records of its audit trail so far.
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self._audit.path().join("rune-audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGTERM, then its exit code and its audit trail's records.
+    fn terminate_audited(mut self) -> (Option<i32>, Vec<Value>) {
+        let status = self.stop();
+        (status, self.audit())
+    }
+
     fn terminate(mut self) -> Option<i32> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Option<i32> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
@@ -160,7 +183,30 @@ fn embedded_default_handles_a_real_alertmanager_payload_end_to_end() {
     let (status, body) = serve.post("/hooks/alertmanager", br#"{"version":"4","alerts":[{"status":"firing"}]}"#, &[]);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("alerts[0].labels"), "{body}");
-    assert_eq!(serve.terminate(), Some(0));
+    let (code, audit) = serve.terminate_audited();
+    assert_eq!(code, Some(0));
+    // The trail: the admitted decision, the run's dispatch and result, the duplicate; start and stop around them.
+    let kinds: Vec<&str> = audit.iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"start"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"stop"), "{kinds:?}");
+    let of = |kind: &str| audit.iter().filter(|r| r["kind"] == kind).cloned().collect::<Vec<Value>>();
+    let decisions = of("decision");
+    assert_eq!(decisions.len(), 2, "{audit:?}");
+    assert_eq!(
+        (decisions[0]["outcome"].as_str(), decisions[1]["reason"].as_str()),
+        (Some("admitted"), Some("duplicate"))
+    );
+    assert_eq!(decisions[0]["operator"], "rule:critical-gather-logs");
+    let (dispatch, result) = (&of("dispatch")[0], &of("result")[0]);
+    assert_eq!(
+        (dispatch["run_id"].clone(), dispatch["correlation_id"].as_str()),
+        (result["run_id"].clone(), Some("readme-quick-start"))
+    );
+    assert_eq!(
+        (dispatch["source"].as_str(), dispatch["rule"].as_str()),
+        (Some("alertmanager"), Some("critical-gather-logs"))
+    );
+    assert_eq!(result["outcome"], "ok");
 }
 
 #[test]

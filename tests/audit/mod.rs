@@ -1,0 +1,149 @@
+//! The audit trail end to end through the real `rune` binary: CLI runs and refusals recorded and verified, a
+//! tampered trail caught by `rune audit verify`, and a full disk (a real tmpfs) refusing remediations while
+//! diagnostics run, loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{rune, text};
+
+fn plugins() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    format!("{root}/plugins:{root}/tests/fixtures/plugins")
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[test]
+fn cli_runs_and_refusals_are_recorded_and_a_tampered_trail_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("audit.jsonl");
+    let trail_arg = trail.to_str().unwrap();
+    let plugins = plugins();
+    let vars = [("RUNE_PLUGINS_DIR", plugins.as_str())];
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--audit-file", trail_arg, "--output", "json", "--operator", "alice"];
+        all.extend_from_slice(args);
+        rune(&all, dir.path(), &vars)
+    };
+    let out = run(&["echo-args", "--host", "localhost", "--arg", "text=hello"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run(&["echo-args", "--host", "nowhere", "--arg", "text=hello"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let all = records(&trail);
+    let kinds: Vec<&str> = all.iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert_eq!(kinds, ["start", "dispatch", "result", "stop", "start", "refusal", "stop"], "{all:?}");
+    let (dispatch, result, refusal) = (&all[1], &all[2], &all[5]);
+    assert_eq!(dispatch["run_id"], envelope["run_id"]);
+    assert_eq!((dispatch["operator"].as_str(), dispatch["host"].as_str()), (Some("alice"), Some("localhost")));
+    assert_eq!(dispatch["plugin"]["sha256"], envelope["plugin"]["sha256"]);
+    assert_eq!(dispatch["args_sha256"].as_str().map(str::len), Some(64));
+    assert!(!all.iter().any(|r| r.to_string().contains("hello")), "argument values stay out of the trail");
+    assert_eq!(
+        (result["outcome"].as_str(), result["correlation_id"].clone()),
+        (Some("ok"), envelope["correlation_id"].clone())
+    );
+    assert_eq!(refusal["hosts"][0], "nowhere");
+    assert!(refusal["problems"][0].as_str().unwrap_or("").contains("unknown host"), "{refusal}");
+
+    let verify = |expect: i32| {
+        let out = rune(&["audit", "verify", "--file", trail_arg], dir.path(), &[]);
+        assert_eq!(out.status.code(), Some(expect), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(verify(0).contains("intact: 7 record(s)"));
+    let out =
+        rune(&["audit", "query", "--file", trail_arg, "--kind", "result", "--host", "localhost"], dir.path(), &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "{}", text(&out));
+    // Someone turns the result into a success it was not, and removes the refusal.
+    let original = std::fs::read_to_string(&trail).unwrap();
+    let mut lines: Vec<&str> = original.lines().collect();
+    let forged = lines[2].replace("\"outcome\":\"ok\"", "\"outcome\":\"warn\"");
+    lines[2] = &forged;
+    lines.remove(5);
+    std::fs::write(&trail, lines.join("\n") + "\n").unwrap();
+    let report = verify(1);
+    assert!(report.contains(":3 (record 3): its hash does not match"), "{report}");
+    assert!(report.contains(":6 (record 7): records 6..=6 are missing"), "{report}");
+}
+
+/// A tmpfs of 64 KiB mounted for the test, unmounted on drop (also when the test panics).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"]).arg(at).status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "cannot mount a tmpfs at {} ({status:?}): this test needs root (CAP_SYS_ADMIN), as the suite's sshd tests do",
+            at.display()
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    /// Fills the file system: the next write gets ENOSPC.
+    fn fill(&self) -> PathBuf {
+        let filler = self.0.join("filler");
+        let _ = Command::new("sh").arg("-c").arg(format!("cat /dev/zero > {}", filler.display())).status();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_audit_disk_refuses_remediations_and_lets_diagnostics_run_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("audit"));
+    let filler = disk.fill();
+    let trail = disk.0.join("audit.jsonl");
+    let trail_arg = trail.to_str().unwrap();
+    let ledger = dir.path().join("ledger");
+    let plugins = plugins();
+    let vars = [("RUNE_PLUGINS_DIR", plugins.as_str())];
+    let ledger_arg = format!("ledger={}", ledger.display());
+    let remediation = ["run", "mark-fix", "--host", "localhost", "--arg", "n=1", "--arg", &ledger_arg];
+    let mut args = remediation.to_vec();
+    args.extend(["--audit-file", trail_arg, "--output", "json"]);
+    let out = rune(&args, dir.path(), &vars);
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(envelope["status"], "precondition_failed", "{envelope}");
+    assert!(envelope["error"].as_str().unwrap_or("").contains("remediations do not run unaudited"), "{envelope}");
+    assert!(!ledger.exists(), "the remediation ran although it could not be recorded");
+    assert!(
+        text(&out).contains("AUDIT TRAIL UNWRITABLE") || text(&out).contains("audit trail cannot be written"),
+        "{}",
+        text(&out)
+    );
+
+    let out =
+        rune(&["run", "noop", "--host", "localhost", "--audit-file", trail_arg, "--output", "json"], dir.path(), &vars);
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(envelope["status"], "ok", "a diagnostic runs: {envelope}");
+    assert!(text(&out).contains("UNAUDITED"), "and says it ran unaudited: {}", text(&out));
+
+    // Space again: the trail on disk is whole (failed writes were cut back off), and records go on.
+    std::fs::remove_file(&filler).unwrap();
+    let verify = rune(&["audit", "verify", "--file", trail_arg], dir.path(), &[]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    let mut args = remediation.to_vec();
+    args.extend(["--audit-file", trail_arg, "--output", "json"]);
+    let out = rune(&args, dir.path(), &vars);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&ledger).unwrap(), "1\n");
+    let verify = rune(&["audit", "verify", "--file", trail_arg], dir.path(), &[]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    let kinds: Vec<String> = records(&trail).iter().filter_map(|r| r["kind"].as_str().map(str::to_owned)).collect();
+    assert_eq!(kinds, ["start", "dispatch", "result", "stop"], "only the last run's records: {kinds:?}");
+}
