@@ -52,6 +52,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use common::{alertmanager_payload, machine_cpu, mib, own_cpu, percentile, pid_cpu, status_kib};
 use futures::StreamExt;
+use rune::audit::records::DecisionAudit;
+use rune::audit::{AuditLog, AuditOptions, Auditor};
 use rune::bridge::{Bridge, BridgeOptions};
 use rune::engine::Engine;
 use rune::event::Limits;
@@ -62,6 +64,7 @@ use rune::metrics::Metrics;
 use rune::orchestrator::Orchestrator;
 use rune::plugins::Registry;
 use rune::results::nats::{CORRELATION_HEADER, NatsPublisher};
+use rune::results::publish::{Publish, Publishers};
 use rune::sources::nats::{JetStreamIntake, run_core, run_jetstream};
 use rune::transport::ssh::SshTransport;
 use support::nats::NatsServer;
@@ -363,9 +366,29 @@ async fn launch<D: DedupStore>(
     Feed { intake, concurrency }: Feed,
     stop: CancellationToken,
 ) -> Launched {
-    let orchestrator = Orchestrator::new(registry, inventory, SshTransport::default());
+    // The audit trail as `rune serve` keeps it (on by default): a file on this machine's disk, every record
+    // copied to `rune.audit`; the orchestrator records each run's dispatch (waited for) and result, the
+    // publishers every decision.
+    let trail = tempfile::Builder::new().prefix("rune-bench-audit-").tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = trail.path().join("audit.jsonl");
+    let (mirror, mut lines) = tokio::sync::mpsc::channel::<Arc<str>>(10_000);
+    let copier = client.clone();
+    // The folder goes when the trail's writer has ended (it holds the copy channel's sender).
+    tokio::spawn(async move {
+        let _trail = trail;
+        while let Some(line) = lines.recv().await {
+            let _ = copier.publish("rune.audit", bytes::Bytes::copy_from_slice(line.as_bytes())).await;
+        }
+    });
+    let audit = AuditLog::open(AuditOptions { mirror: Some(mirror), ..AuditOptions::new(path) })
+        .unwrap_or_else(|e| panic!("audit trail: {e}"));
+    let orchestrator =
+        Orchestrator::new(registry, inventory, SshTransport::default()).with_audit(Auditor::new(audit.clone(), false));
     // Results and decisions on core NATS (`rune serve` without a results stream, its default).
-    let publisher = Arc::new(NatsPublisher::new(client.clone(), None, "rune.results", "rune.decisions"));
+    let publisher: Arc<dyn Publish> = Arc::new(Publishers(vec![
+        Arc::new(NatsPublisher::new(client.clone(), None, "rune.results", "rune.decisions")),
+        Arc::new(DecisionAudit(audit)),
+    ]));
     let interval = Duration::from_secs(1);
     let bridge = Bridge::new(engine, orchestrator, publisher, Metrics::new(), options);
     bridge.start_deferred_timer();

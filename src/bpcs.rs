@@ -74,6 +74,9 @@ pub struct ArgSpecConfig {
     pub pattern: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// The value is a secret (a password, a token): results, decisions, logs and the audit trail never show it.
+    #[serde(default)]
+    pub secret: bool,
 }
 
 /// The plugin header as written (raw form; see [`crate::plugins`] for the validated one).
@@ -114,6 +117,9 @@ pub struct ArgSpec {
     #[serde(skip)]
     pub pattern_re: Option<Regex>,
     pub description: Option<String>,
+    /// Never shown: results and decision records show `<redacted>` (header `secret: true`; strings only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// A typed argument value.
@@ -482,6 +488,7 @@ mod tests {
             pattern: pattern.map(str::to_owned),
             pattern_re: pattern.map(|p| Regex::new(p).expect("test regex")),
             description: None,
+            secret: false,
         }
     }
 

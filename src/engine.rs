@@ -384,6 +384,19 @@ impl Decision {
     }
 
     /// The decision as published and printed by `rules test --output json`.
+    /// The arguments as records show them: a value the plugin's header declares secret is `<redacted>` (a
+    /// Parameter Store reference is shown: it is not the value).
+    fn shown_args(&self) -> BTreeMap<&str, &str> {
+        let secret = |name: &str| {
+            !self.secrets.contains_key(name)
+                && self.plugin.as_ref().is_some_and(|p| p.args.get(name).is_some_and(|s| s.secret))
+        };
+        self.args
+            .iter()
+            .map(|(k, v)| (k.as_str(), if secret(k) { crate::orchestrator::SECRET_SHOWN } else { v.as_str() }))
+            .collect()
+    }
+
     pub fn to_json(&self) -> Value {
         let decided_at = self.decided_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let mut v = json!({
@@ -399,7 +412,7 @@ impl Decision {
             "operator": self.operator(),
             "action": self.action,
             "host": self.host,
-            "args": self.args,
+            "args": self.shown_args(),
             "dedup_key": self.dedup_key,
             "decision": self.verdict.kind(),
             "gates": self.trace,

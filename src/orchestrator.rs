@@ -30,6 +30,9 @@ pub const DEFAULT_PARALLEL: usize = 32;
 /// Upper bound for `parallel`.
 pub const MAX_PARALLEL: usize = 10_000;
 
+/// What records show in place of a secret argument's value (one declared `secret: true` in the header).
+pub const SECRET_SHOWN: &str = "<redacted>";
+
 /// A request to run one action on some hosts: from the CLI today, from rules and chatops later.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
@@ -235,13 +238,14 @@ impl Orchestrator {
         let (Some(plugin), Some(args), true) = (plugin, args, problems.is_empty()) else {
             return Err(Refused(problems));
         };
-        let masked = Masked::new(request.secrets.iter().filter_map(|(name, reference)| {
-            let value = match request.args.get(name) {
-                Some(RawArg::Text(value)) => value.clone(),
-                Some(RawArg::Json(Value::String(value))) => value.clone(),
-                _ => return None,
+        // Hidden in the results: arguments given as references and arguments the header declares secret.
+        let masked = Masked::new(args.iter().filter_map(|(name, value)| {
+            let reference = match request.secrets.get(name) {
+                Some(r) => r.to_string(),
+                None if plugin.args.get(name).is_some_and(|s| s.secret) => SECRET_SHOWN.to_owned(),
+                None => return None,
             };
-            Some((name.clone(), reference.to_string(), value))
+            Some((name.clone(), reference, value.as_env_string()))
         }));
         let args = Arc::new(args);
         let trigger = Arc::new(request.trigger.clone());

@@ -356,7 +356,15 @@ pub fn load_plugin(path: &Path) -> Result<Plugin, Vec<PluginLoadError>> {
             pattern: raw.pattern,
             pattern_re,
             description: raw.description,
+            secret: raw.secret,
         };
+        if spec.secret && (spec.arg_type != crate::bpcs::ArgType::String || raw.default.is_some()) {
+            errors.push(err(
+                at(&name, 2),
+                None,
+                format!("argument `{name}` is secret: it must be a string without a default (a default is no secret)"),
+            ));
+        }
         if let Some(default) = raw.default {
             match spec.check(&name, &RawArg::Json(default)) {
                 Ok(v) => spec.default = Some(v),

@@ -258,6 +258,17 @@ async fn run_audited(args: &RunArgs, audit: Option<&AuditLog>) -> i32 {
             return refuse(args, audit, &problems).await;
         }
     };
+    // A secret given on the command line shows in `ps` and the shell's history.
+    if let Some(spec) = plan.specs.first() {
+        for name in args.arg.iter().filter_map(|kv| kv.split_once('=')).map(|(k, _)| k) {
+            if spec.plugin.args.get(name).is_some_and(|s| s.secret) && !request.secrets.contains_key(name) {
+                eprintln!(
+                    "warning: argument `{name}` is secret: given with --arg it shows in `ps` and the shell history; \
+                     use --args-json FILE (or -, stdin) or --arg {name}=ssm:/path"
+                );
+            }
+        }
+    }
     let total = plan.specs.len();
     tracing::info!(action = %args.action, hosts = total, correlation_id = %plan.correlation_id, "dispatching");
     let started = Instant::now();

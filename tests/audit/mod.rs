@@ -147,3 +147,55 @@ fn a_full_audit_disk_refuses_remediations_and_lets_diagnostics_run_loudly() {
     let kinds: Vec<String> = records(&trail).iter().filter_map(|r| r["kind"].as_str().map(str::to_owned)).collect();
     assert_eq!(kinds, ["start", "dispatch", "result", "stop"], "only the last run's records: {kinds:?}");
 }
+
+/// A declared-secret argument (`secret: true`) given to a plugin that prints it everywhere: the result, the
+/// logs at debug level and the audit trail never show it; the plugin got it.
+#[test]
+fn a_declared_secret_never_shows_in_results_logs_or_the_trail() {
+    const CANARY: &str = "canary-Zq8v3XkP2m";
+    let dir = tempfile::tempdir().unwrap();
+    let trail = dir.path().join("audit.jsonl");
+    std::fs::write(dir.path().join("args.json"), format!(r#"{{"password": "{CANARY}"}}"#)).unwrap();
+    let plugins = plugins();
+    let vars = [("RUNE_PLUGINS_DIR", plugins.as_str()), ("RUNE_LOG", "debug")];
+    let base = ["run", "leaky-secret", "--host", "localhost", "--output", "json", "--audit-file"];
+    let mut args = base.to_vec();
+    args.extend([trail.to_str().unwrap(), "--args-json", "args.json"]);
+    let out = rune(&args, dir.path(), &vars);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    assert_eq!(envelope["output"]["data"]["password"], "<redacted>", "{envelope}");
+    assert_eq!(envelope["output"]["summary"], "password is <redacted>", "the plugin got the value: {envelope}");
+    assert!(envelope["stderr_tail"].as_str().unwrap_or("").contains("stderr: <redacted>"), "{envelope}");
+    assert!(!all.contains(CANARY), "the secret leaked into the result or the debug log: {all}");
+    let recorded = std::fs::read_to_string(&trail).unwrap();
+    assert!(!recorded.contains(CANARY), "the secret leaked into the audit trail: {recorded}");
+    assert!(!all.contains("is secret: given with --arg"), "no warning for --args-json: {all}");
+
+    // Given on the command line: it runs, is hidden the same, and the operator is told about `ps`.
+    let password = format!("password={CANARY}");
+    let out = rune(
+        &["run", "leaky-secret", "--host", "localhost", "--output", "json", "--arg", &password],
+        dir.path(),
+        &vars,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(CANARY), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("argument `password` is secret"), "{}", text(&out));
+
+    // A plugin header cannot give a secret a default (the default would be in the file for all to read).
+    let bad = dir.path().join("plugins");
+    std::fs::create_dir(&bad).unwrap();
+    let source =
+        std::fs::read_to_string(format!("{}/tests/fixtures/plugins/leaky-secret.sh", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    std::fs::write(
+        bad.join("leaky-secret.sh"),
+        source.replace("#     required: true\n#     secret: true", "#     default: hunter2\n#     secret: true"),
+    )
+    .unwrap();
+    let out = rune(&["plugin-info", "leaky-secret", "--plugins-dir", bad.to_str().unwrap()], dir.path(), &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("is secret: it must be a string without a default"), "{}", text(&out));
+}
