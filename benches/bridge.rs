@@ -8,6 +8,7 @@
 //! - `RUNE_BENCH_RUN_ALERTS=3000`: alerts of the passes in which every admitted alert runs `noop`;
 //! - `RUNE_BENCH_DAEMON_ALERTS=2000`: alerts sent to the real `rune serve` between its two memory readings;
 //! - `RUNE_BENCH_CONCURRENCY=1,32`: consumer concurrencies of the extra storm passes (besides the default 256);
+//! - `RUNE_BENCH_AUDIT=1`: the in-process bridge keeps the audit trail as `rune serve` does (0: without it);
 //! - `RUNE_BENCH_PARTS=latency,ssh,throughput,kv,daemon`: which parts run (`ssh` starts one loopback sshd, root
 //!   only, and adds the SSH passes).
 //!
@@ -382,13 +383,16 @@ async fn launch<D: DedupStore>(
     });
     let audit = AuditLog::open(AuditOptions { mirror: Some(mirror), ..AuditOptions::new(path) })
         .unwrap_or_else(|e| panic!("audit trail: {e}"));
-    let orchestrator =
-        Orchestrator::new(registry, inventory, SshTransport::default()).with_audit(Auditor::new(audit.clone(), false));
+    let audited = env_usize("RUNE_BENCH_AUDIT", 1) != 0;
+    let mut orchestrator = Orchestrator::new(registry, inventory, SshTransport::default());
     // Results and decisions on core NATS (`rune serve` without a results stream, its default).
-    let publisher: Arc<dyn Publish> = Arc::new(Publishers(vec![
-        Arc::new(NatsPublisher::new(client.clone(), None, "rune.results", "rune.decisions")),
-        Arc::new(DecisionAudit(audit)),
-    ]));
+    let mut sinks: Vec<Arc<dyn Publish>> =
+        vec![Arc::new(NatsPublisher::new(client.clone(), None, "rune.results", "rune.decisions"))];
+    if audited {
+        orchestrator = orchestrator.with_audit(Auditor::new(audit.clone(), false));
+        sinks.push(Arc::new(DecisionAudit(audit)));
+    }
+    let publisher: Arc<dyn Publish> = Arc::new(Publishers(sinks));
     let interval = Duration::from_secs(1);
     let bridge = Bridge::new(engine, orchestrator, publisher, Metrics::new(), options);
     bridge.start_deferred_timer();
