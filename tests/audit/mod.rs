@@ -199,3 +199,26 @@ fn a_declared_secret_never_shows_in_results_logs_or_the_trail() {
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("is secret: it must be a string without a default"), "{}", text(&out));
 }
+
+/// A decision record shows `<redacted>` for an argument the plugin declares secret, whatever filled it.
+#[test]
+fn a_declared_secret_is_redacted_in_decision_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("leak.yaml"),
+        "rules:\n  - name: leak\n    match:\n      labels: { alertname: HostDiskFull }\n    target:\n      host: localhost\n    \
+         action: leaky-secret\n    args:\n      password: \"{{ labels.mountpoint }}\"\n      user: \"{{ labels.job }}\"\n",
+    )
+    .unwrap();
+    let event = format!("{}/tests/fixtures/events/alertmanager-critical-disk.json", env!("CARGO_MANIFEST_DIR"));
+    let plugins = plugins();
+    let args = ["rules", "test", "rules", "--plugins-dir", &plugins, "--event", &event, "--output", "json"];
+    let out = rune(&args, dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let decision = &report["events"][0]["decisions"][0];
+    assert_eq!(decision["args"]["password"], "<redacted>", "{decision}");
+    assert_eq!(decision["args"]["user"], "node", "other arguments are shown: {decision}");
+}
