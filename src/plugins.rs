@@ -227,13 +227,19 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     // Read at most one byte past the limit, so a file growing between a size check and the read cannot pass.
     let mut bytes = Vec::new();
     file.take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    check_text(&bytes)?;
+    Ok(bytes)
+}
+
+/// A plugin or helper file must be text: within [`MAX_PLUGIN_BYTES`], without NUL.
+fn check_text(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() as u64 > MAX_PLUGIN_BYTES {
         return Err(format!("file is larger than the limit of {MAX_PLUGIN_BYTES} bytes"));
     }
     if bytes.contains(&0) {
         return Err("file contains a NUL byte: plugins and helpers must be text".into());
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Extracts the YAML header: the lines between the first two `# ---` lines right after the shebang.
@@ -271,13 +277,21 @@ fn extract_header(text: &str) -> Result<(String, u64), (u64, String)> {
 
 /// Loads and validates one plugin file; every problem in the header is reported.
 pub fn load_plugin(path: &Path) -> Result<Plugin, Vec<PluginLoadError>> {
+    let bytes = read_bounded(path)
+        .map_err(|message| vec![PluginLoadError { path: path.to_owned(), line: None, column: None, message }])?;
+    parse_plugin(path, bytes)
+}
+
+/// Validates the contents of the plugin file at `path` (read by the caller); `path` names the file in errors
+/// and its stem must equal the header's `name`.
+pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoadError>> {
     let err = |line: Option<u64>, column: Option<u64>, message: String| PluginLoadError {
         path: path.to_owned(),
         line,
         column,
         message,
     };
-    let bytes = read_bounded(path).map_err(|m| vec![err(None, None, m)])?;
+    check_text(&bytes).map_err(|m| vec![err(None, None, m)])?;
     let text = std::str::from_utf8(&bytes).map_err(|e| vec![err(None, None, format!("not UTF-8: {e}"))])?;
     let (yaml, first_line) = extract_header(text).map_err(|(line, m)| vec![err(Some(line), None, m)])?;
     let options = serde_saphyr::options! { strict_booleans: true };
