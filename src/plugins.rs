@@ -289,7 +289,7 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
         path: path.to_owned(),
         line,
         column,
-        message,
+        message: cut(&message, MESSAGE_CHARS),
     };
     check_text(&bytes).map_err(|m| vec![err(None, None, m)])?;
     let text = std::str::from_utf8(&bytes).map_err(|e| vec![err(None, None, format!("not UTF-8: {e}"))])?;
@@ -314,19 +314,31 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
         errors.push(err(
             at("bpcs", 0),
             None,
-            format!("bpcs: `{}` is not supported (this RUNE speaks {BPCS_VERSION})", header.bpcs),
+            format!("bpcs: `{}` is not supported (this RUNE speaks {BPCS_VERSION})", excerpt(&header.bpcs)),
         ));
     }
     if !NAME_RE.is_match(&header.name) {
-        errors.push(err(at("name", 0), None, format!("name `{}` must match {}", header.name, NAME_RE.as_str())));
+        errors.push(err(
+            at("name", 0),
+            None,
+            format!("name `{}` must match {}", excerpt(&header.name), NAME_RE.as_str()),
+        ));
     }
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     if stem != header.name {
-        errors.push(err(at("name", 0), None, format!("name `{}` must equal the file name `{stem}`", header.name)));
+        errors.push(err(
+            at("name", 0),
+            None,
+            format!("name `{}` must equal the file name `{}`", excerpt(&header.name), excerpt(stem)),
+        ));
     }
     let version = semver::Version::parse(&header.version)
         .map_err(|e| {
-            errors.push(err(at("version", 0), None, format!("version `{}` is not semver: {e}", header.version)))
+            errors.push(err(
+                at("version", 0),
+                None,
+                format!("version `{}` is not semver: {e}", excerpt(&header.version)),
+            ))
         })
         .ok();
     if header.description.trim().is_empty() {
@@ -334,7 +346,7 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
     }
     for tag in &header.tags {
         if !TAG_RE.is_match(tag) {
-            errors.push(err(at("tags", 0), None, format!("tag `{tag}` must match {}", TAG_RE.as_str())));
+            errors.push(err(at("tags", 0), None, format!("tag `{}` must match {}", excerpt(tag), TAG_RE.as_str())));
         }
     }
     if header.timeout == 0 || header.timeout > MAX_TIMEOUT_SECS {
@@ -346,13 +358,21 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
     }
     for cmd in &header.requires {
         if !COMMAND_RE.is_match(cmd) {
-            errors.push(err(at("requires", 0), None, format!("requires: `{cmd}` is not a plain command name")));
+            errors.push(err(
+                at("requires", 0),
+                None,
+                format!("requires: `{}` is not a plain command name", excerpt(cmd)),
+            ));
         }
     }
     let mut args = BTreeMap::new();
     for (name, raw) in header.args {
         if !ARG_NAME_RE.is_match(&name) {
-            errors.push(err(at(&name, 2), None, format!("argument name `{name}` must match {}", ARG_NAME_RE.as_str())));
+            errors.push(err(
+                at(&name, 2),
+                None,
+                format!("argument name `{}` must match {}", excerpt(&name), ARG_NAME_RE.as_str()),
+            ));
             continue;
         }
         let pattern_re = match raw.pattern.as_deref().map(|p| Regex::new(&anchor(p))) {
@@ -401,6 +421,24 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
         sha256,
         source: bytes.into(),
     })
+}
+
+/// The most characters of header text (a name, a command, a value) quoted in a [`PluginLoadError`], and of one
+/// message: the YAML parser quotes unknown fields and variants whole, and a header may be 512 KiB.
+const EXCERPT_CHARS: usize = 80;
+const MESSAGE_CHARS: usize = 1024;
+
+/// Header text for an error message, cut to [`EXCERPT_CHARS`].
+fn excerpt(text: &str) -> String {
+    cut(text, EXCERPT_CHARS)
+}
+
+/// `text` cut to `max` characters, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
+        None => text.to_owned(),
+    }
 }
 
 /// Patterns must match the whole value: always wrapped in `^(?:…)$`, so `^a|b$` cannot match `xb` or `ay`.
@@ -477,5 +515,25 @@ mod tests {
         );
         let errors = load_plugin(&path).expect_err("invalid");
         assert_eq!(errors.len(), 5, "{errors:?}");
+    }
+
+    #[test]
+    fn header_errors_quote_values_in_part() {
+        // Regression (hostile-input fuzzer, tests/corpus/plugin_header/crash-*): an unknown field or variant, a
+        // `requires` entry or a name came back whole, up to the 512 KiB a plugin may have.
+        let long = "x".repeat(100_000);
+        let head = "#!/bin/bash\n# ---\n# bpcs: \"0.1\"\n# version: 1.0.0\n# description: d\n# timeout: 5\n";
+        for extra in [
+            format!("# name: p\n# class: {long}\n"),
+            format!("# name: p\n# class: diagnostic\n# {long}: 1\n"),
+            format!("# name: p\n# class: diagnostic\n# requires: [\"{long};\"]\n"),
+            format!("# name: {long}\n# class: diagnostic\n# tags: [\"{long}\"]\n"),
+        ] {
+            let text = format!("{head}{extra}# ---\n");
+            let errors = parse_plugin(Path::new("p.sh"), text.into_bytes()).expect_err("invalid");
+            for e in errors {
+                assert!(e.to_string().chars().count() < 2048, "an error of {} characters", e.to_string().len());
+            }
+        }
     }
 }
