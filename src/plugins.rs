@@ -1,7 +1,7 @@
 //! The plugin registry: discovers BPCS plugins in directories, parses and validates their headers, keeps
 //! version and sha256, and resolves `name` or `name@version`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
@@ -303,10 +303,12 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
         let message = e.to_string().lines().next().unwrap_or("invalid header").to_owned();
         vec![err(line, column, format!("invalid BPCS header: {message}"))]
     })?;
-    // Semantic problems point at the line of the key they concern (the header's first line if not found).
+    // Semantic problems point at the line of the key they concern (the header's first line if not found). The
+    // lines of the keys are found in one pass: a search per error made a header with 10,000 bad argument names
+    // take seconds (quadratic).
+    let key_lines = key_lines(&yaml);
     let at = |key: &str, indent: usize| -> Option<u64> {
-        let wanted = format!("{}{key}:", " ".repeat(indent));
-        let offset = yaml.lines().position(|l| l.starts_with(&wanted));
+        let offset = key_lines.get(&(indent, key)).copied();
         Some(first_line + offset.unwrap_or(0) as u64)
     };
     let mut errors = Vec::new();
@@ -441,6 +443,21 @@ fn cut(text: &str, max: usize) -> String {
     }
 }
 
+/// The first line (0-based) of each block-mapping key of the header, by (indent, key): `key:` ends a line or
+/// `key: ` starts one.
+fn key_lines(yaml: &str) -> HashMap<(usize, &str), usize> {
+    let mut lines = HashMap::new();
+    for (i, line) in yaml.lines().enumerate() {
+        let rest = line.trim_start_matches(' ');
+        let indent = line.len() - rest.len();
+        let key = rest.find(": ").map_or_else(|| rest.strip_suffix(':'), |end| rest.get(..end));
+        if let Some(key) = key {
+            lines.entry((indent, key)).or_insert(i);
+        }
+    }
+    lines
+}
+
 /// Patterns must match the whole value: always wrapped in `^(?:…)$`, so `^a|b$` cannot match `xb` or `ay`.
 fn anchor(p: &str) -> String {
     format!("^(?:{p})$")
@@ -515,6 +532,16 @@ mod tests {
         );
         let errors = load_plugin(&path).expect_err("invalid");
         assert_eq!(errors.len(), 5, "{errors:?}");
+    }
+
+    #[test]
+    fn argument_errors_point_at_their_lines() {
+        // Regression (hostile-input corpus, generated `10000 invalid arg names`): each error searched the header
+        // for its line, 10,000 errors took seconds. The lines are now found in one pass; same positions.
+        let text = "#!/bin/bash\n# ---\n# bpcs: \"0.1\"\n# name: p\n# version: 1.0.0\n# description: d\n# class: diagnostic\n# args:\n#   Bad: { type: string }\n#   ok: { type: string }\n#   Worse:\n#     type: string\n# ---\n";
+        let errors = parse_plugin(Path::new("p.sh"), text.as_bytes().to_vec()).expect_err("invalid");
+        let lines: Vec<Option<u64>> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(9), Some(11)], "{errors:?}");
     }
 
     #[test]
