@@ -369,13 +369,21 @@ fn input_validator() -> &'static jsonschema::Validator {
     compiled(INPUT_SCHEMA, &CELL)
 }
 
+/// The most characters of one schema error: the validator's messages quote the offending value whole, and a
+/// plugin's value may be as long as its output (a megabyte), which would then fill the result's `error`.
+const SCHEMA_ERROR_CHARS: usize = 300;
+
 fn schema_errors(validator: &jsonschema::Validator, value: &Value) -> Option<String> {
     let errors: Vec<String> = validator
         .iter_errors(value)
         .take(5)
         .map(|e| {
             let path = e.instance_path().to_string();
-            if path.is_empty() { e.to_string() } else { format!("{path}: {e}") }
+            let text = if path.is_empty() { e.to_string() } else { format!("{path}: {e}") };
+            match text.char_indices().nth(SCHEMA_ERROR_CHARS) {
+                Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
+                None => text,
+            }
         })
         .collect();
     if errors.is_empty() { None } else { Some(errors.join("; ")) }
@@ -451,6 +459,19 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(out.status, PluginStatus::Ok);
+    }
+
+    #[test]
+    fn schema_errors_quote_values_only_in_part() {
+        // Regression (hostile-input corpus, tests/corpus/bpcs_output): a megabyte `summary` or `status` came back
+        // whole in the error, and so in the result envelope.
+        for field in ["summary", "status", "x"] {
+            let mut out =
+                serde_json::json!({"bpcs": "0.1", "status": "ok", "summary": "s", "data": {}, "changed": false});
+            out[field] = Value::String("v".repeat(1 << 20));
+            let Err(e) = parse_output(out.to_string().as_bytes()) else { panic!("{field}: a megabyte value passed") };
+            assert!(e.to_string().len() < 2048, "{field}: error of {} bytes", e.to_string().len());
+        }
     }
 
     #[test]

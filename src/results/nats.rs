@@ -35,11 +35,17 @@ pub fn encode_token(text: &str) -> String {
     out
 }
 
-/// The inverse of [`encode_token`] (None for text it could not have produced).
+/// The inverse of [`encode_token`] (None for text it could not have produced: a literal `.`, lowercase or signed
+/// hex, an escaped `a`, an empty token; each subject has one spelling).
 pub fn decode_token(token: &str) -> Option<String> {
     if token == "%00" {
         return Some(String::new());
     }
+    let text = decode_percent(token)?;
+    (encode_token(&text) == token).then_some(text)
+}
+
+fn decode_percent(token: &str) -> Option<String> {
     let bytes = token.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -157,5 +163,14 @@ mod tests {
         assert_eq!(encode_token("web-1.prod"), "web-1%2Eprod");
         assert_eq!(decode_token("%G0"), None);
         assert_eq!(decode_token("%2"), None);
+    }
+
+    #[test]
+    fn only_canonical_tokens_decode() {
+        // Regression (hostile-input corpus, tests/corpus/token): these decoded although encode never makes them.
+        for token in ["", "a.b", "%2e", "%+F", "%61", "web-1%2eprod", "a b", "*", ">"] {
+            assert_eq!(decode_token(token), None, "{token:?}");
+        }
+        assert_eq!(decode_token("web-1%2Eprod").as_deref(), Some("web-1.prod"));
     }
 }

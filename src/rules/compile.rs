@@ -103,7 +103,7 @@ pub fn parse_files(
                 line,
                 column,
                 rule: None,
-                message,
+                message: excerpt(&message, MESSAGE_CHARS),
             })),
         }
     }
@@ -219,7 +219,7 @@ pub fn parse_files(
 
 /// Parses one file; on a shape error, also tries each rule on its own so that one file can report several.
 fn parse_file(text: &str) -> Result<RuleFileConfig, Vec<(u64, u64, String)>> {
-    let options = serde_saphyr::options! { strict_booleans: true };
+    let options = serde_saphyr::options! { strict_booleans: true, budget: yaml_budget() };
     match serde_saphyr::from_str_with_options::<RuleFileConfig>(text, options) {
         Ok(f) => Ok(f),
         Err(e) => {
@@ -254,7 +254,7 @@ fn per_rule_errors(text: &str) -> Vec<(u64, u64, String)> {
         #[serde(default)]
         rules: Vec<Spanned<serde::de::IgnoredAny>>,
     }
-    let options = serde_saphyr::options! { strict_booleans: true };
+    let options = serde_saphyr::options! { strict_booleans: true, budget: yaml_budget() };
     let Ok(outline) = serde_saphyr::from_str_with_options::<Outline>(text, options.clone()) else {
         return Vec::new();
     };
@@ -311,14 +311,28 @@ struct Compiler<'a> {
     rule: Option<String>,
 }
 
+/// The most characters of rule-file text (a name, a template, a value) quoted in a diagnostic.
+const EXCERPT_CHARS: usize = 80;
+/// The most characters of one diagnostic's message, whatever it quotes.
+const MESSAGE_CHARS: usize = 1024;
+
+/// `text` cut to `max` characters (with `…` when cut): a diagnostic quotes file text, and a file may hold a
+/// megabyte-long name or template.
+fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
+        None => text.to_owned(),
+    }
+}
+
 impl Compiler<'_> {
     fn diagnostic(&self, at: Location, message: String) -> RuleDiagnostic {
         RuleDiagnostic {
             file: self.file.to_string(),
             line: at.line(),
             column: at.column(),
-            rule: self.rule.clone(),
-            message,
+            rule: self.rule.as_deref().map(|name| excerpt(name, EXCERPT_CHARS)),
+            message: excerpt(&message, MESSAGE_CHARS),
         }
     }
 
@@ -502,7 +516,7 @@ impl Compiler<'_> {
     /// Adds a template; a syntax error, an unknown variable, filter or test is a load error.
     fn template(&mut self, name: String, source: &Spanned<String>, what: &str) -> bool {
         if let Err(e) = self.templates.add(name.clone(), source.value.clone()) {
-            self.error(source.referenced, format!("{what}: template `{}`: {e}", source.value));
+            self.error(source.referenced, format!("{what}: template `{}`: {e}", excerpt(&source.value, EXCERPT_CHARS)));
             return false;
         }
         let (_, unknown) = self.templates.references(&name);
@@ -511,7 +525,7 @@ impl Compiler<'_> {
                 source.referenced,
                 format!(
                     "{what}: template `{}` uses unknown variable(s) {}; available: {}",
-                    source.value,
+                    excerpt(&source.value, EXCERPT_CHARS),
                     unknown.join(", "),
                     super::template::VARIABLES.join(", ")
                 ),
@@ -519,7 +533,7 @@ impl Compiler<'_> {
             return false;
         }
         if let Err(e) = self.templates.probe(&name, ProbeContext) {
-            self.error(source.referenced, format!("{what}: template `{}`: {e}", source.value));
+            self.error(source.referenced, format!("{what}: template `{}`: {e}", excerpt(&source.value, EXCERPT_CHARS)));
             return false;
         }
         true
@@ -799,6 +813,13 @@ fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
 }
 
+/// The YAML parser's budget, tighter than its default in one place: anchors may retain at most 50,000 events
+/// (default 1,000,000, about 150 MB: a 1.4 KB alias bomb held that much before the parser refused it). No
+/// hand-written configuration file comes near it.
+fn yaml_budget() -> Option<serde_saphyr::Budget> {
+    serde_saphyr::budget! { max_recorded_anchor_events: 50_000 }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1029,6 +1050,24 @@ rules:
         laughs.push_str("rules: [*a11]\n");
         for text in [long_regex.as_str(), huge_rep, deep.as_str(), laughs.as_str(), "rules: 3\n", ": : :\n", "\0"] {
             assert!(compile(&[("h.yaml", text)]).is_err(), "{text:.60}");
+        }
+    }
+
+    #[test]
+    fn diagnostics_quote_long_names_and_templates_in_part() {
+        // Regression (hostile-input corpus, tests/corpus/rules/bad-long-name.yaml and the generated template of
+        // 1 MiB): a 100,000-character name or template came back whole, twice, in a diagnostic.
+        let long_name = format!("rules:\n  - name: {}\n    action: noop\n", "a".repeat(100_000));
+        let long_template = format!(
+            "rules: [{{ name: r, match: {{ labels: {{ a: b }} }}, target: {{ host_from: \"{}\" }}, action: noop }}]\n",
+            "{{ labels.a }}".repeat(10_000)
+        );
+        for text in [long_name, long_template] {
+            let errors = compile(&[("h.yaml", &text)]).err().unwrap_or_default();
+            assert!(!errors.is_empty());
+            for e in errors {
+                assert!(e.to_string().len() < 2048, "a diagnostic of {} bytes", e.to_string().len());
+            }
         }
     }
 }

@@ -13,6 +13,10 @@ use crate::event::{AlertStatus, Event};
 const FUEL: u64 = 20_000;
 /// Longest rendered text accepted (the BPCS argument limit is the same order).
 pub const MAX_RENDERED_BYTES: usize = 4096;
+/// Longest template source. MiniJinja compiles a chain (`a|f|f…`, `1+1+…`, `a.b.c…`) recursively, one stack
+/// frame per link, without a depth limit: a few thousand links overflow a 2 MiB thread stack and abort the
+/// process. 1 KiB holds at most ~500 links, and any template a rule needs.
+pub const MAX_TEMPLATE_BYTES: usize = 1024;
 
 /// Top-level names a template may use.
 pub const VARIABLES: &[&str] = &[
@@ -89,6 +93,12 @@ impl Templates {
 
     /// Compiles `source` under `name`; syntax errors are reported here, at load time.
     pub fn add(&mut self, name: String, source: String) -> Result<(), TemplateError> {
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(TemplateError(format!(
+                "the template is {} bytes, over the limit of {MAX_TEMPLATE_BYTES} bytes",
+                source.len()
+            )));
+        }
         self.env.add_template_owned(name, source).map_err(|e| TemplateError(describe(&e)))
     }
 
@@ -315,6 +325,21 @@ impl Object for ProbeMap {
 mod tests {
     use super::*;
     use crate::event::Source;
+
+    #[test]
+    fn long_chains_are_refused_before_they_overflow_the_stack() {
+        // Regression (hostile-input corpus, tests/corpus/templates/bad-filter-chain-*): a chain of 2,000 filters
+        // overflowed the stack while compiling (a process abort, not an error).
+        for link in ["|upper", "+1", ".a", "[0]", "~1"] {
+            let long = format!("{{{{ labels.x{} }}}}", link.repeat(2000));
+            let e = Templates::new().add("t".into(), long).err().map(|e| e.0).unwrap_or_default();
+            assert!(e.contains("over the limit"), "{link}: {e}");
+            // The longest chain the limit lets through compiles, on a thread with the default stack.
+            let most = format!("{{{{ labels.x{} }}}}", link.repeat((MAX_TEMPLATE_BYTES - 20) / link.len()));
+            let compiled = std::thread::spawn(move || Templates::new().add("t".into(), most).is_ok()).join();
+            assert_eq!(compiled.ok(), Some(true), "{link}");
+        }
+    }
 
     fn event(labels: &[(&str, &str)]) -> Arc<Event> {
         Arc::new(Event {

@@ -326,18 +326,21 @@ pub(crate) fn quote(text: &str) -> String {
 }
 
 /// Text that may hold payload bytes (a serde message, a path made of payload keys), made safe for one log line:
-/// control characters escaped, cut to `max` characters.
+/// control characters escaped, cut to `max` characters of the result (escapes count: `\u{7f}` is six).
 fn printable(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max));
-    for (count, c) in text.chars().enumerate() {
-        if count == max {
+    let mut count = 0;
+    for c in text.chars() {
+        let escaped = c.is_control().then(|| c.escape_default());
+        let width = escaped.clone().map_or(1, Iterator::count);
+        if count + width > max {
             out.push('…');
             break;
         }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
+        count += width;
+        match escaped {
+            Some(e) => out.extend(e),
+            None => out.push(c),
         }
     }
     out
@@ -649,8 +652,12 @@ mod tests {
     fn quote_and_printable_cut_and_escape() {
         assert_eq!(quote("a\nb"), "\"a\\nb\"");
         assert_eq!(quote(&"é".repeat(100)), format!("{:?}…", "é".repeat(QUOTE_CHARS)));
-        assert_eq!(printable("a\u{0}b\u{1b}", 10), "a\\u{0}b\\u{1b}");
+        assert_eq!(printable("a\u{0}b\u{1b}", 13), "a\\u{0}b\\u{1b}");
         assert_eq!(printable("abcdef", 3), "abc…");
+        // Regression (hostile-input fuzzer, tests/corpus/generic/crash-*): escapes count toward the cut, so 512
+        // characters of DEL no longer make 3 KB of `\u{7f}`.
+        assert_eq!(printable("a\u{0}b\u{1b}", 10), "a\\u{0}b…");
+        assert_eq!(printable(&"\u{7f}".repeat(1000), 512).chars().count(), 511);
     }
 
     #[test]

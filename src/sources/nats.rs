@@ -32,7 +32,10 @@ pub fn format_for(subject: &str, headers: Option<&HeaderMap>) -> Result<Source, 
             "alertmanager" => Ok(Source::Alertmanager),
             "grafana" => Ok(Source::Grafana),
             "generic" => Ok(Source::Generic),
-            other => Err(format!("header {FORMAT_HEADER}: unknown format `{other}` (alertmanager, grafana, generic)")),
+            other => Err(format!(
+                "header {FORMAT_HEADER}: unknown format {} (alertmanager, grafana, generic)",
+                crate::sources::quote(other)
+            )),
         };
     }
     for token in subject.split('.') {
@@ -453,6 +456,11 @@ mod tests {
         let mut bad = HeaderMap::new();
         bad.insert(FORMAT_HEADER, "chatops");
         assert!(format_for("rune.alerts", Some(&bad)).is_err());
+        // Regression (hostile-input property tests): the header's value came back whole in the error (and so in
+        // the dead-letter record and the log line).
+        let mut long = HeaderMap::new();
+        long.insert(FORMAT_HEADER, "x".repeat(100_000).as_str());
+        assert!(format_for("rune.alerts", Some(&long)).err().unwrap_or_default().len() < 200);
     }
 
     #[test]

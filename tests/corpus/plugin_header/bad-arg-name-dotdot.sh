@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# ---
+# bpcs: "0.1"
+# name: p
+# version: 1.0.0
+# description: d
+# class: diagnostic
+# timeout: 10
+# args:
+#   "..": { type: string }
+# ---
+echo

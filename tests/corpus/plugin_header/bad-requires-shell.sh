@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# ---
+# bpcs: "0.1"
+# name: p
+# version: 1.0.0
+# description: d
+# class: diagnostic
+# timeout: 10
+# requires: ["ls; rm -rf /", "$(id)"]
+# ---
+echo
