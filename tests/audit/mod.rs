@@ -173,6 +173,33 @@ fn a_declared_secret_never_shows_in_results_logs_or_the_trail() {
     assert!(!recorded.contains(CANARY), "the secret leaked into the audit trail: {recorded}");
     assert!(!all.contains("is secret: given with --arg"), "no warning for --args-json: {all}");
 
+    // While the plugin runs, no process on this machine (RUNE, the runner, the plugin) has it in its arguments.
+    std::fs::write(dir.path().join("hold.json"), format!(r#"{{"password": "{CANARY}", "hold": 2}}"#)).unwrap();
+    let binary = env!("CARGO_BIN_EXE_rune");
+    let mut child = Command::new(binary)
+        .args(["run", "leaky-secret", "--host", "localhost", "--output", "json", "--args-json", "hold.json"])
+        .current_dir(dir.path())
+        .env("RUNE_PLUGINS_DIR", &plugins)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut looks = 0;
+    let mut saw_plugin = false;
+    while child.try_wait().unwrap().is_none() {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(!args.contains(CANARY), "a process shows the secret in its arguments: {args}");
+            saw_plugin |= args.contains("plugin.sh") || args.contains("sleep 2");
+        }
+        looks += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(looks > 10 && saw_plugin, "the process table was looked at while the plugin ran ({looks} looks)");
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(CANARY));
+
     // Given on the command line: it runs, is hidden the same, and the operator is told about `ps`.
     let password = format!("password={CANARY}");
     let out = rune(
