@@ -372,15 +372,7 @@ async fn launch<D: DedupStore>(
     // publishers every decision.
     let trail = tempfile::Builder::new().prefix("rune-bench-audit-").tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = trail.path().join("audit.jsonl");
-    let (mirror, mut lines) = tokio::sync::mpsc::channel::<Arc<str>>(10_000);
-    let copier = client.clone();
-    // The folder goes when the trail's writer has ended (it holds the copy channel's sender).
-    tokio::spawn(async move {
-        let _trail = trail;
-        while let Some(line) = lines.recv().await {
-            let _ = copier.publish("rune.audit", bytes::Bytes::copy_from_slice(line.as_bytes())).await;
-        }
-    });
+    let mirror = rune::audit::nats_mirror(client.clone(), "rune.audit".into());
     let audit = AuditLog::open(AuditOptions { mirror: Some(mirror), ..AuditOptions::new(path) })
         .unwrap_or_else(|e| panic!("audit trail: {e}"));
     let audited = env_usize("RUNE_BENCH_AUDIT", 1) != 0;
@@ -424,7 +416,12 @@ async fn launch<D: DedupStore>(
             })
         }
     };
-    let shutdown = Box::new(move |rt: &Runtime| rt.block_on(bridge.shutdown()));
+    // The trail's folder goes with the bridge.
+    let shutdown = Box::new(move |rt: &Runtime| {
+        let left = rt.block_on(bridge.shutdown());
+        drop(trail);
+        left
+    });
     (task, shutdown)
 }
 

@@ -393,7 +393,7 @@ impl Decision {
         };
         self.args
             .iter()
-            .map(|(k, v)| (k.as_str(), if secret(k) { crate::orchestrator::SECRET_SHOWN } else { v.as_str() }))
+            .map(|(k, v)| (k.as_str(), if secret(k) { crate::config::REDACTED } else { v.as_str() }))
             .collect()
     }
 

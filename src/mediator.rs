@@ -59,7 +59,6 @@ pub struct Masked {
 
 impl Masked {
     pub const MIN_CHARS: usize = 4;
-    const SHOWN: &str = "<redacted>";
 
     /// From the secret arguments: (name, reference, value).
     pub fn new(secrets: impl IntoIterator<Item = (String, String, String)>) -> Masked {
@@ -89,7 +88,7 @@ impl Masked {
     pub fn text(&self, text: &mut String) {
         for value in self.values.iter() {
             if text.contains(value.as_str()) {
-                *text = text.replace(value.as_str(), Self::SHOWN);
+                *text = text.replace(value.as_str(), crate::config::REDACTED);
             }
         }
     }
@@ -328,6 +327,13 @@ pub struct Verdict {
     pub error: Option<String>,
 }
 
+impl Verdict {
+    /// A run that was not started for `why` (`precondition_failed`): the audit trail refused it.
+    pub fn not_run(why: String) -> Verdict {
+        Verdict { status: Status::PreconditionFailed, output: None, error: Some(why) }
+    }
+}
+
 /// Runs one spec on its host and returns the envelope. Never fails: every problem becomes a status.
 pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
     let started = Started::now();
@@ -336,12 +342,6 @@ pub async fn run(spec: &RunSpec, transport: &dyn Transport) -> ResultEnvelope {
         Ok(invocation) => judge(spec, transport.execute(&spec.host, &invocation).await),
     };
     finish(spec, started, verdict, raw)
-}
-
-/// The envelope of a run that was not started for `why` (`precondition_failed`): the audit trail refused it.
-pub fn not_run(spec: &RunSpec, why: String) -> ResultEnvelope {
-    let verdict = Verdict { status: Status::PreconditionFailed, output: None, error: Some(why) };
-    finish(spec, Started::now(), verdict, RawOutcome::default())
 }
 
 /// When a run started, for its envelope.

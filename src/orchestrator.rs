@@ -15,7 +15,7 @@ use crate::inventory::Host;
 use crate::inventory::{Inventory, TransportKind};
 use crate::mediator::{self, Masked, RunSpec};
 use crate::plugins::{MAX_TIMEOUT_SECS, Registry};
-use crate::results::{ResultEnvelope, Status};
+use crate::results::ResultEnvelope;
 use crate::secrets::{ParameterStore, SecretRef};
 use crate::transport::local::LocalTransport;
 use crate::transport::ssh::SshTransport;
@@ -29,9 +29,6 @@ static CORRELATION_RE: LazyLock<Regex> =
 pub const DEFAULT_PARALLEL: usize = 32;
 /// Upper bound for `parallel`.
 pub const MAX_PARALLEL: usize = 10_000;
-
-/// What records show in place of a secret argument's value (one declared `secret: true` in the header).
-pub const SECRET_SHOWN: &str = "<redacted>";
 
 /// A request to run one action on some hosts: from the CLI today, from rules and chatops later.
 #[derive(Debug, Clone, Default)]
@@ -242,7 +239,7 @@ impl Orchestrator {
         let masked = Masked::new(args.iter().filter_map(|(name, value)| {
             let reference = match request.secrets.get(name) {
                 Some(r) => r.to_string(),
-                None if plugin.args.get(name).is_some_and(|s| s.secret) => SECRET_SHOWN.to_owned(),
+                None if plugin.args.get(name).is_some_and(|s| s.secret) => crate::config::REDACTED.to_owned(),
                 None => return None,
             };
             Some((name.clone(), reference, value.as_env_string()))
@@ -331,13 +328,9 @@ impl Orchestrator {
             let audit = self.audit.clone();
             tokio::spawn(async move {
                 let Ok(_permit) = limit.acquire_owned().await else { return };
-                let admitted = match &audit {
-                    Some(a) => a.before_run(&spec).await,
-                    None => Ok(()),
-                };
-                let envelope = match admitted {
+                let envelope = match admit(audit.as_ref(), &spec).await {
                     Ok(()) => mediator::run(&spec, transport.as_ref()).await,
-                    Err(why) => mediator::not_run(&spec, why),
+                    Err(verdict) => mediator::finish(&spec, mediator::Started::now(), verdict, RawOutcome::default()),
                 };
                 if let Some(a) = &audit {
                     a.after_run(&spec, &envelope).await;
@@ -359,6 +352,15 @@ impl Orchestrator {
     }
 }
 
+/// The audit trail's word on a run about to start (its dispatch record written): Err with the run's
+/// `precondition_failed` verdict when it must not start. No trail: every run starts.
+async fn admit(audit: Option<&Auditor>, spec: &RunSpec) -> Result<(), mediator::Verdict> {
+    match audit {
+        Some(a) => a.before_run(spec).await.map_err(mediator::Verdict::not_run),
+        None => Ok(()),
+    }
+}
+
 /// One SendCommand for several SSM hosts; an envelope per host, in the chunk's order. Each host's dispatch is
 /// recorded first; a host the trail refuses is left out of the command.
 async fn fan_out(
@@ -371,14 +373,7 @@ async fn fan_out(
     let started = mediator::Started::now();
     let mut prepared: Vec<Result<Invocation, mediator::Verdict>> = Vec::with_capacity(specs.len());
     for spec in specs {
-        let admitted = match audit {
-            Some(a) => a.before_run(spec).await,
-            None => Ok(()),
-        };
-        prepared.push(match admitted {
-            Ok(()) => mediator::prepare(spec),
-            Err(why) => Err(mediator::Verdict { status: Status::PreconditionFailed, output: None, error: Some(why) }),
-        });
+        prepared.push(admit(audit, spec).await.and_then(|()| mediator::prepare(spec)));
     }
     let runs: Vec<(&Host, &Invocation)> =
         specs.iter().zip(&prepared).filter_map(|(spec, p)| p.as_ref().ok().map(|i| (spec.host.as_ref(), i))).collect();

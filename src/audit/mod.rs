@@ -20,7 +20,7 @@ pub mod verify;
 pub use records::Auditor;
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{BufRead, Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,17 +171,34 @@ impl AuditLog {
     }
 }
 
+/// A mirror ([`AuditOptions::mirror`]) that publishes each record's line on `subject` (core NATS, best effort:
+/// the file is the record). Spawns its task on the current runtime; it ends when the trail's writer does.
+pub fn nats_mirror(client: async_nats::Client, subject: String) -> mpsc::Sender<Arc<str>> {
+    let (tx, mut rx) = mpsc::channel::<Arc<str>>(10_000);
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            if let Err(e) = client.publish(subject.clone(), bytes::Bytes::copy_from_slice(line.as_bytes())).await {
+                tracing::warn!(error = %e, "audit record not copied to NATS");
+            }
+        }
+    });
+    tx
+}
+
 /// The rotated file number `n` of `path`: `<path>.000042`.
 pub fn rotated_path(path: &Path, n: u64) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{n:06}"));
-    PathBuf::from(name)
+    sibling(path, &format!(".{n:06}"))
 }
 
 /// `<path>.head`.
 pub fn head_path(path: &Path) -> PathBuf {
+    sibling(path, ".head")
+}
+
+/// `path` with `suffix` added to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".head");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
@@ -250,6 +267,59 @@ pub(crate) fn split_line(line: &str) -> Option<(&str, &str)> {
         .then_some((&line[..at], hash))
 }
 
+/// One line of a trail file as read back.
+pub(crate) enum Line<'a> {
+    /// A whole line, its newline included.
+    Whole(&'a [u8]),
+    /// The file ends without a newline: these bytes.
+    Unterminated(&'a [u8]),
+    /// Longer than [`MAX_LINE_BYTES`]: skipped to its end, never held whole.
+    TooLong,
+}
+
+/// Calls `each` with every line of `file` and its number (from 1), holding at most [`MAX_LINE_BYTES`] + 1
+/// bytes of a line at once.
+pub(crate) fn read_lines(file: &Path, mut each: impl FnMut(u64, Line<'_>)) -> std::io::Result<()> {
+    let mut reader = std::io::BufReader::new(File::open(file)?);
+    let mut bytes = Vec::new();
+    let mut number = 0;
+    loop {
+        bytes.clear();
+        if (&mut reader).take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut bytes)? == 0 {
+            return Ok(());
+        }
+        number += 1;
+        if bytes.last() == Some(&b'\n') {
+            each(number, Line::Whole(&bytes));
+        } else if bytes.len() > MAX_LINE_BYTES {
+            skip_line(&mut reader)?;
+            each(number, Line::TooLong);
+        } else {
+            each(number, Line::Unterminated(&bytes));
+        }
+    }
+}
+
+/// Reads past the end of the current line without keeping it.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        match buffer.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buffer.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
 /// The SHA-256 of a record's hashed part, hex.
 pub(crate) fn hash_of(body: &str) -> String {
     hex::encode(Sha256::digest(body.as_bytes()))
@@ -314,9 +384,19 @@ fn read_tail(path: &Path) -> Result<Tail, AuditError> {
 
 /// `<seq> <hash>` from the head file, if there is one.
 fn read_head(path: &Path) -> Option<(u64, String)> {
-    let text = std::fs::read_to_string(head_path(path)).ok()?;
+    parse_head(&std::fs::read_to_string(head_path(path)).ok()?)
+}
+
+/// The head file's text, `<seq> <hash>`.
+pub(crate) fn parse_head(text: &str) -> Option<(u64, String)> {
     let (seq, hash) = text.trim().split_once(' ')?;
     Some((seq.parse().ok()?, hash.to_owned()))
+}
+
+/// True when the head file names a record past the trail's end (`last`: the seq and hash of its last record):
+/// records were removed from the end.
+pub(crate) fn head_ahead((seq, hash): (u64, &str), last: (u64, Option<&str>)) -> bool {
+    seq > last.0 || (seq == last.0 && Some(hash) != last.1)
 }
 
 /// The writer thread's state.
@@ -344,11 +424,7 @@ impl Writer {
                 .create(dir)
                 .map_err(|e| io_error(dir, "cannot make the folder", &e))?;
         }
-        let lock_path = {
-            let mut name = path.as_os_str().to_owned();
-            name.push(".lock");
-            PathBuf::from(name)
-        };
+        let lock_path = sibling(&path, ".lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -381,7 +457,7 @@ impl Writer {
             ));
         }
         if let Some((seq, hash)) = read_head(&path)
-            && (seq > tail.seq || (seq == tail.seq && Some(&hash) != tail.hash.as_ref()))
+            && head_ahead((seq, &hash), (tail.seq, tail.hash.as_deref()))
         {
             found.push(format!(
                 "the head file names record {seq} ({hash}) but the trail ends at record {}: records were removed \

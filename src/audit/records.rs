@@ -50,17 +50,25 @@ fn who(spec: &RunSpec) -> Map<String, Value> {
     }))
 }
 
-/// The record a run writes before it starts.
-pub fn dispatch(spec: &RunSpec) -> Map<String, Value> {
+/// Who, what and where of a run: the part its dispatch and result records share.
+fn run(spec: &RunSpec) -> Map<String, Value> {
     let mut fields = who(spec);
     fields.extend(object(json!({
         "action": spec.action,
         "plugin": {"name": spec.plugin.name, "version": spec.plugin.version.to_string(), "sha256": spec.plugin.sha256},
-        "class": spec.plugin.class,
-        "args_sha256": args_sha256(&spec.args, |n| spec.masked.reference(n).map(str::to_owned)),
         "host": spec.host.name,
         "transport": spec.host.transport,
         "dry_run": spec.dry_run,
+    })));
+    fields
+}
+
+/// The record a run writes before it starts.
+pub fn dispatch(spec: &RunSpec) -> Map<String, Value> {
+    let mut fields = run(spec);
+    fields.extend(object(json!({
+        "class": spec.plugin.class,
+        "args_sha256": args_sha256(&spec.args, |n| spec.masked.reference(n).map(str::to_owned)),
         "timeout_s": spec.timeout.as_secs(),
     })));
     fields
@@ -68,14 +76,9 @@ pub fn dispatch(spec: &RunSpec) -> Map<String, Value> {
 
 /// The record of a run's result.
 pub fn result(spec: &RunSpec, envelope: &ResultEnvelope) -> Map<String, Value> {
-    let mut fields = who(spec);
+    let mut fields = run(spec);
     let error = envelope.error.as_deref().map(|e| crate::engine::truncate(e, MAX_ERROR_CHARS));
     fields.extend(object(json!({
-        "action": spec.action,
-        "plugin": {"name": spec.plugin.name, "version": spec.plugin.version.to_string(), "sha256": spec.plugin.sha256},
-        "host": spec.host.name,
-        "transport": spec.host.transport,
-        "dry_run": spec.dry_run,
         "outcome": envelope.status,
         "exit_code": envelope.exit_code,
         "duration_ms": envelope.duration_ms,

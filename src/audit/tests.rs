@@ -177,3 +177,18 @@ fn one_writer_per_trail() {
         first.close(Map::new()).await.unwrap();
     });
 }
+
+#[test]
+fn a_line_too_long_to_be_a_record_is_reported_and_skipped_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write(&path, 2, 1 << 20);
+    let mut all = lines(&path);
+    all.insert(2, format!("{}\n", "x".repeat(3 * MAX_LINE_BYTES)));
+    std::fs::write(&path, all.concat()).unwrap();
+    let report = check(&path);
+    assert_eq!(report.problems.len(), 1, "{}", verify::pretty(&report));
+    assert_eq!(report.problems[0].line, 3);
+    assert!(report.problems[0].message.contains("longer than"), "{}", report.problems[0].message);
+    assert_eq!(report.records, 4, "the records after it are read from the next line on");
+}

@@ -2,13 +2,14 @@
 //! before it. Each problem names the file, the line and the record, and what it means (edited, removed,
 //! reordered, cut short).
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{GENESIS, MAX_LINE_BYTES, hash_of, head_path, seq_prev, split_line};
+use super::{
+    GENESIS, Line, MAX_LINE_BYTES, hash_of, head_ahead, head_path, parse_head, read_lines, seq_prev, split_line,
+};
 
 /// One thing wrong in a trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,9 +57,8 @@ pub fn verify(files: &[PathBuf], head: Option<&Path>) -> Report {
     if let Some(active) = head
         && let Ok(text) = std::fs::read_to_string(head_path(active))
     {
-        let named = text.trim().split_once(' ').and_then(|(s, h)| Some((s.parse::<u64>().ok()?, h.to_owned())));
-        match (named, &before) {
-            (Some((seq, hash)), Some((last, last_hash))) if seq > *last || (seq == *last && hash != *last_hash) => {
+        match (parse_head(&text), &before) {
+            (Some((seq, hash)), Some((last, last_hash))) if head_ahead((seq, &hash), (*last, Some(last_hash))) => {
                 report.problems.push(Problem {
                     file: head_path(active),
                     line: 1,
@@ -77,95 +77,82 @@ pub fn verify(files: &[PathBuf], head: Option<&Path>) -> Report {
 }
 
 fn verify_file(file: &Path, before: &mut Option<(u64, String)>, report: &mut Report) {
-    let problem = |report: &mut Report, line: u64, seq: Option<u64>, message: String| {
-        report.problems.push(Problem { file: file.to_owned(), line, seq, message });
-    };
-    let handle = match std::fs::File::open(file) {
-        Ok(f) => f,
-        Err(e) => return problem(report, 0, None, format!("cannot read: {e}")),
-    };
-    let mut reader = std::io::BufReader::new(handle);
-    let mut bytes = Vec::new();
-    let mut number = 0u64;
-    loop {
-        bytes.clear();
-        let read = std::io::Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut bytes);
-        match read {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => return problem(report, number + 1, None, format!("cannot read: {e}")),
-        }
-        number += 1;
-        if bytes.last() != Some(&b'\n') {
-            if bytes.len() > MAX_LINE_BYTES {
-                problem(report, number, None, format!("a line longer than {MAX_LINE_BYTES} bytes: not a record"));
-                // Skip the rest of that line.
-                let mut rest = Vec::new();
-                if reader.read_until(b'\n', &mut rest).is_err() {
-                    return;
-                }
-                continue;
+    let mut last = 0;
+    let read = read_lines(file, |number, line| {
+        last = number;
+        match line {
+            Line::Whole(b"\n") => {
+                // The line a restart ends a cut-short record with, or an inserted blank line: not a record.
             }
-            problem(
+            Line::Whole(bytes) => check_line(file, number, bytes, before, report),
+            Line::TooLong => {
+                problem(report, file, number, None, format!("a line longer than {MAX_LINE_BYTES} bytes: not a record"))
+            }
+            Line::Unterminated(_) => problem(
                 report,
+                file,
                 number,
                 None,
                 "a record cut short (no end of line): the write was interrupted or the file truncated".into(),
-            );
-            continue;
+            ),
         }
-        if bytes == b"\n" {
-            // The line a restart ends a cut-short record with, or an inserted blank line: not a record.
-            continue;
-        }
-        let Ok(text) = std::str::from_utf8(&bytes) else {
-            problem(report, number, None, "not UTF-8: edited or damaged".into());
-            continue;
-        };
-        let record: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(_) => {
-                problem(report, number, None, "not a JSON record: cut short, edited or damaged".into());
-                continue;
-            }
-        };
-        let (Some((seq, prev)), Some((body, stored))) = (seq_prev(&record), split_line(text)) else {
-            problem(report, number, None, "not an audit record (no seq, prev or hash)".into());
-            continue;
-        };
-        report.records += 1;
-        report.first_seq.get_or_insert(seq);
-        let mut wrong = Vec::new();
-        if hash_of(body) != stored {
-            wrong.push("its hash does not match its content: the record was edited".to_owned());
-        }
-        match before.as_ref() {
-            None if prev == GENESIS && seq == 1 => {}
-            None => report.notes.push(format!(
-                "the chain starts at record {seq} ({}), not at the first record: older files were not given or were removed",
-                file.display()
-            )),
-            Some((last, last_hash)) => {
-                if seq <= *last {
-                    wrong.push(format!("record {seq} comes after record {last}: records were reordered or repeated"));
-                } else if seq != last + 1 {
-                    let missing = seq - last - 1;
-                    wrong.push(format!(
-                        "records {}..={} are missing before it: {missing} record(s) removed",
-                        last + 1,
-                        seq - 1
-                    ));
-                }
-                if prev != last_hash && seq == last + 1 {
-                    wrong.push("its link to the record before does not match: that record was replaced".into());
-                }
-            }
-        }
-        if !wrong.is_empty() {
-            problem(report, number, Some(seq), wrong.join("; "));
-        }
-        *before = Some((seq, stored.to_owned()));
+    });
+    if let Err(e) = read {
+        let line = if last == 0 { 0 } else { last + 1 };
+        problem(report, file, line, None, format!("cannot read: {e}"));
     }
+}
+
+fn problem(report: &mut Report, file: &Path, line: u64, seq: Option<u64>, message: String) {
+    report.problems.push(Problem { file: file.to_owned(), line, seq, message });
+}
+
+/// Checks one whole line (`number` in `file`) against the record before.
+fn check_line(file: &Path, number: u64, bytes: &[u8], before: &mut Option<(u64, String)>, report: &mut Report) {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return problem(report, file, number, None, "not UTF-8: edited or damaged".into());
+    };
+    let record: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => {
+            return problem(report, file, number, None, "not a JSON record: cut short, edited or damaged".into());
+        }
+    };
+    let (Some((seq, prev)), Some((body, stored))) = (seq_prev(&record), split_line(text)) else {
+        return problem(report, file, number, None, "not an audit record (no seq, prev or hash)".into());
+    };
+    report.records += 1;
+    report.first_seq.get_or_insert(seq);
+    let mut wrong = Vec::new();
+    if hash_of(body) != stored {
+        wrong.push("its hash does not match its content: the record was edited".to_owned());
+    }
+    match before.as_ref() {
+        None if prev == GENESIS && seq == 1 => {}
+        None => report.notes.push(format!(
+            "the chain starts at record {seq} ({}), not at the first record: older files were not given or were removed",
+            file.display()
+        )),
+        Some((last, last_hash)) => {
+            if seq <= *last {
+                wrong.push(format!("record {seq} comes after record {last}: records were reordered or repeated"));
+            } else if seq != last + 1 {
+                let missing = seq - last - 1;
+                wrong.push(format!(
+                    "records {}..={} are missing before it: {missing} record(s) removed",
+                    last + 1,
+                    seq - 1
+                ));
+            }
+            if prev != last_hash && seq == last + 1 {
+                wrong.push("its link to the record before does not match: that record was replaced".into());
+            }
+        }
+    }
+    if !wrong.is_empty() {
+        problem(report, file, number, Some(seq), wrong.join("; "));
+    }
+    *before = Some((seq, stored.to_owned()));
 }
 
 /// The report as text for people.

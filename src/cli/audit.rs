@@ -1,6 +1,5 @@
 //! `rune audit verify|tail|query`: checks the audit trail's chain, and reads its records with filters.
 
-use std::io::BufRead as _;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -8,7 +7,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use super::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, OutputFormat};
-use crate::audit::{self, MAX_LINE_BYTES, verify};
+use crate::audit::{self, verify};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -166,31 +165,18 @@ fn scan(path: &std::path::Path, filter: &Filter, mut each: impl FnMut(&str, Valu
         return EXIT_USAGE;
     }
     for file in files {
-        let handle = match std::fs::File::open(&file) {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("rune: cannot read {}: {e}", file.display());
-                return EXIT_USAGE;
-            }
-        };
-        let mut reader = std::io::BufReader::new(handle);
-        let mut bytes = Vec::new();
-        loop {
-            bytes.clear();
-            match std::io::Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut bytes) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("rune: cannot read {}: {e}", file.display());
-                    return EXIT_USAGE;
-                }
-            }
-            let Ok(line) = std::str::from_utf8(&bytes) else { continue };
+        let read = audit::read_lines(&file, |_, line| {
+            let (audit::Line::Whole(bytes) | audit::Line::Unterminated(bytes)) = line else { return };
+            let Ok(line) = std::str::from_utf8(bytes) else { return };
             let line = line.trim_end();
-            let Ok(record) = serde_json::from_str::<Value>(line) else { continue };
+            let Ok(record) = serde_json::from_str::<Value>(line) else { return };
             if filter.matches(&record) {
                 each(line, record);
             }
+        });
+        if let Err(e) = read {
+            eprintln!("rune: cannot read {}: {e}", file.display());
+            return EXIT_USAGE;
         }
     }
     EXIT_OK

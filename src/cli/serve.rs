@@ -288,7 +288,7 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     let audit = match settings.audit.enabled {
         true => {
             let mirror = match (&nats, &settings.nats) {
-                (Some(client), Some(n)) => Some(audit_mirror(client.clone(), n.subjects.audit.clone())),
+                (Some(client), Some(n)) => Some(crate::audit::nats_mirror(client.clone(), n.subjects.audit.clone())),
                 _ => None,
             };
             let options = AuditOptions {
@@ -458,19 +458,6 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
         tracing::warn!(in_flight = left, "exited with runs still in flight");
     }
     Ok(EXIT_OK)
-}
-
-/// Publishes each audit record's line on `subject` (core NATS, best effort: the file is the record).
-fn audit_mirror(client: async_nats::Client, subject: String) -> tokio::sync::mpsc::Sender<Arc<str>> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<str>>(10_000);
-    tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            if let Err(e) = client.publish(subject.clone(), bytes::Bytes::copy_from_slice(line.as_bytes())).await {
-                tracing::warn!(error = %e, "audit record not copied to NATS");
-            }
-        }
-    });
-    tx
 }
 
 /// The subject prefix webhook payloads are published under (`<prefix>.<format>`): the literal head of an
