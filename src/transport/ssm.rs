@@ -71,13 +71,42 @@ impl Default for SsmSettings {
 #[derive(Clone, Default)]
 pub struct SsmTransport {
     settings: Arc<SsmSettings>,
-    /// By region (None: the configuration chain's own).
-    clients: Arc<tokio::sync::Mutex<HashMap<Option<String>, Client>>>,
-    /// Used for every region when set (tests, mocks).
-    fixed: Option<Client>,
-    /// S3 clients for output buckets, by the bucket's region.
-    s3_clients: Arc<tokio::sync::Mutex<HashMap<Option<String>, S3Client>>>,
-    fixed_s3: Option<S3Client>,
+    clients: Clients<Client>,
+    /// For output buckets, by the bucket's region.
+    s3_clients: Clients<S3Client>,
+}
+
+/// AWS clients of one service, one per region (None: the configuration chain's own), built on first use; or one
+/// fixed client for every region (tests, mocks). Clones share them.
+#[derive(Clone)]
+struct Clients<C> {
+    by_region: Arc<tokio::sync::Mutex<HashMap<Option<String>, C>>>,
+    fixed: Option<C>,
+}
+
+impl<C> Default for Clients<C> {
+    fn default() -> Self {
+        Clients { by_region: Arc::default(), fixed: None }
+    }
+}
+
+impl<C: Clone> Clients<C> {
+    fn fixed(client: C) -> Clients<C> {
+        Clients { fixed: Some(client), ..Clients::default() }
+    }
+
+    async fn get(&self, region: Option<&str>, build: impl FnOnce(&aws_config::SdkConfig) -> C) -> C {
+        if let Some(c) = &self.fixed {
+            return c.clone();
+        }
+        let mut clients = self.by_region.lock().await;
+        if let Some(c) = clients.get(&region.map(str::to_owned)) {
+            return c.clone();
+        }
+        let client = build(&aws_sdk_config(region).await);
+        clients.insert(region.map(str::to_owned), client.clone());
+        client
+    }
 }
 
 impl std::fmt::Debug for SsmTransport {
@@ -93,41 +122,23 @@ impl SsmTransport {
 
     /// A transport that uses `client` for every host, whatever its region.
     pub fn with_client(settings: SsmSettings, client: Client) -> SsmTransport {
-        SsmTransport { settings: Arc::new(settings), fixed: Some(client), ..SsmTransport::default() }
+        SsmTransport { settings: Arc::new(settings), clients: Clients::fixed(client), ..SsmTransport::default() }
     }
 
     /// Reads output buckets with `client`, whatever their region.
     pub fn with_s3_client(self, client: S3Client) -> SsmTransport {
-        SsmTransport { fixed_s3: Some(client), ..self }
+        SsmTransport { s3_clients: Clients::fixed(client), ..self }
     }
 
     /// The client for `target`'s output bucket; None when it has none.
     async fn s3_client(&self, target: &SsmTarget) -> Option<S3Client> {
         let output = target.output.as_ref()?;
-        if let Some(c) = &self.fixed_s3 {
-            return Some(c.clone());
-        }
-        let region = output.region.clone().or_else(|| target.region.clone());
-        let mut clients = self.s3_clients.lock().await;
-        if let Some(c) = clients.get(&region) {
-            return Some(c.clone());
-        }
-        let client = S3Client::new(&aws_sdk_config(region.as_deref()).await);
-        clients.insert(region, client.clone());
-        Some(client)
+        let region = output.region.as_deref().or(target.region.as_deref());
+        Some(self.s3_clients.get(region, S3Client::new).await)
     }
 
     async fn client(&self, region: Option<&str>) -> Client {
-        if let Some(c) = &self.fixed {
-            return c.clone();
-        }
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&region.map(str::to_owned)) {
-            return c.clone();
-        }
-        let client = Client::new(&aws_sdk_config(region).await);
-        clients.insert(region.map(str::to_owned), client.clone());
-        client
+        self.clients.get(region, Client::new).await
     }
 }
 
