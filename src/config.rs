@@ -47,6 +47,8 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::gate::ratelimit::RateSpec;
+
 pub use resolve::{PrefetchPath, SecretReference};
 pub use secret::{REDACTED, Secret};
 pub use source::{CLI_VARIABLES, EnvOverride};
@@ -355,6 +357,22 @@ pub struct Webhook {
     pub generic: Option<EndpointAuth>,
     /// Publish raw payloads to NATS instead of processing them in-process (only with NATS).
     pub publish_to_nats: bool,
+    /// Requests per source address (an IPv4 address, an IPv6 /64), over every route of the listener.
+    pub rate_limit_per_source: RateSpec,
+    /// Open connections per source address; more are closed at accept.
+    pub max_connections_per_source: NonZeroUsize,
+    /// `None`: plain HTTP.
+    pub tls: Option<WebhookTls>,
+}
+
+/// TLS on the webhook listener (rustls; TLS 1.2 and 1.3). The files are read at start and again whenever they
+/// change (a renewed certificate is served without a restart).
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Set: every client must present a certificate chaining to these CAs (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// How one webhook endpoint authenticates requests.

@@ -53,6 +53,12 @@ struct Inner {
     rules: Gauge<i64, std::sync::atomic::AtomicI64>,
     reloads: Family<ResultLabels, Counter>,
     published_errors: Counter<u64, AtomicU64>,
+    webhook_refused: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 /// The daemon's metrics; clone freely.
@@ -99,6 +105,13 @@ impl Metrics {
         registry.register("rule_reloads", "Rule reloads, by result (ok, refused)", reloads.clone());
         let published_errors = Counter::<u64, AtomicU64>::default();
         registry.register("publish_errors", "Results or decisions a sink refused", published_errors.clone());
+        let webhook_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "webhook_listener_refused",
+            "Connections or requests the webhook listener refused before routing, by reason (too_many_connections, \
+             rate_limited, tls_handshake)",
+            webhook_refused.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -112,6 +125,7 @@ impl Metrics {
                 rules,
                 reloads,
                 published_errors,
+                webhook_refused,
             }),
         }
     }
@@ -158,6 +172,10 @@ impl Metrics {
 
     pub fn publish_error(&self) {
         self.inner.published_errors.inc();
+    }
+
+    pub fn webhook_refused(&self, reason: &'static str) {
+        self.inner.webhook_refused.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
     }
 
     /// The OpenMetrics text exposition.

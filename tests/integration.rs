@@ -15,6 +15,7 @@ mod ssm_endpoint;
 mod ssm_moto;
 mod ssm_transport;
 mod support;
+mod webhook_listener;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -40,6 +40,15 @@ pub async fn main(command: ConfigCommand) -> i32 {
                     loaded = Err(errors);
                 }
             }
+            // The webhook certificate and key are read as `rune serve` reads them: a pair that does not load fails
+            // the check, not the start.
+            if let Ok(settings) = &loaded
+                && let Some(files) = &settings.webhook.tls
+                && let Err(e) = crate::sources::tls::ServerTls::load(files)
+            {
+                let field = "webhook.tls".to_owned();
+                loaded = Err(vec![ConfigError { field, location: None, env: None, message: e.to_string() }]);
+            }
             let (code, out, err) = check(loaded, output);
             print!("{out}");
             eprint!("{err}");

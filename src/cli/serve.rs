@@ -28,9 +28,14 @@ use crate::results::nats::NatsPublisher;
 use crate::results::publish::{JsonLines, Publish, Publishers};
 use crate::rules::matcher::SubjectPattern;
 use crate::secrets::ParameterStore;
-use crate::sources::webhook::{self, EndpointAuth, EventSink, HookAuth, SinkError, WebhookConfig};
+use crate::sources::per_source::PerSource;
+use crate::sources::tls::ServerTls;
+use crate::sources::webhook::{self, EndpointAuth, EventSink, HookAuth, ListenerOptions, SinkError, WebhookConfig};
 use crate::transport::ssh::SshTransport;
 use crate::transport::ssm::SsmTransport;
+
+/// How often the webhook certificate files are checked for a change (a renewed certificate is served from then on).
+const TLS_RELOAD_CHECK: Duration = Duration::from_secs(10);
 
 /// Exit code: the daemon could not start (bad settings, rules, NATS unreachable at start with JetStream…).
 pub const EXIT_START_FAILED: i32 = 3;
@@ -102,6 +107,8 @@ struct Parts {
     nats: Option<async_nats::Client>,
     /// Cluster-wide host leases (JetStream mode).
     locks: Option<KvLocks>,
+    /// The webhook listener's TLS, loaded before anything connects (a bad certificate stops the start).
+    tls: Option<Arc<ServerTls>>,
 }
 
 async fn start(settings: Settings, secrets: ParameterStore) -> Result<i32, String> {
@@ -118,6 +125,10 @@ async fn start(settings: Settings, secrets: ParameterStore) -> Result<i32, Strin
     for w in &rules.warnings {
         tracing::warn!(warning = %w, "rules");
     }
+    let tls = match &settings.webhook.tls {
+        Some(files) => Some(Arc::new(ServerTls::load(files).map_err(|e| format!("webhook.tls: {e}"))?)),
+        None => None,
+    };
     let metrics = Metrics::new();
     let nats = match &settings.nats {
         Some(n) => Some(connect_nats(n, &metrics).await?),
@@ -143,7 +154,7 @@ async fn start(settings: Settings, secrets: ParameterStore) -> Result<i32, Strin
         }
         _ => (None, None),
     };
-    let parts = Parts { settings, secrets, registry, inventory, rules, metrics, nats, locks };
+    let parts = Parts { settings, secrets, registry, inventory, rules, metrics, nats, locks, tls };
     match kv {
         Some(store) => run(parts, store).await,
         None => run(parts, MemoryDedup::default()).await,
@@ -273,7 +284,7 @@ fn endpoint_auth(auth: &Option<config::EndpointAuth>) -> Result<Option<EndpointA
 }
 
 async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
-    let Parts { settings, secrets, registry, inventory, rules, metrics, nats, locks } = parts;
+    let Parts { settings, secrets, registry, inventory, rules, metrics, nats, locks, tls } = parts;
     let mut engine = Engine::with_store(rules, registry.clone(), inventory.clone(), dedup);
     if let Some(locks) = locks {
         engine = engine.with_cluster_locks(locks);
@@ -424,15 +435,20 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     let listener = tokio::net::TcpListener::bind(w.listen).await.map_err(|e| format!("listen on {}: {e}", w.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(listen = %local, nats = nats.is_some(), rules = bridge.engine().rules().rules.len(), "rune serve ready");
-    eprintln!("rune serve: listening on http://{local} (webhooks /hooks/…, /healthz, /readyz, /metrics)");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("rune serve: listening on {scheme}://{local} (webhooks /hooks/…, /healthz, /readyz, /metrics)");
+    if let Some(tls) = &tls {
+        tokio::spawn(Arc::clone(tls).watch(TLS_RELOAD_CHECK, stop.clone()));
+    }
+    let listener_options = ListenerOptions {
+        per_source: PerSource::new(w.rate_limit_per_source, w.max_connections_per_source),
+        tls,
+        metrics: bridge.metrics().clone(),
+        ..ListenerOptions::new(Duration::from_secs(30))
+    };
     let http_stop = stop.clone();
     let http =
-        tokio::spawn(webhook::serve(
-            listener,
-            app,
-            Duration::from_secs(30),
-            async move { http_stop.cancelled().await },
-        ));
+        tokio::spawn(webhook::serve(listener, app, listener_options, async move { http_stop.cancelled().await }));
     wait_for_signal().await;
     tracing::info!("shutting down: intake stopped, draining runs");
     ready.store(false, Ordering::SeqCst);

@@ -3,14 +3,14 @@
 //! with its position before anything is returned.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::model::{
     AuditConfig, ByteSizeConfig, ChatopsConfig, EndpointConfig, JetStreamConfig, LimitsConfig, LogConfig,
-    LogFormatConfig, NatsAuthConfig, NatsConfig, NatsTlsConfig, PathsConfig, ResultsConfig, SettingsConfig, SsmConfig,
-    SubjectsConfig, WebhookConfig, default_hmac_header, parse_byte_size,
+    LogFormatConfig, NatsAuthConfig, NatsConfig, NatsTlsConfig, PathsConfig, ResultsConfig, SettingsConfig,
+    SourceRateConfig, SsmConfig, SubjectsConfig, WebhookConfig, WebhookTlsConfig, default_hmac_header, parse_byte_size,
 };
 use super::resolve::{Hook, Position, PrefetchPath, SecretReference, SecretSlot};
 use super::secret::{self, Secret};
@@ -18,8 +18,9 @@ use super::source::{Layers, is_within};
 use super::{
     AlertsStream, Audit, Chatops, ClientCert, ConfigError, Consumer, EndpointAuth, JetStream, Kv, Limits, Log,
     LogFormat, Metrics, Nats, NatsAuth, NatsTls, Origin, Paths, Reconnect, Results, ResultsStream, Settings, Ssm,
-    Subjects, Webhook,
+    Subjects, Webhook, WebhookTls,
 };
+use crate::gate::ratelimit::RateSpec;
 use crate::rules::matcher::SubjectPattern;
 use crate::secrets::SecretRef;
 
@@ -469,20 +470,8 @@ impl Compiler<'_> {
             (Some(cert), Some(key)) => {
                 let cert = self.existing_file("nats.tls.cert_file", cert);
                 let key = self.existing_file("nats.tls.key_file", key);
-                if let Some(key) = &key
-                    && let Ok(m) = std::fs::metadata(key)
-                {
-                    use std::os::unix::fs::PermissionsExt as _;
-                    let mode = m.permissions().mode() & 0o777;
-                    if mode & 0o077 != 0 {
-                        self.warn(
-                            "nats.tls.key_file",
-                            format!(
-                                "`{}` is readable by group or others (mode {mode:03o}); chmod 600 it",
-                                key.display()
-                            ),
-                        );
-                    }
+                if let Some(key) = &key {
+                    self.private_key_mode("nats.tls.key_file", key);
                 }
                 match (cert, key) {
                     (Some(cert_file), Some(key_file)) => Some(Some(ClientCert { cert_file, key_file })),
@@ -722,6 +711,22 @@ impl Compiler<'_> {
         if raw.publish_to_nats && embedded {
             self.cross_error("webhook.publish_to_nats", &["nats.urls"], "needs NATS: set nats.urls");
         }
+        let rate_limit_per_source = self.source_rate(&raw.per_source.rate_limit);
+        let max_connections_per_source =
+            self.at_least_one("webhook.per_source.max_connections", raw.per_source.max_connections);
+        let tls = match raw.tls {
+            Some(tls) => self.webhook_tls(tls).map(Some),
+            None => {
+                if !loopback {
+                    self.warn(
+                        "webhook.tls",
+                        "the listener is not on loopback and serves plain HTTP: bearer tokens and payloads travel \
+                         in clear unless TLS ends in front of RUNE (set webhook.tls otherwise)",
+                    );
+                }
+                Some(None)
+            }
+        };
         Some(Webhook {
             listen: listen?,
             max_body_bytes: usize::try_from(max_body_bytes?).ok()?,
@@ -730,7 +735,58 @@ impl Compiler<'_> {
             grafana: grafana?,
             generic: generic?,
             publish_to_nats: raw.publish_to_nats,
+            rate_limit_per_source: rate_limit_per_source?,
+            max_connections_per_source: max_connections_per_source?,
+            tls: tls?,
         })
+    }
+
+    fn source_rate(&mut self, raw: &SourceRateConfig) -> Option<RateSpec> {
+        let field = "webhook.per_source.rate_limit";
+        let per = self.duration(&format!("{field}.per"), &raw.per, false);
+        let Some(count) = NonZeroU32::new(raw.count) else {
+            self.error(&format!("{field}.count"), "must be at least 1");
+            return None;
+        };
+        let Some(burst) = NonZeroU32::new(raw.burst.unwrap_or(raw.count)) else {
+            self.error(&format!("{field}.burst"), "must be at least 1");
+            return None;
+        };
+        match RateSpec::new(count, per?, burst) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                self.error(field, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The files must exist now; whether they hold a usable certificate and key is checked by `rune serve` (and
+    /// `rune config check`) when it builds the TLS configuration.
+    fn webhook_tls(&mut self, raw: WebhookTlsConfig) -> Option<WebhookTls> {
+        let cert_file = self.existing_file("webhook.tls.cert_file", raw.cert_file);
+        let key_file = self.existing_file("webhook.tls.key_file", raw.key_file);
+        if let Some(key) = &key_file {
+            self.private_key_mode("webhook.tls.key_file", key);
+        }
+        let client_ca_file = match raw.client_ca_file {
+            Some(p) => Some(self.existing_file("webhook.tls.client_ca_file", p)),
+            None => Some(None),
+        };
+        Some(WebhookTls { cert_file: cert_file?, key_file: key_file?, client_ca_file: client_ca_file? })
+    }
+
+    /// Warns when a private key file is readable by group or others.
+    fn private_key_mode(&mut self, field: &str, key: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Ok(m) = std::fs::metadata(key) else { return };
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            self.warn(
+                field,
+                format!("`{}` is readable by group or others (mode {mode:03o}); chmod 600 it", key.display()),
+            );
+        }
     }
 
     fn endpoint(&mut self, hook: Hook, raw: Option<EndpointConfig>, loopback: bool) -> Option<Option<EndpointAuth>> {

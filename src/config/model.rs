@@ -381,6 +381,48 @@ pub struct WebhookConfig {
     pub grafana: Option<EndpointConfig>,
     pub generic: Option<EndpointConfig>,
     pub publish_to_nats: bool,
+    pub per_source: PerSourceConfig,
+    /// Absent: plain HTTP (terminate TLS in front of RUNE, or set this).
+    pub tls: Option<WebhookTlsConfig>,
+}
+
+/// Limits per source address of the webhook listener (an IPv4 address, an IPv6 /64).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerSourceConfig {
+    pub rate_limit: SourceRateConfig,
+    pub max_connections: u64,
+}
+
+impl Default for PerSourceConfig {
+    fn default() -> Self {
+        PerSourceConfig { rate_limit: SourceRateConfig::default(), max_connections: 64 }
+    }
+}
+
+/// Requests per source: `count` per `per`, bursting up to `burst` (default `count`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceRateConfig {
+    pub count: u32,
+    pub per: String,
+    pub burst: Option<u32>,
+}
+
+impl Default for SourceRateConfig {
+    fn default() -> Self {
+        SourceRateConfig { count: 100, per: "1s".into(), burst: None }
+    }
+}
+
+/// The webhook listener's certificate (PEM), and optionally the CA its clients' certificates must chain to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for WebhookConfig {
@@ -393,6 +435,8 @@ impl Default for WebhookConfig {
             grafana: None,
             generic: None,
             publish_to_nats: false,
+            per_source: PerSourceConfig::default(),
+            tls: None,
         }
     }
 }

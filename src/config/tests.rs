@@ -175,6 +175,41 @@ fn every_validation_error() {
         ("bad listen", "webhook:\n  listen: localhost\n".into(), "webhook.listen", "not a socket address", 2),
         ("bad size", "webhook:\n  max_body_bytes: 1 parsec\n".into(), "webhook.max_body_bytes", "not a size", 2),
         ("tiny body", "webhook:\n  max_body_bytes: 10\n".into(), "webhook.max_body_bytes", "outside", 2),
+        (
+            "zero source rate",
+            "webhook:\n  per_source:\n    rate_limit: { count: 0, per: 1s }\n".into(),
+            "webhook.per_source.rate_limit.count",
+            "at least 1",
+            3,
+        ),
+        (
+            "bad source period",
+            "webhook:\n  per_source:\n    rate_limit: { count: 5, per: often }\n".into(),
+            "webhook.per_source.rate_limit.per",
+            "not a duration",
+            3,
+        ),
+        (
+            "zero source connections",
+            "webhook:\n  per_source:\n    max_connections: 0\n".into(),
+            "webhook.per_source.max_connections",
+            "at least 1",
+            3,
+        ),
+        (
+            "tls without key",
+            "webhook:\n  tls:\n    cert_file: secrets/token\n".into(),
+            "webhook.tls",
+            "missing configuration field \"webhook.tls.key_file\"",
+            2,
+        ),
+        (
+            "tls file missing",
+            "webhook:\n  tls:\n    cert_file: nowhere.crt\n    key_file: secrets/token\n".into(),
+            "webhook.tls.cert_file",
+            "not a readable file",
+            3,
+        ),
         ("zero runs", "limits:\n  max_in_flight_runs: 0\n".into(), "limits.max_in_flight_runs", "at least 1", 2),
         ("no plugin folders", "paths:\n  plugins_dirs: []\n".into(), "paths.plugins_dirs", "at least one", 2),
         (
@@ -1000,4 +1035,28 @@ fn the_example_file_loads() {
     assert!(nats.jetstream.is_some());
     assert!(matches!(s.webhook.alertmanager, Some(EndpointAuth::Bearer { .. })));
     assert!(!s.redacted_json().to_string().contains(CANARY));
+}
+
+#[test]
+fn webhook_per_source_limits_and_tls() {
+    let s = ok("", &[]);
+    assert_eq!(s.webhook.rate_limit_per_source.to_string(), "100 per 1s (burst 100)");
+    assert_eq!(s.webhook.max_connections_per_source.get(), 64);
+    assert!(s.webhook.tls.is_none());
+    let dir = workspace();
+    write_secret(dir.path(), "tls/rune.key", "key");
+    write(dir.path(), "tls/rune.crt", "cert");
+    let text = "webhook:\n  listen: 0.0.0.0:9300\n  per_source:\n    rate_limit: { count: 5, per: 1m }\n    \
+                max_connections: 4\n  tls:\n    cert_file: tls/rune.crt\n    key_file: tls/rune.key\n";
+    let s = load_text(dir.path(), "rune.yaml", text, &[]).unwrap();
+    assert_eq!(s.webhook.rate_limit_per_source.to_string(), "5 per 1m (burst 5)");
+    assert_eq!(s.webhook.max_connections_per_source.get(), 4);
+    let tls = s.webhook.tls.as_ref().unwrap();
+    assert_eq!(tls.cert_file, dir.path().join("tls/rune.crt"), "relative to the file's folder");
+    assert!(tls.client_ca_file.is_none());
+    assert!(s.warnings.iter().all(|w| w.field != "webhook.tls"), "{}", lines(&s.warnings));
+    // Off loopback without TLS: a warning (TLS may end in front of RUNE), not an error.
+    let s = load_text(dir.path(), "rune.yaml", "webhook:\n  listen: 0.0.0.0:9300\n", &[]).unwrap();
+    let warning = s.warnings.iter().find(|w| w.field == "webhook.tls").unwrap();
+    assert!(warning.message.contains("plain HTTP"), "{warning}");
 }

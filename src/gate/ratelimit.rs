@@ -65,6 +65,13 @@ impl RateSpec {
         }
     }
 
+    /// `count` per second (at most 10^9: one permit per nanosecond), bursting up to `burst`. Infallible: a full
+    /// burst refills within about 136 years, far inside what governor can count.
+    pub fn per_second(count: NonZeroU32, burst: NonZeroU32) -> RateSpec {
+        let count = count.min(NonZeroU32::MIN.saturating_add(999_999_999));
+        RateSpec { count, per: Duration::from_secs(1), burst, quota: Quota::per_second(count).allow_burst(burst) }
+    }
+
     pub fn count(&self) -> NonZeroU32 {
         self.count
     }

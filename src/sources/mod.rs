@@ -19,6 +19,8 @@ pub mod chatops;
 pub mod generic;
 pub mod grafana;
 pub mod nats;
+pub mod per_source;
+pub mod tls;
 pub mod webhook;
 
 use std::borrow::Cow;

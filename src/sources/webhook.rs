@@ -11,13 +11,17 @@
 //!
 //! Everything before the body comes from the headers alone, so a request without credentials, with a wrong bearer
 //! token, the wrong type or an oversized length is refused without reading its body (an HMAC signature can only be
-//! checked against the body, once it is read within its bounds). [`router`] gives the routes; [`serve`] runs them on a TCP listener with a header read timeout and a
-//! graceful shutdown. The daemon adds its own routes (health, metrics) with [`axum::Router::merge`].
+//! checked against the body, once it is read within its bounds). [`router`] gives the routes; [`serve`] runs them on a
+//! TCP listener with a header read timeout, per-source limits (connections at accept, requests before routing: 429),
+//! optional TLS and a graceful shutdown. The daemon adds its own routes (health, metrics) with
+//! [`axum::Router::merge`].
 
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +29,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -37,7 +41,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -45,6 +49,10 @@ use tracing::{debug, info, warn};
 use crate::bridge::Bridge;
 use crate::event::{AdapterError, Event, Intake, Limits, Source, is_correlation_id};
 use crate::gate::dedup::DedupStore;
+use crate::gate::ratelimit::{RateLimited, RateSpec};
+use crate::metrics::Metrics;
+use crate::sources::per_source::{ConnectionPermit, PerSource, SourceKey};
+use crate::sources::tls::ServerTls;
 use crate::sources::{parse_with_meta, quote};
 
 /// The header a sender may name the correlation id of its payload in; it wins over any id in the payload.
@@ -210,17 +218,48 @@ pub fn router<S: EventSink>(config: WebhookConfig, sink: Arc<S>) -> Router {
     router.fallback(not_found)
 }
 
-/// Serves `router` on `listener` (HTTP/1.1) until `shutdown` resolves, then stops accepting, lets each connection
-/// finish the request it is in, and returns when all have closed.
+/// How [`serve`] treats connections.
+#[derive(Clone)]
+pub struct ListenerOptions {
+    /// A client gets this long to send each request's headers, to sit idle between requests on a kept-alive
+    /// connection, and to finish a TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Connections and requests per source address.
+    pub per_source: Arc<PerSource>,
+    /// `None`: plain HTTP.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Where refusals by the listener itself (per-source limits, failed handshakes) are counted.
+    pub metrics: Metrics,
+}
+
+impl ListenerOptions {
+    /// Plain HTTP with the default per-source limits of the settings (100 requests per second, 64 connections per
+    /// source).
+    pub fn new(header_read_timeout: Duration) -> ListenerOptions {
+        let hundred = NonZeroU32::MIN.saturating_add(99);
+        let spec = RateSpec::per_second(hundred, hundred);
+        ListenerOptions {
+            header_read_timeout,
+            per_source: PerSource::new(spec, NonZeroUsize::MIN.saturating_add(63)),
+            tls: None,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+/// Serves `router` on `listener` (HTTP/1.1, over TLS when configured) until `shutdown` resolves, then stops
+/// accepting, lets each connection finish the request it is in, and returns when all have closed.
 ///
-/// A client gets `header_read_timeout` to send each request's headers, and no longer to sit idle between requests
-/// on a kept-alive connection (30 s, hyper's own default, suits Alertmanager and Grafana, whose HTTP clients open a
-/// new connection when an idle one was closed); after that the route's own timeout applies. Together they bound
-/// how long a shutdown waits.
+/// A connection from a source that has `max_connections` open already is closed at once; a request over its
+/// source's rate gets 429 with `Retry-After` before it is routed. A client gets `header_read_timeout` for its TLS
+/// handshake, to send each request's headers, and no longer to sit idle between requests on a kept-alive
+/// connection (30 s, hyper's own default, suits Alertmanager and Grafana, whose HTTP clients open a new connection
+/// when an idle one was closed); after that the route's own timeout applies. Together they bound how long a
+/// shutdown waits.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    header_read_timeout: Duration,
+    options: ListenerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
     // Every connection task, so that shutdown can wait for them all.
@@ -235,7 +274,13 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let connection = serve_connection(stream, peer, router.clone(), header_read_timeout, closing.clone());
+                let Some(permit) = options.per_source.connect(peer.ip()) else {
+                    options.metrics.webhook_refused("too_many_connections");
+                    debug!(peer = %peer, max = options.per_source.max_connections(), "webhook listener: connection closed, its source has too many open");
+                    continue;
+                };
+                let connection =
+                    serve_connection(stream, peer, permit, router.clone(), options.clone(), closing.clone());
                 connections.spawn(connection);
             }
             // One connection's trouble, over before it began.
@@ -262,22 +307,70 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// One connection: HTTP/1.1 with keep-alive, until the client closes, a timeout ends it, or `closing` asks it to
-/// finish its request in flight.
+/// One connection: the TLS handshake when configured (within the header read timeout), then HTTP/1.1 with
+/// keep-alive, until the client closes, a timeout ends it, or `closing` asks it to finish its request in flight.
+/// `permit` holds the connection's place in its source's count until it ends.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    permit: ConnectionPermit,
     router: Router,
-    header_read_timeout: Duration,
+    options: ListenerOptions,
     closing: CancellationToken,
 ) {
+    let Some(tls) = &options.tls else {
+        serve_http(hyper_util::rt::TokioIo::new(stream), peer, permit.key(), router, &options, closing).await;
+        return;
+    };
+    let handshake = tokio::select! {
+        handshake = timeout(options.header_read_timeout, tls.acceptor().accept(stream)) => handshake,
+        () = closing.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            serve_http(hyper_util::rt::TokioIo::new(stream), peer, permit.key(), router, &options, closing).await;
+        }
+        Ok(Err(e)) => {
+            options.metrics.webhook_refused("tls_handshake");
+            debug!(peer = %peer, error = %e, "webhook listener: TLS handshake failed");
+        }
+        Err(_) => {
+            options.metrics.webhook_refused("tls_handshake");
+            debug!(peer = %peer, timeout = ?options.header_read_timeout, "webhook listener: no TLS handshake within the header read timeout");
+        }
+    }
+}
+
+/// HTTP/1.1 on one (plain or TLS) connection; each request first takes a permit of its source's rate.
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    source: SourceKey,
+    router: Router,
+    options: &ListenerOptions,
+    closing: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let per_source = Arc::clone(&options.per_source);
+    let metrics = options.metrics.clone();
     let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(PeerAddr(peer));
-        tower::ServiceExt::oneshot(router.clone(), request)
+        let limited = per_source.request(source).err();
+        let router = router.clone();
+        let metrics = metrics.clone();
+        async move {
+            if let Some(limited) = limited {
+                metrics.webhook_refused("rate_limited");
+                debug!(peer = %peer, source = %source, retry_after = ?limited.retry_after, "webhook request over its source's rate");
+                return Ok::<_, Infallible>(HookError::RateLimited { from: source, limited }.into_response());
+            }
+            tower::ServiceExt::oneshot(router, request).await
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
-    let mut connection = pin!(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(options.header_read_timeout);
+    let mut connection = pin!(builder.serve_connection(io, service));
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = closing.cancelled() => {
@@ -575,6 +668,13 @@ enum HookError {
     NotFound,
     #[error("method {0} is not allowed here; use POST")]
     MethodNotAllowed(Method),
+    #[error("too many requests from {from}; retry after {} s", retry_after_header(limited))]
+    RateLimited { from: SourceKey, limited: RateLimited },
+}
+
+/// Whole seconds until the next permit, at least 1 (the value of `Retry-After`).
+fn retry_after_header(limited: &RateLimited) -> u64 {
+    limited.retry_after.as_secs_f64().ceil().max(1.0) as u64
 }
 
 fn body_too_large(declared: Option<u64>, limit: usize) -> String {
@@ -614,6 +714,7 @@ impl HookError {
             HookError::Sink(_) | HookError::SinkTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             HookError::NotFound => StatusCode::NOT_FOUND,
             HookError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HookError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -626,7 +727,8 @@ impl HookError {
             | HookError::BadCorrelationId(_)
             | HookError::BodyTooLarge { .. }
             | HookError::Timeout(_)
-            | HookError::BodyRead(_) => true,
+            | HookError::BodyRead(_)
+            | HookError::RateLimited { .. } => true,
             HookError::Payload(_)
             | HookError::Sink(_)
             | HookError::SinkTimeout(_)
@@ -666,6 +768,9 @@ impl IntoResponse for HookError {
         }
         if self.body_unread() {
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let HookError::RateLimited { limited, .. } = &self {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_header(limited)));
         }
         response
     }
@@ -1215,7 +1320,7 @@ mod tests {
     }
 
     /// Reads until the server closes the connection (or resets it), within a generous bound.
-    async fn read_until_closed(stream: &mut TcpStream) -> String {
+    async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
         let mut received = Vec::new();
         let read = async {
             let mut buffer = [0u8; 4096];
@@ -1244,10 +1349,14 @@ mod tests {
             })
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server =
-            tokio::spawn(serve(listener, router(config, Arc::clone(&sink)), Duration::from_millis(300), async {
+        let server = tokio::spawn(serve(
+            listener,
+            router(config, Arc::clone(&sink)),
+            ListenerOptions::new(Duration::from_millis(300)),
+            async {
                 let _ = stopped.await;
-            }));
+            },
+        ));
 
         // A whole request, as Alertmanager sends it.
         let body = fixture("alertmanager-docker-down.json");
@@ -1309,5 +1418,193 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(20), server).await.expect("serve returned").expect("serve task");
         read_until_closed(&mut idle).await;
         assert_eq!(sink.taken().len(), 2);
+    }
+
+    /// A server with these listener options on 127.0.0.1:0, bearer-authenticated generic endpoint.
+    async fn start_listener(
+        options: ListenerOptions,
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>, Arc<RecordingSink>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let sink = RecordingSink::with(Behaviour::Accept);
+        let config = WebhookConfig::new(HookAuth { alertmanager: None, grafana: None, generic: Some(bearer()) });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router(config, Arc::clone(&sink)), options, async {
+            let _ = stopped.await;
+        }));
+        (address, stop, server, sink)
+    }
+
+    /// A connection to `address` from the loopback address `from` (each is its own source).
+    async fn connect_from(from: &str, address: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{from}:0").parse().expect("address")).expect("bind the source address");
+        socket.connect(address).await.expect("connect")
+    }
+
+    /// One generic event, POSTed with `Connection: close`; the whole answer.
+    async fn post_generic(stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin)) -> String {
+        let body = br#"{"labels":{"alertname":"A","instance":"h"}}"#;
+        let head = format!(
+            "POST /hooks/generic HTTP/1.1\r\nHost: rune\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body).await.is_err() {
+            return String::new();
+        }
+        read_until_closed(stream).await
+    }
+
+    fn per_source(count: u32, max_connections: usize) -> Arc<PerSource> {
+        let count = NonZeroU32::new(count).expect("count");
+        // `count` per hour: nothing comes back while the test runs.
+        let spec = RateSpec::new(count, Duration::from_secs(3600), count).expect("rate");
+        PerSource::new(spec, NonZeroUsize::new(max_connections).expect("max"))
+    }
+
+    #[tokio::test]
+    async fn each_source_has_its_own_request_rate_and_connection_count() {
+        let options = ListenerOptions { per_source: per_source(2, 2), ..ListenerOptions::new(Duration::from_secs(10)) };
+        let metrics = options.metrics.clone();
+        let (address, stop, server, sink) = start_listener(options).await;
+
+        for _ in 0..2 {
+            let answer = post_generic(&mut connect_from("127.0.0.1", address).await).await;
+            assert!(answer.starts_with("HTTP/1.1 202 Accepted\r\n"), "{answer}");
+        }
+        // The third from the same source: 429 with Retry-After, before routing (the sink sees nothing).
+        let answer = post_generic(&mut connect_from("127.0.0.1", address).await).await;
+        assert!(answer.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.contains("retry-after: 1800\r\n"), "{answer}");
+        assert!(lower.contains("connection: close\r\n"), "{answer}");
+        assert!(answer.contains(r#"{"error":"too many requests from 127.0.0.1; retry after 1800 s","#), "{answer}");
+        assert_eq!(sink.taken().len(), 2);
+        // Another source is not affected.
+        let answer = post_generic(&mut connect_from("127.0.0.2", address).await).await;
+        assert!(answer.starts_with("HTTP/1.1 202 Accepted\r\n"), "{answer}");
+
+        // Connections: two idle ones from 127.0.0.3 are kept, a third from there is closed at once (no answer),
+        // while 127.0.0.4 connects.
+        let idle_1 = connect_from("127.0.0.3", address).await;
+        let idle_2 = connect_from("127.0.0.3", address).await;
+        let answer = post_generic(&mut connect_from("127.0.0.3", address).await).await;
+        assert_eq!(answer, "", "a third connection from one source is closed unanswered");
+        let answer = post_generic(&mut connect_from("127.0.0.4", address).await).await;
+        assert!(answer.starts_with("HTTP/1.1 202 Accepted\r\n"), "{answer}");
+        // Closing one gives its slot back (once the server has seen the close).
+        drop(idle_1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = post_generic(&mut connect_from("127.0.0.3", address).await).await;
+            if answer.starts_with("HTTP/1.1 202 Accepted\r\n") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the closed connection's slot never came back: {answer:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(idle_2);
+        let text = metrics.encode();
+        assert!(text.contains("rune_webhook_listener_refused_total{reason=\"rate_limited\"} 1\n"), "{text}");
+        assert!(text.contains("rune_webhook_listener_refused_total{reason=\"too_many_connections\"}"), "{text}");
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), server).await.expect("serve returned").expect("serve task");
+    }
+
+    async fn https_post(
+        connector: &tokio_rustls::TlsConnector,
+        address: SocketAddr,
+    ) -> Result<(String, Vec<u8>), String> {
+        let tcp = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+        let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let served =
+            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+        Ok((post_generic(&mut tls).await, served))
+    }
+
+    #[tokio::test]
+    async fn tls_serves_https_cuts_plain_and_silent_clients_and_reloads_a_renewed_certificate() {
+        use crate::sources::tls::test_pki::{TestPki, client};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = TestPki::new(dir.path(), "rune");
+        let (cert, key) = pki.issue("server", true);
+        let files = crate::config::WebhookTls { cert_file: cert.clone(), key_file: key.clone(), client_ca_file: None };
+        let tls = Arc::new(ServerTls::load(&files).expect("load"));
+        let options =
+            ListenerOptions { tls: Some(Arc::clone(&tls)), ..ListenerOptions::new(Duration::from_millis(500)) };
+        let metrics = options.metrics.clone();
+        let (address, stop, server, sink) = start_listener(options).await;
+        let connector = client(&pki.ca_file(), None);
+
+        let (answer, first_cert) = https_post(&connector, address).await.expect("https");
+        assert!(answer.starts_with("HTTP/1.1 202 Accepted\r\n"), "{answer}");
+        assert_eq!(sink.taken().len(), 1);
+
+        // Plain HTTP on the TLS port: no HTTP answer, the connection is closed.
+        let answer = post_generic(&mut TcpStream::connect(address).await.expect("connect")).await;
+        assert!(!answer.contains("HTTP/1.1"), "{answer:?}");
+        // A client that connects and never says hello is cut at the header read timeout.
+        let mut silent = TcpStream::connect(address).await.expect("connect");
+        assert_eq!(read_until_closed(&mut silent).await, "");
+        assert_eq!(sink.taken().len(), 1);
+
+        // A renewed certificate (new key too) is served from the next connection on, without a restart.
+        let (new_cert, new_key) = pki.issue("renewed", true);
+        std::fs::copy(&new_cert, &cert).expect("copy");
+        std::fs::copy(&new_key, &key).expect("copy");
+        assert_eq!(tls.reload_if_changed(), Ok(true));
+        assert_eq!(tls.reload_if_changed(), Ok(false), "nothing changed since");
+        let (answer, renewed) = https_post(&connector, address).await.expect("https");
+        assert!(answer.starts_with("HTTP/1.1 202 Accepted\r\n"), "{answer}");
+        assert_ne!(renewed, first_cert, "the renewed certificate is served");
+        // Half a renewal (a certificate whose key is not there yet): refused, the working pair stays in use.
+        let (other_cert, _) = pki.issue("half", true);
+        std::fs::copy(&other_cert, &cert).expect("copy");
+        let refused = tls.reload_if_changed().expect_err("a mismatched pair does not load");
+        assert!(refused.to_string().contains("not usable together"), "{refused}");
+        let (answer, served) = https_post(&connector, address).await.expect("https");
+        assert!(answer.starts_with("HTTP/1.1 202 Accepted\r\n"), "{answer}");
+        assert_eq!(served, renewed);
+
+        let text = metrics.encode();
+        assert!(text.contains("rune_webhook_listener_refused_total{reason=\"tls_handshake\"} 2\n"), "{text}");
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), server).await.expect("serve returned").expect("serve task");
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_takes_only_clients_with_a_certificate_from_the_client_ca() {
+        use crate::sources::tls::test_pki::{TestPki, client};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let servers = TestPki::new(dir.path(), "servers");
+        let clients = TestPki::new(dir.path(), "clients");
+        let strangers = TestPki::new(dir.path(), "strangers");
+        let (cert, key) = servers.issue("server", true);
+        let files =
+            crate::config::WebhookTls { cert_file: cert, key_file: key, client_ca_file: Some(clients.ca_file()) };
+        let tls = Arc::new(ServerTls::load(&files).expect("load"));
+        let options = ListenerOptions { tls: Some(tls), ..ListenerOptions::new(Duration::from_secs(2)) };
+        let (address, stop, server, sink) = start_listener(options).await;
+
+        let (alertmanager_cert, alertmanager_key) = clients.issue("alertmanager", false);
+        let (stranger_cert, stranger_key) = strangers.issue("stranger", false);
+        for (what, identity) in [
+            ("no client certificate", None),
+            ("a certificate from another CA", Some((stranger_cert.as_path(), stranger_key.as_path()))),
+        ] {
+            // TLS 1.3 may finish the client's side of the handshake before the server refuses: either way no
+            // HTTP answer comes.
+            let answer = https_post(&client(&servers.ca_file(), identity), address).await;
+            assert!(!answer.as_ref().is_ok_and(|(a, _)| a.contains("HTTP/1.1")), "{what}: {answer:?}");
+        }
+        assert_eq!(sink.taken().len(), 0);
+        let identity = Some((alertmanager_cert.as_path(), alertmanager_key.as_path()));
+        let (answer, _) = https_post(&client(&servers.ca_file(), identity), address).await.expect("https");
+        assert!(answer.starts_with("HTTP/1.1 202 Accepted\r\n"), "{answer}");
+        assert_eq!(sink.taken().len(), 1);
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), server).await.expect("serve returned").expect("serve task");
     }
 }

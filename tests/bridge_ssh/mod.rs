@@ -332,9 +332,14 @@ async fn serve_hooks(
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("local address: {e}"));
     let router = webhook::router(WebhookConfig::new(auth), Arc::new(BridgeSink(bridge.clone())));
     let stop = stop.clone();
-    let task = tokio::spawn(webhook::serve(listener, router, Duration::from_secs(10), async move {
-        stop.cancelled().await;
-    }));
+    let task = tokio::spawn(webhook::serve(
+        listener,
+        router,
+        webhook::ListenerOptions::new(Duration::from_secs(10)),
+        async move {
+            stop.cancelled().await;
+        },
+    ));
     (addr, task)
 }
 

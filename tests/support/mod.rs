@@ -3,6 +3,7 @@
 
 pub mod moto;
 pub mod nats;
+pub mod pki;
 pub mod sshd;
 pub mod ssm;
 
