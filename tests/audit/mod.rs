@@ -173,32 +173,47 @@ fn a_declared_secret_never_shows_in_results_logs_or_the_trail() {
     assert!(!recorded.contains(CANARY), "the secret leaked into the audit trail: {recorded}");
     assert!(!all.contains("is secret: given with --arg"), "no warning for --args-json: {all}");
 
-    // While the plugin runs, no process on this machine (RUNE, the runner, the plugin) has it in its arguments.
+    // While the plugin runs, no process on this machine (RUNE, the runner, the plugin) has it in its arguments;
+    // over SSH too (the sshd host is this machine: its session, runner and plugin are in the same table).
     std::fs::write(dir.path().join("hold.json"), format!(r#"{{"password": "{CANARY}", "hold": 2}}"#)).unwrap();
-    let binary = env!("CARGO_BIN_EXE_rune");
-    let mut child = Command::new(binary)
-        .args(["run", "leaky-secret", "--host", "localhost", "--output", "json", "--args-json", "hold.json"])
-        .current_dir(dir.path())
-        .env("RUNE_PLUGINS_DIR", &plugins)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut looks = 0;
-    let mut saw_plugin = false;
-    while child.try_wait().unwrap().is_none() {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-            let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            assert!(!args.contains(CANARY), "a process shows the secret in its arguments: {args}");
-            saw_plugin |= args.contains("plugin.sh") || args.contains("sleep 2");
+    let fleet = crate::fleet(1);
+    // (Not ./inventory.yaml: `rune run` would take it as the default inventory, which has no localhost.)
+    let inventory = dir.path().join("sshd-inventory.yaml");
+    std::fs::write(&inventory, crate::inventory_yaml(&fleet, fleet.known_hosts(), "")).unwrap();
+    for host in ["localhost", "host-00"] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rune"));
+        command.args(["run", "leaky-secret", "--host", host, "--output", "json", "--args-json", "hold.json"]);
+        if host != "localhost" {
+            command.arg("--inventory").arg(&inventory);
         }
-        looks += 1;
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut child = command
+            .current_dir(dir.path())
+            .env("RUNE_PLUGINS_DIR", &plugins)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut looks = 0;
+        let mut saw_plugin = false;
+        while child.try_wait().unwrap().is_none() {
+            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+                let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                assert!(!args.contains(CANARY), "{host}: a process shows the secret in its arguments: {args}");
+                saw_plugin |= args.contains("plugin.sh") || args.contains("sleep 2");
+            }
+            looks += 1;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            looks > 10 && saw_plugin,
+            "{host}: the process table was looked at while the plugin ran ({looks} looks)"
+        );
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(r#""status":"ok""#) && stdout.contains(&format!(r#""host":"{host}""#)), "{stdout}");
+        assert!(!stdout.contains(CANARY));
     }
-    assert!(looks > 10 && saw_plugin, "the process table was looked at while the plugin ran ({looks} looks)");
-    let out = child.wait_with_output().unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(CANARY));
 
     // Given on the command line: it runs, is hidden the same, and the operator is told about `ps`.
     let password = format!("password={CANARY}");
