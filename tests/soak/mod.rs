@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use daemon::Daemon;
-use load::{Class, Ledger, Plan, Verdict, class_of};
+use load::{AuditSummary, Class, Ledger, Plan, Published, Verdict, class_of};
 use probe::{Progress, Reading, Sample, Sampler, mib};
 
 use crate::support::nats::NatsServer;
@@ -141,6 +141,49 @@ fn load_average() -> String {
 #[ignore = "soak: minutes long, opt-in (docs/testing.md); run in release"]
 fn soak() {
     let knobs = Knobs::from_env();
+    let figures = run(&knobs);
+    println!("{}", figures.report(&knobs));
+    let failures = figures.failures(&knobs);
+    assert!(
+        failures.is_empty(),
+        "soak failed:\n- {}\nlast lines of the daemon's log:\n{}",
+        failures.join("\n- "),
+        figures.log_tail
+    );
+}
+
+/// Everything a soak measured and counted.
+struct Figures {
+    pid: u32,
+    /// /proc/loadavg when the soak started and when its load ended (the machine is shared).
+    load_average: (String, String),
+    sent: Published,
+    /// Since the load started: when it ended.
+    load_end: Duration,
+    warm_at: Duration,
+    /// How long the daemon took after the load to decide and run the rest, or why it stalled.
+    drain: Result<Duration, String>,
+    samples: Vec<Sample>,
+    /// Before the load (NATS connected, consumer listening) and after the drain.
+    idle: Reading,
+    settled: Reading,
+    consumer: jetstream::consumer::Info,
+    slow_consumers: usize,
+    nats_cpu: Duration,
+    nats_rss_kib: u64,
+    exit: Option<i32>,
+    log_problems: Vec<String>,
+    log_tail: String,
+    log_bytes: u64,
+    live: Ledger,
+    audit: Ledger,
+    audit_summary: AuditSummary,
+    verify: std::process::Output,
+    books: Books,
+}
+
+/// Starts the parts, runs the load, drains, stops the daemon and reads its books.
+fn run(knobs: &Knobs) -> Figures {
     let duration = Duration::from_secs(knobs.seconds);
     crate::support::sshd::ensure_prerequisites();
     let nats = NatsServer::start();
@@ -202,37 +245,10 @@ fn soak() {
     });
     let plan = Plan { hosts: knobs.hosts };
     eprintln!("soak: {} alerts/s for {} s on {} hosts (rune serve pid {pid})", knobs.rate, knobs.seconds, knobs.hosts);
-    let sent = runtime.block_on(load::publish(js.clone(), plan, knobs.rate, duration, published.clone()));
+    let sent = runtime.block_on(load::publish(js.clone(), plan, knobs.rate, duration, published));
     let load_end = start.elapsed();
     let load_at_end = load_average();
-
-    // Drain: every decision, then the result of every admitted one; a stall ends the wait.
-    let drain_start = Instant::now();
-    let mut stalled = None;
-    let mut last = (0, 0);
-    let mut last_change = Instant::now();
-    loop {
-        let (decided, results, admitted) = {
-            let ledger = live.lock().unwrap_or_else(|e| e.into_inner());
-            (ledger.decided, ledger.results, ledger.verdicts.get("admitted").copied().unwrap_or(0))
-        };
-        if decided >= sent.sent && results >= admitted {
-            break;
-        }
-        if (decided, results) != last {
-            (last, last_change) = ((decided, results), Instant::now());
-        }
-        if last_change.elapsed() > STALL || drain_start.elapsed() > DRAIN_LIMIT {
-            stalled = Some(format!(
-                "drain stalled: {decided} decisions of {} alerts, {results} results of {admitted} admitted, no progress for {:.0} s",
-                sent.sent,
-                last_change.elapsed().as_secs_f64()
-            ));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let drained = drain_start.elapsed();
+    let drain = drain(&live, sent.sent);
     std::thread::sleep(LATE);
     let samples = sampler.stop();
     let settled = probe::read(pid, &ssh_ports).unwrap_or_default();
@@ -242,10 +258,8 @@ fn soak() {
         consumer.info().await.cloned().unwrap_or_else(|e| panic!("consumer info: {e}"))
     });
     let nats_cpu = nats.pid().map(probe::cpu).unwrap_or_default();
-    let nats_rss = nats.pid().map(probe::rss_kib).unwrap_or_default();
+    let nats_rss_kib = nats.pid().map(probe::rss_kib).unwrap_or_default();
     let exit = daemon.terminate();
-    let problems = daemon.log_problems();
-    let log_bytes = std::fs::metadata(daemon.log_path()).map(|m| m.len()).unwrap_or(0);
     drop(client);
     runtime.shutdown_timeout(Duration::from_secs(2));
 
@@ -257,180 +271,273 @@ fn soak() {
         &[],
     );
     let live = std::mem::take(&mut *live.lock().unwrap_or_else(|e| e.into_inner()));
-
-    // ---- the books ----
-    let mut failures: Vec<String> = Vec::new();
-    if let Some(stall) = stalled {
-        failures.push(stall);
-    }
-    if sent.failed > 0 || sent.acked != sent.sent {
-        failures.push(format!(
-            "{} of {} publishes acknowledged by the stream ({} failed)",
-            sent.acked, sent.sent, sent.failed
-        ));
-    }
     let books = Books::check(&live, &audit, sent.sent);
-    failures.extend(books.failures.iter().cloned());
-    if exit != Some(0) {
-        failures.push(format!("rune serve exited with {exit:?} after SIGTERM (0 expected)"));
+    Figures {
+        pid,
+        load_average: (load_at_start, load_at_end),
+        sent,
+        load_end,
+        warm_at: duration.mul_f64(WARM_UP),
+        drain,
+        samples,
+        idle,
+        settled,
+        consumer,
+        slow_consumers: slow_consumers.load(Ordering::SeqCst),
+        nats_cpu,
+        nats_rss_kib,
+        exit,
+        log_problems: daemon.log_problems(),
+        log_tail: daemon.log_tail(20),
+        log_bytes: std::fs::metadata(daemon.log_path()).map(|m| m.len()).unwrap_or(0),
+        live,
+        audit,
+        audit_summary,
+        verify,
+        books,
     }
-    if !verify.status.success() {
-        failures.push(format!("rune audit verify failed: {}", crate::support::text(&verify)));
-    }
-    if audit_summary.unparsed > 0 || audit_summary.last_kind != "stop" {
-        failures.push(format!(
-            "audit trail: {} unparsed lines, last record {:?} (stop expected)",
-            audit_summary.unparsed, audit_summary.last_kind
-        ));
-    }
-    if consumer.num_pending != 0 || consumer.num_ack_pending != 0 {
-        failures.push(format!(
-            "consumer not drained: {} pending, {} unacknowledged",
-            consumer.num_pending, consumer.num_ack_pending
-        ));
-    }
+}
 
-    // ---- flatness ----
-    let during: Vec<&Sample> = samples.iter().filter(|s| s.at <= load_end).collect();
-    let warm_at = duration.mul_f64(WARM_UP);
-    let warm = during.iter().find(|s| s.at >= warm_at).copied();
-    let end = during.last().copied();
-    let max_ssh = samples.iter().map(|s| s.reading.ssh).max().unwrap_or(0);
-    let max_rss_after_warm = during.iter().filter(|s| s.at >= warm_at).map(|s| s.reading.rss_kib).max().unwrap_or(0);
-    match (warm, end) {
-        (Some(w), Some(e)) => {
-            let rss_bound = (w.reading.rss_kib as f64 * (1.0 + RSS_GROWTH)) as u64 + RSS_SLACK_KIB;
-            if e.reading.rss_kib > rss_bound {
-                failures.push(format!(
-                    "VmRSS grew from {:.1} MiB (t={:.0}s) to {:.1} MiB (t={:.0}s), above the bound {:.1} MiB",
-                    mib(w.reading.rss_kib),
-                    w.at.as_secs_f64(),
-                    mib(e.reading.rss_kib),
-                    e.at.as_secs_f64(),
-                    mib(rss_bound)
-                ));
-            }
-            if e.reading.fds > w.reading.fds + FD_SLACK {
-                failures.push(format!(
-                    "open descriptors grew from {} to {} (at most +{FD_SLACK})",
-                    w.reading.fds, e.reading.fds
-                ));
-            }
+/// Waits until every alert sent has its decision and every admitted one its result (on NATS). Err when nothing
+/// new arrives for [`STALL`], or the drain passes [`DRAIN_LIMIT`].
+fn drain(live: &Mutex<Ledger>, sent: usize) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut last = (0, 0);
+    let mut last_change = Instant::now();
+    loop {
+        let (decided, results, admitted) = {
+            let ledger = live.lock().unwrap_or_else(|e| e.into_inner());
+            (ledger.decided, ledger.results, ledger.verdicts.get("admitted").copied().unwrap_or(0))
+        };
+        if decided >= sent && results >= admitted {
+            return Ok(start.elapsed());
         }
-        _ => failures.push(format!("too few samples for the flatness check ({})", samples.len())),
+        if (decided, results) != last {
+            (last, last_change) = ((decided, results), Instant::now());
+        }
+        if last_change.elapsed() > STALL || start.elapsed() > DRAIN_LIMIT {
+            return Err(format!(
+                "drain stalled: {decided} decisions of {sent} alerts, {results} results of {admitted} admitted, \
+                 nothing new for {:.0} s",
+                last_change.elapsed().as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    if max_ssh > knobs.hosts * SSH_POOL_PER_HOST {
-        failures.push(format!(
-            "up to {max_ssh} SSH connections at once, more than {} hosts × {SSH_POOL_PER_HOST}",
-            knobs.hosts
-        ));
+}
+
+impl Figures {
+    /// The samples taken while the load ran.
+    fn during(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(|s| s.at <= self.load_end)
     }
 
-    // ---- the report ----
-    let cpu_load = end.map(|e| e.reading.cpu.saturating_sub(idle.cpu)).unwrap_or_default();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\nsoak: rune serve (pid {pid}, {}) through nats-server {} (JetStream) and {} loopback sshd hosts",
-        if cfg!(debug_assertions) { "debug build" } else { "release build" },
-        crate::support::nats::server_binary().display(),
-        knobs.hosts
-    );
-    let _ = writeln!(out, "load average (1/5/15 min): {load_at_start} at start, {load_at_end} at the end of the load");
-    let _ = writeln!(
-        out,
-        "alerts in: {} published in {:.1} s = {:.0}/s (target {:.0}/s; at most {} behind schedule), {} acknowledged, {} failed",
-        sent.sent,
-        sent.elapsed.as_secs_f64(),
-        sent.sent as f64 / sent.elapsed.as_secs_f64(),
-        knobs.rate,
-        sent.max_behind,
-        sent.acked,
-        sent.failed
-    );
-    let _ = writeln!(out, "  by kind: {}", books.classes);
-    let _ = writeln!(out, "decisions out (NATS): {} — {}", live.decided, kinds(&live.verdicts));
-    let _ = writeln!(out, "decisions out (audit trail): {} — {}", audit.decided, kinds(&audit.verdicts));
-    let _ = writeln!(
-        out,
-        "runs (dispatch records): {}; results published (NATS): {} — {}; result records: {} — {}",
-        audit.dispatched,
-        live.results,
-        kinds(&live.statuses),
-        audit.results,
-        kinds(&audit.statuses)
-    );
-    let _ = writeln!(out, "accounting: {}", books.summary);
-    let decided_in_load = end.map(|e| e.progress.decided).unwrap_or(0);
-    let max_lag = during.iter().map(|s| s.progress.published.saturating_sub(s.progress.decided)).max().unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "throughput: {:.0} decisions/s and {:.0} results/s during the load; largest backlog {max_lag} alerts; drained {:.1} s after the load",
-        decided_in_load as f64 / load_end.as_secs_f64(),
-        end.map(|e| e.progress.results).unwrap_or(0) as f64 / load_end.as_secs_f64(),
-        drained.as_secs_f64()
-    );
-    let _ = writeln!(
-        out,
-        "rune serve CPU: {:.1} s during the load ({:.0} % of one core, {:.0} µs per alert); nats-server {:.1} s in all, VmRSS {:.1} MiB",
-        cpu_load.as_secs_f64(),
-        100.0 * cpu_load.as_secs_f64() / load_end.as_secs_f64(),
-        1e6 * cpu_load.as_secs_f64() / sent.sent.max(1) as f64,
-        nats_cpu.as_secs_f64(),
-        mib(nats_rss)
-    );
-    let show = |name: &str, r: &Reading| {
-        format!(
-            "{name}: VmRSS {:.1} MiB, VmHWM {:.1} MiB, fds {}, SSH connections {}, threads {}",
-            mib(r.rss_kib),
-            mib(r.hwm_kib),
-            r.fds,
-            r.ssh,
-            r.threads
-        )
-    };
-    let _ = writeln!(out, "{}", show("start (idle, before the load)", &idle));
-    if let (Some(w), Some(e)) = (warm, end) {
-        let _ = writeln!(out, "{}", show(&format!("end of warm-up (t={:.0}s)", w.at.as_secs_f64()), &w.reading));
-        let _ = writeln!(out, "{}", show(&format!("end of load (t={:.0}s)", e.at.as_secs_f64()), &e.reading));
+    /// The flatness baseline: the first sample after the warm-up.
+    fn warm(&self) -> Option<&Sample> {
+        self.during().find(|s| s.at >= self.warm_at)
     }
-    let _ = writeln!(out, "{}", show("settled (drained)", &settled));
-    let _ = writeln!(
-        out,
-        "bounds: VmRSS end ≤ warm × {:.2} + {} MiB (max after warm-up {:.1} MiB); fds end ≤ warm + {FD_SLACK}; SSH ≤ {} (max {max_ssh})",
-        1.0 + RSS_GROWTH,
-        RSS_SLACK_KIB / 1024,
-        mib(max_rss_after_warm),
-        knobs.hosts * SSH_POOL_PER_HOST
-    );
-    let _ = writeln!(
-        out,
-        "consumer: {} delivered ({} redeliveries), {} pending, {} unacknowledged; {} slow-consumer events on the test's subscriptions",
-        consumer.delivered.consumer_sequence,
-        consumer.delivered.consumer_sequence.saturating_sub(consumer.delivered.stream_sequence),
-        consumer.num_pending,
-        consumer.num_ack_pending,
-        slow_consumers.load(Ordering::SeqCst)
-    );
-    let _ = writeln!(
-        out,
-        "audit trail: {} records in {} files ({}), last {:?}; rune audit verify: {}",
-        audit_summary.records,
-        audit_summary.files,
-        kinds(&audit_summary.other_kinds),
-        audit_summary.last_kind,
-        if verify.status.success() { "intact" } else { "FAILED" }
-    );
-    let _ = writeln!(
-        out,
-        "log: {:.1} MiB, {} WARN/ERROR lines{}",
-        log_bytes as f64 / 1048576.0,
-        problems.len(),
-        problems.iter().take(5).map(|p| format!("\n  {p}")).collect::<String>()
-    );
-    out.push_str(&series(&samples, warm_at));
-    println!("{out}");
-    assert!(failures.is_empty(), "soak failed:\n- {}", failures.join("\n- "));
+
+    /// The last sample of the load.
+    fn end(&self) -> Option<&Sample> {
+        self.during().last()
+    }
+
+    fn max_ssh(&self) -> usize {
+        self.samples.iter().map(|s| s.reading.ssh).max().unwrap_or(0)
+    }
+
+    fn rss_bound_kib(warm: &Sample) -> u64 {
+        (warm.reading.rss_kib as f64 * (1.0 + RSS_GROWTH)) as u64 + RSS_SLACK_KIB
+    }
+
+    /// What failed: the books, the daemon's exit and trail, the consumer, the flatness bounds.
+    fn failures(&self, knobs: &Knobs) -> Vec<String> {
+        let mut failures: Vec<String> = Vec::new();
+        if let Err(stall) = &self.drain {
+            failures.push(stall.clone());
+        }
+        let sent = &self.sent;
+        if sent.failed > 0 || sent.acked != sent.sent {
+            failures.push(format!(
+                "{} of {} publishes acknowledged by the stream ({} failed)",
+                sent.acked, sent.sent, sent.failed
+            ));
+        }
+        failures.extend(self.books.failures.iter().cloned());
+        if self.exit != Some(0) {
+            failures.push(format!("rune serve exited with {:?} after SIGTERM (0 expected)", self.exit));
+        }
+        if !self.verify.status.success() {
+            failures.push(format!("rune audit verify failed: {}", crate::support::text(&self.verify)));
+        }
+        if self.audit_summary.unparsed > 0 || self.audit_summary.last_kind != "stop" {
+            failures.push(format!(
+                "audit trail: {} unparsed lines, last record {:?} (stop expected)",
+                self.audit_summary.unparsed, self.audit_summary.last_kind
+            ));
+        }
+        if self.consumer.num_pending != 0 || self.consumer.num_ack_pending != 0 {
+            failures.push(format!(
+                "consumer not drained: {} pending, {} unacknowledged",
+                self.consumer.num_pending, self.consumer.num_ack_pending
+            ));
+        }
+        match (self.warm(), self.end()) {
+            (Some(w), Some(e)) => {
+                if e.reading.rss_kib > Self::rss_bound_kib(w) {
+                    failures.push(format!(
+                        "VmRSS grew from {:.1} MiB (t={:.0}s) to {:.1} MiB (t={:.0}s), above the bound {:.1} MiB",
+                        mib(w.reading.rss_kib),
+                        w.at.as_secs_f64(),
+                        mib(e.reading.rss_kib),
+                        e.at.as_secs_f64(),
+                        mib(Self::rss_bound_kib(w))
+                    ));
+                }
+                if e.reading.fds > w.reading.fds + FD_SLACK {
+                    failures.push(format!(
+                        "open descriptors grew from {} to {} (at most +{FD_SLACK})",
+                        w.reading.fds, e.reading.fds
+                    ));
+                }
+            }
+            _ => failures.push(format!("too few samples for the flatness check ({})", self.samples.len())),
+        }
+        if self.max_ssh() > knobs.hosts * SSH_POOL_PER_HOST {
+            failures.push(format!(
+                "up to {} SSH connections at once, more than {} hosts × {SSH_POOL_PER_HOST}",
+                self.max_ssh(),
+                knobs.hosts
+            ));
+        }
+        failures
+    }
+
+    /// The figures for BENCHMARKS.md.
+    fn report(&self, knobs: &Knobs) -> String {
+        let (sent, live, audit) = (&self.sent, &self.live, &self.audit);
+        let load_s = self.load_end.as_secs_f64();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nsoak: rune serve (pid {}, {}) through nats-server {} (JetStream) and {} loopback sshd hosts",
+            self.pid,
+            if cfg!(debug_assertions) { "debug build" } else { "release build" },
+            crate::support::nats::server_binary().display(),
+            knobs.hosts
+        );
+        let _ = writeln!(
+            out,
+            "load average (1/5/15 min): {} at start, {} at the end of the load",
+            self.load_average.0, self.load_average.1
+        );
+        let _ = writeln!(
+            out,
+            "alerts in: {} published in {:.1} s = {:.0}/s (target {:.0}/s; at most {} behind schedule), {} acknowledged, \
+             {} failed",
+            sent.sent,
+            sent.elapsed.as_secs_f64(),
+            sent.sent as f64 / sent.elapsed.as_secs_f64(),
+            knobs.rate,
+            sent.max_behind,
+            sent.acked,
+            sent.failed
+        );
+        let _ = writeln!(out, "  by kind: {}", self.books.classes);
+        let _ = writeln!(out, "decisions out (NATS): {} — {}", live.decided, kinds(&live.verdicts));
+        let _ = writeln!(out, "decisions out (audit trail): {} — {}", audit.decided, kinds(&audit.verdicts));
+        let _ = writeln!(
+            out,
+            "runs (dispatch records): {}; results published (NATS): {} — {}; result records: {} — {}",
+            audit.dispatched,
+            live.results,
+            kinds(&live.statuses),
+            audit.results,
+            kinds(&audit.statuses)
+        );
+        let _ = writeln!(out, "accounting: {}", self.books.summary);
+        let (warm, end) = (self.warm(), self.end());
+        let max_backlog = self.during().map(|s| s.progress.published.saturating_sub(s.progress.decided)).max();
+        let _ = writeln!(
+            out,
+            "throughput: {:.0} decisions/s and {:.0} results/s during the load; largest backlog {} alerts; {}",
+            end.map_or(0, |e| e.progress.decided) as f64 / load_s,
+            end.map_or(0, |e| e.progress.results) as f64 / load_s,
+            max_backlog.unwrap_or(0),
+            match &self.drain {
+                Ok(d) => format!("drained {:.1} s after the load", d.as_secs_f64()),
+                Err(e) => e.clone(),
+            }
+        );
+        let cpu = end.map(|e| e.reading.cpu.saturating_sub(self.idle.cpu)).unwrap_or_default().as_secs_f64();
+        let _ = writeln!(
+            out,
+            "rune serve CPU: {cpu:.1} s during the load ({:.0} % of one core, {:.0} µs per alert); nats-server {:.1} s \
+             in all, VmRSS {:.1} MiB",
+            100.0 * cpu / load_s,
+            1e6 * cpu / sent.sent.max(1) as f64,
+            self.nats_cpu.as_secs_f64(),
+            mib(self.nats_rss_kib)
+        );
+        let show = |name: &str, r: &Reading| {
+            format!(
+                "{name}: VmRSS {:.1} MiB, VmHWM {:.1} MiB, fds {}, SSH connections {}, threads {}",
+                mib(r.rss_kib),
+                mib(r.hwm_kib),
+                r.fds,
+                r.ssh,
+                r.threads
+            )
+        };
+        let _ = writeln!(out, "{}", show("start (idle, before the load)", &self.idle));
+        if let (Some(w), Some(e)) = (warm, end) {
+            let _ = writeln!(out, "{}", show(&format!("end of warm-up (t={:.0}s)", w.at.as_secs_f64()), &w.reading));
+            let _ = writeln!(out, "{}", show(&format!("end of load (t={:.0}s)", e.at.as_secs_f64()), &e.reading));
+            let max_rss = self.during().filter(|s| s.at >= self.warm_at).map(|s| s.reading.rss_kib).max();
+            let _ = writeln!(
+                out,
+                "bounds: VmRSS at the end ≤ {:.1} MiB (warm × {:.2} + {} MiB; highest after the warm-up {:.1} MiB); \
+                 fds ≤ {}; SSH connections ≤ {} at any time (highest {})",
+                mib(Self::rss_bound_kib(w)),
+                1.0 + RSS_GROWTH,
+                RSS_SLACK_KIB / 1024,
+                mib(max_rss.unwrap_or(0)),
+                w.reading.fds + FD_SLACK,
+                knobs.hosts * SSH_POOL_PER_HOST,
+                self.max_ssh()
+            );
+        }
+        let _ = writeln!(out, "{}", show("settled (drained)", &self.settled));
+        let delivered = &self.consumer.delivered;
+        let _ = writeln!(
+            out,
+            "consumer: {} deliveries ({} redeliveries), {} pending, {} unacknowledged; {} slow-consumer events on the \
+             soak's subscriptions",
+            delivered.consumer_sequence,
+            delivered.consumer_sequence.saturating_sub(delivered.stream_sequence),
+            self.consumer.num_pending,
+            self.consumer.num_ack_pending,
+            self.slow_consumers
+        );
+        let _ = writeln!(
+            out,
+            "audit trail: {} records in {} files ({}), last {:?}; rune audit verify: {}",
+            self.audit_summary.records,
+            self.audit_summary.files,
+            kinds(&self.audit_summary.other_kinds),
+            self.audit_summary.last_kind,
+            if self.verify.status.success() { "intact" } else { "FAILED" }
+        );
+        let _ = writeln!(
+            out,
+            "log: {:.1} MiB, {} WARN/ERROR lines{}",
+            self.log_bytes as f64 / 1048576.0,
+            self.log_problems.len(),
+            self.log_problems.iter().take(5).map(|p| format!("\n  {p}")).collect::<String>()
+        );
+        out.push_str(&series(&self.samples, self.warm_at));
+        out
+    }
 }
 
 /// `k=v` pairs.
