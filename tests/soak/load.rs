@@ -274,6 +274,7 @@ impl Ledger {
         let mut summary = AuditSummary::default();
         for file in rune::audit::trail_files(path) {
             summary.files += 1;
+            summary.bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
             for line in text.lines() {
                 summary.records += 1;
@@ -302,6 +303,7 @@ impl Ledger {
 #[derive(Default, Debug)]
 pub struct AuditSummary {
     pub files: usize,
+    pub bytes: u64,
     pub records: usize,
     pub unparsed: usize,
     /// Records other than decision, dispatch and result (`start`, `stop`) by kind.

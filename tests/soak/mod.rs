@@ -521,9 +521,10 @@ impl Figures {
         );
         let _ = writeln!(
             out,
-            "audit trail: {} records in {} files ({}), last {:?}; rune audit verify: {}",
+            "audit trail: {} records in {} files, {:.1} MiB ({}), last {:?}; rune audit verify: {}",
             self.audit_summary.records,
             self.audit_summary.files,
+            mib(self.audit_summary.bytes / 1024),
             kinds(&self.audit_summary.other_kinds),
             self.audit_summary.last_kind,
             if self.verify.status.success() { "intact" } else { "FAILED" }
