@@ -11,6 +11,7 @@ mod cli_serve;
 mod deploy;
 mod hostile;
 mod nats_kv;
+mod soak;
 mod ssm_endpoint;
 mod ssm_moto;
 mod ssm_transport;
