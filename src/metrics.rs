@@ -1,6 +1,6 @@
 //! Prometheus metrics of the daemon (`/metrics`): events in, decisions by kind and reason, runs by action and
-//! status, run duration, runs in flight, NATS connection state, rule reloads. One cheap handle, cloned
-//! everywhere; each notable event calls one method here next to its log line.
+//! status, run duration, runs in flight, NATS connection state, rule reloads, results awaiting acknowledgement.
+//! One cheap handle, cloned everywhere; each notable event calls one method here next to its log line.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -53,6 +53,8 @@ struct Inner {
     rules: Gauge<i64, std::sync::atomic::AtomicI64>,
     reloads: Family<ResultLabels, Counter>,
     published_errors: Counter<u64, AtomicU64>,
+    results_pending: Gauge<i64, std::sync::atomic::AtomicI64>,
+    results_given_up: Counter<u64, AtomicU64>,
 }
 
 /// The daemon's metrics; clone freely.
@@ -99,6 +101,18 @@ impl Metrics {
         registry.register("rule_reloads", "Rule reloads, by result (ok, refused)", reloads.clone());
         let published_errors = Counter::<u64, AtomicU64>::default();
         registry.register("publish_errors", "Results or decisions a sink refused", published_errors.clone());
+        let results_pending = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "results_pending",
+            "Results kept for the results stream and not yet acknowledged (retried until results.retry_for)",
+            results_pending.clone(),
+        );
+        let results_given_up = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "results_given_up",
+            "Results the results stream did not acknowledge within results.retry_for (not published)",
+            results_given_up.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -112,6 +126,8 @@ impl Metrics {
                 rules,
                 reloads,
                 published_errors,
+                results_pending,
+                results_given_up,
             }),
         }
     }
@@ -158,6 +174,15 @@ impl Metrics {
 
     pub fn publish_error(&self) {
         self.inner.published_errors.inc();
+    }
+
+    /// A result was kept for later delivery (`+1`) or left the outbox, acknowledged or given up (`-1`).
+    pub fn result_pending(&self, delta: i64) {
+        self.inner.results_pending.inc_by(delta);
+    }
+
+    pub fn result_given_up(&self) {
+        self.inner.results_given_up.inc();
     }
 
     /// The OpenMetrics text exposition.
