@@ -33,6 +33,9 @@ use crate::sources::webhook::{self, EndpointAuth, EventSink, HookAuth, SinkError
 use crate::transport::ssh::SshTransport;
 use crate::transport::ssm::SsmTransport;
 
+/// How long the exit waits for the NATS client to send what it has queued (decisions, audit copies, acks).
+const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Exit code: the daemon could not start (bad settings, rules, NATS unreachable at start with JetStream…).
 pub const EXIT_START_FAILED: i32 = 3;
 
@@ -444,8 +447,16 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     stop.cancel();
     // Runs still waiting for a slot give up now; their JetStream messages go back for another instance.
     bridge.stop_accepting();
-    for t in intakes {
-        let _ = t.await;
+    // The intakes give back what they hold; one still setting up against an unreachable NATS (its requests time
+    // out one after another) is not waited for beyond the grace.
+    let intake_deadline = tokio::time::Instant::now() + settings.limits.shutdown_grace;
+    for mut t in intakes {
+        if tokio::time::timeout_at(intake_deadline, &mut t).await.is_err() {
+            t.abort();
+            tracing::warn!(
+                "an intake did not stop within the shutdown grace; abandoned (its messages return after ack_wait)"
+            );
+        }
     }
     // Runs in flight finish, and results kept for an unreachable results stream are waited for, within the grace.
     let report = bridge.shutdown_report().await;
@@ -460,7 +471,13 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
         }
     }
     if let Some(client) = nats {
-        let _ = client.flush().await;
+        // A flush waits for the connection: with NATS down it would never return, and the daemon never exit.
+        if tokio::time::timeout(EXIT_FLUSH_TIMEOUT, client.flush()).await.is_err() {
+            tracing::warn!(
+                timeout_s = EXIT_FLUSH_TIMEOUT.as_secs(),
+                "NATS unreachable at exit: decisions and audit copies still queued for it are dropped"
+            );
+        }
     }
     if left > 0 {
         tracing::warn!(in_flight = left, "exited with runs still in flight");

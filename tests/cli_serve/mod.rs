@@ -672,3 +672,86 @@ async fn sigterm_under_load_finishes_its_runs_and_hands_the_rest_to_the_other_in
     let code = tokio::task::spawn_blocking(move || other.terminate()).await.unwrap_or(None);
     assert_eq!(code, Some(0));
 }
+
+/// Issue 6 (4), SIGTERM while NATS is down: a result the results stream has not acknowledged is waited for within
+/// the grace — published if NATS comes back in time — and otherwise reported when the daemon exits: an error log
+/// line with its run id, and the audit trail's `stop` record listing it. (A rule without dedup runs while NATS is
+/// down: its alert comes in on the webhook, and nothing of its decision needs JetStream KV.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_nats_down_waits_for_kept_results_and_reports_those_never_published() {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        rules.join("nodedup.yaml"),
+        "rules:\n  - name: nodedup\n    match: { labels: { alertname: HostDiskFull } }\n    target: { host: localhost }\n    \
+         action: noop\n    dedup: { mode: off }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("rune.yaml");
+    let text = format!(
+        "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    results_stream: {{ enabled: true }}\n\
+         paths:\n  rules_dir: {}\n  plugins_dirs: [{}]\nresults:\n  stdout: true\n\
+         webhook:\n  alertmanager: {{ none: true }}\n",
+        server.url(),
+        rules.display(),
+        repo().join("plugins").display()
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    // Starts an instance (NATS up), stops NATS, runs one alert: its result is kept, waiting for the stream.
+    let run_with_nats_down = |server: &mut NatsServer, grace: &str| -> (Serve, String) {
+        let serve = Serve::start(Some(&config), &[("RUNE_LIMITS__SHUTDOWN_GRACE", grace.to_owned())]);
+        server.stop();
+        let (status, body) = serve.post("/hooks/alertmanager", &example_alert(), &[]);
+        assert_eq!(status, 202, "{body}");
+        let result = serve.next_record("result");
+        assert_eq!(result["status"], "ok", "{result}");
+        let run_id = result["run_id"].as_str().unwrap_or_default().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, metrics) = serve.get("/metrics");
+            if metrics.lines().any(|l| l == "rune_results_pending 1") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the result was not kept:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (serve, run_id)
+    };
+
+    // NATS comes back within the grace: the result is published before the exit.
+    let (serve, published) = tokio::task::block_in_place(|| run_with_nats_down(&mut server, "60s"));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(serve.child.id() as i32, libc::SIGTERM);
+    }
+    tokio::task::block_in_place(|| server.restart());
+    let (code, audit) = tokio::task::spawn_blocking(move || serve.terminate_audited()).await.unwrap_or_default();
+    assert_eq!(code, Some(0));
+    let stop = audit.last().cloned().unwrap_or_default();
+    assert_eq!((stop["kind"].as_str(), stop["unpublished_results"].clone()), (Some("stop"), serde_json::json!([])));
+    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream("RUNE_RESULTS").await.unwrap_or_else(|e| panic!("{e}"));
+    let last = stream.info().await.unwrap_or_else(|e| panic!("{e}")).state.last_sequence;
+    let mut stored = Vec::new();
+    for seq in 1..=last {
+        if let Ok(msg) = stream.get_raw_message(seq).await {
+            let v: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+            stored.push(v["run_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(stored, [published], "the result kept through the SIGTERM is in the stream once");
+
+    // NATS stays down past the grace: the exit says which result it could not publish.
+    let (serve, lost) = tokio::task::block_in_place(|| run_with_nats_down(&mut server, "2s"));
+    let stderr = serve.stderr.clone();
+    let (code, audit) = tokio::task::spawn_blocking(move || serve.terminate_audited()).await.unwrap_or_default();
+    let stderr = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(code, Some(0), "{stderr}");
+    let said = stderr.lines().find(|l| l.contains("exiting with results not acknowledged"));
+    assert!(said.is_some_and(|l| l.contains("ERROR") && l.contains(&lost)), "no error naming {lost}:\n{stderr}");
+    let stop = audit.last().cloned().unwrap_or_default();
+    assert_eq!((stop["kind"].as_str(), stop["unpublished_results"].clone()), (Some("stop"), serde_json::json!([lost])));
+}
