@@ -479,16 +479,46 @@ impl<D: DedupStore> Bridge<D> {
     /// Stops accepting events and the timer, then waits up to the grace period for in-flight runs. Returns the
     /// number of runs still going when it gave up.
     pub async fn shutdown(&self) -> usize {
+        self.shutdown_report().await.runs_in_flight
+    }
+
+    /// [`Bridge::shutdown`], and within the same grace period waits for the results the sinks kept for later
+    /// delivery (a results stream that was unreachable): what is still unpublished at the end is logged as an
+    /// error with its run ids, and returned.
+    pub async fn shutdown_report(&self) -> ShutdownReport {
         self.inner.shutdown.cancel();
         self.inner.tracker.close();
         let grace = self.inner.options.shutdown_grace;
-        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
-            let left = self.in_flight();
-            tracing::warn!(in_flight = left, grace_s = grace.as_secs(), "shutdown grace over with runs in flight");
-            return left.max(1);
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut runs_in_flight = 0;
+        if tokio::time::timeout_at(deadline, self.inner.tracker.wait()).await.is_err() {
+            runs_in_flight = self.in_flight().max(1);
+            tracing::warn!(
+                in_flight = runs_in_flight,
+                grace_s = grace.as_secs(),
+                "shutdown grace over with runs in flight"
+            );
         }
-        0
+        let unpublished = self.inner.publish.drain(deadline).await;
+        if !unpublished.is_empty() {
+            tracing::error!(
+                unpublished = unpublished.len(),
+                run_ids = %unpublished.join(","),
+                grace_s = grace.as_secs(),
+                "exiting with results not acknowledged by the results stream: they are lost to it (the audit trail has them)"
+            );
+        }
+        ShutdownReport { runs_in_flight, unpublished_results: unpublished }
     }
+}
+
+/// What [`Bridge::shutdown_report`] left behind when its grace period ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Runs still going (0 when every run finished).
+    pub runs_in_flight: usize,
+    /// Run ids of finished runs whose results a sink had kept and could not deliver in time.
+    pub unpublished_results: Vec<String>,
 }
 
 /// Names, sizes and modification times of the rule files (what a change is judged by).

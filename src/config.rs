@@ -432,6 +432,11 @@ pub struct Results {
     pub jsonl_file: Option<PathBuf>,
     /// Published under `nats.subjects.results_prefix` (only with NATS).
     pub nats: bool,
+    /// With a results stream: how long a result the stream does not acknowledge is kept and retried.
+    #[serde(serialize_with = "as_text")]
+    pub retry_for: Duration,
+    /// With a results stream: results kept unacknowledged at once; the next finished run waits for room.
+    pub max_pending: NonZeroUsize,
 }
 
 /// `audit`: the audit trail.

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the daemon (`/metrics`): events in, decisions by kind and reason, runs by action and
-//! status, run duration, runs in flight, NATS connection state, rule reloads. One cheap handle, cloned
-//! everywhere; each notable event calls one method here next to its log line.
+//! status, run duration, runs in flight, NATS connection state, rule reloads, results awaiting acknowledgement.
+//! One cheap handle, cloned everywhere; each notable event calls one method here next to its log line.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -54,6 +54,8 @@ struct Inner {
     reloads: Family<ResultLabels, Counter>,
     published_errors: Counter<u64, AtomicU64>,
     webhook_refused: Family<ReasonLabels, Counter>,
+    results_pending: Gauge<i64, std::sync::atomic::AtomicI64>,
+    results_given_up: Counter<u64, AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,6 +114,18 @@ impl Metrics {
              rate_limited, tls_handshake)",
             webhook_refused.clone(),
         );
+        let results_pending = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "results_pending",
+            "Results kept for the results stream and not yet acknowledged (retried until results.retry_for)",
+            results_pending.clone(),
+        );
+        let results_given_up = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "results_given_up",
+            "Results the results stream did not acknowledge within results.retry_for (not published)",
+            results_given_up.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -126,6 +140,8 @@ impl Metrics {
                 reloads,
                 published_errors,
                 webhook_refused,
+                results_pending,
+                results_given_up,
             }),
         }
     }
@@ -176,6 +192,15 @@ impl Metrics {
 
     pub fn webhook_refused(&self, reason: &'static str) {
         self.inner.webhook_refused.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    /// A result was kept for later delivery (`+1`) or left the outbox, acknowledged or given up (`-1`).
+    pub fn result_pending(&self, delta: i64) {
+        self.inner.results_pending.inc_by(delta);
+    }
+
+    pub fn result_given_up(&self) {
+        self.inner.results_given_up.inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
 use crate::plugins::Registry;
 use crate::results::nats::NatsPublisher;
+use crate::results::outbox::OutboxSettings;
 use crate::results::publish::{JsonLines, Publish, Publishers};
 use crate::rules::matcher::SubjectPattern;
 use crate::secrets::ParameterStore;
@@ -36,6 +37,8 @@ use crate::transport::ssm::SsmTransport;
 
 /// How often the webhook certificate files are checked for a change (a renewed certificate is served from then on).
 const TLS_RELOAD_CHECK: Duration = Duration::from_secs(10);
+/// How long the exit waits for the NATS client to send what it has queued (decisions, audit copies, acks).
+const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Exit code: the daemon could not start (bad settings, rules, NATS unreachable at start with JetStream…).
 pub const EXIT_START_FAILED: i32 = 3;
@@ -336,7 +339,7 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
                     max_age: rs.max_age,
                     max_bytes: i64::try_from(rs.max_bytes).unwrap_or(i64::MAX),
                     max_messages: rs.max_msgs.and_then(|m| i64::try_from(m).ok()).unwrap_or(-1),
-                    duplicate_window: Duration::from_secs(120),
+                    duplicate_window: results_duplicate_window(settings.results.retry_for, rs.max_age),
                     ..Default::default()
                 })
                 .await
@@ -346,7 +349,11 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
             None => None,
         };
         let s = &n.subjects;
-        sinks.push(Arc::new(NatsPublisher::new(client.clone(), js, &s.results_prefix, &s.decisions_prefix)));
+        let outbox =
+            OutboxSettings { retry_for: settings.results.retry_for, max_pending: settings.results.max_pending.get() };
+        let publisher = NatsPublisher::new(client.clone(), js, &s.results_prefix, &s.decisions_prefix)
+            .with_outbox(outbox, metrics.clone());
+        sinks.push(Arc::new(publisher));
     }
     let options = BridgeOptions {
         rules_dir: settings.paths.rules_dir.clone(),
@@ -455,25 +462,53 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     stop.cancel();
     // Runs still waiting for a slot give up now; their JetStream messages go back for another instance.
     bridge.stop_accepting();
-    for t in intakes {
-        let _ = t.await;
+    // The intakes give back what they hold; one still setting up against an unreachable NATS (its requests time
+    // out one after another) is not waited for beyond the grace.
+    let intake_deadline = tokio::time::Instant::now() + settings.limits.shutdown_grace;
+    for mut t in intakes {
+        if tokio::time::timeout_at(intake_deadline, &mut t).await.is_err() {
+            t.abort();
+            tracing::warn!(
+                "an intake did not stop within the shutdown grace; abandoned (its messages return after ack_wait)"
+            );
+        }
     }
-    let left = bridge.shutdown().await;
+    // Runs in flight finish, and results kept for an unreachable results stream are waited for, within the grace.
+    let report = bridge.shutdown_report().await;
+    let left = report.runs_in_flight;
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     if let Some(audit) = &audit {
         let mut fields = serde_json::Map::new();
         fields.insert("in_flight".into(), serde_json::json!(left));
+        fields.insert("unpublished_results".into(), serde_json::json!(report.unpublished_results));
         if let Err(e) = audit.close(fields).await {
             tracing::error!(error = %e, "audit trail: the stop record could not be written");
         }
     }
     if let Some(client) = nats {
-        let _ = client.flush().await;
+        // A flush waits for the connection: with NATS down it would never return, and the daemon never exit.
+        if tokio::time::timeout(EXIT_FLUSH_TIMEOUT, client.flush()).await.is_err() {
+            tracing::warn!(
+                timeout_s = EXIT_FLUSH_TIMEOUT.as_secs(),
+                "NATS unreachable at exit: decisions and audit copies still queued for it are dropped"
+            );
+        }
     }
     if left > 0 {
         tracing::warn!(in_flight = left, "exited with runs still in flight");
     }
     Ok(EXIT_OK)
+}
+
+/// The results stream's `Nats-Msg-Id` window: at least two minutes, and as long as a result may be retried
+/// (`results.retry_for`), so that a retry after a lost acknowledgement is not stored twice; never longer than the
+/// stream keeps messages (the server refuses that). An existing stream keeps the window it was made with.
+fn results_duplicate_window(retry_for: Duration, max_age: Duration) -> Duration {
+    let window = retry_for.max(Duration::from_secs(120));
+    match max_age.is_zero() {
+        true => window,
+        false => window.min(max_age),
+    }
 }
 
 /// The subject prefix webhook payloads are published under (`<prefix>.<format>`): the literal head of an

@@ -936,7 +936,9 @@ impl Compiler<'_> {
         if !stdout && jsonl_file.is_none() && !nats {
             self.warn("results", "results go nowhere: stdout, jsonl_file and nats are all off");
         }
-        Some(Results { stdout, jsonl_file, nats })
+        let retry_for = self.duration("results.retry_for", &raw.retry_for, false);
+        let max_pending = self.at_least_one("results.max_pending", raw.max_pending);
+        Some(Results { stdout, jsonl_file, nats, retry_for: retry_for?, max_pending: max_pending? })
     }
 
     fn audit(&mut self, raw: AuditConfig) -> Option<Audit> {

@@ -555,7 +555,7 @@ pub fn default_reload_debounce() -> String {
 }
 
 /// Where results go. The two defaults depend on the mode, so they are `Option`s here.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResultsConfig {
     /// Default: true in the embedded mode, false with NATS.
@@ -563,6 +563,30 @@ pub struct ResultsConfig {
     pub jsonl_file: Option<PathBuf>,
     /// Default: true with NATS; true without NATS is an error.
     pub nats: Option<bool>,
+    /// With a results stream: how long a result the stream does not acknowledge is retried.
+    pub retry_for: String,
+    /// With a results stream: results kept unacknowledged at once.
+    pub max_pending: u64,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        ResultsConfig {
+            stdout: None,
+            jsonl_file: None,
+            nats: None,
+            retry_for: default_results_retry_for(),
+            max_pending: default_results_max_pending(),
+        }
+    }
+}
+
+pub fn default_results_retry_for() -> String {
+    "5m".into()
+}
+
+pub fn default_results_max_pending() -> u64 {
+    1000
 }
 
 #[derive(Debug, Deserialize)]

@@ -90,6 +90,7 @@ fn no_file_is_the_embedded_mode_with_every_default() {
     assert_eq!(s.limits.shutdown_grace, Duration::from_secs(30));
     assert_eq!(s.limits.reload_debounce, Duration::from_secs(1));
     assert!(s.results.stdout && !s.results.nats && s.results.jsonl_file.is_none());
+    assert_eq!((s.results.retry_for, s.results.max_pending.get()), (Duration::from_secs(300), 1000));
     assert!(s.metrics.enabled);
     assert_eq!((s.log.level.as_str(), s.log.format), ("info", LogFormat::Text));
     assert!(s.origin.file.is_none() && s.origin.env.is_empty());
@@ -486,6 +487,8 @@ fn every_validation_error() {
             2,
         ),
         ("results to nats without nats", "results:\n  nats: true\n".into(), "results.nats", "needs NATS", 2),
+        ("no result retries", "results:\n  retry_for: 0s\n".into(), "results.retry_for", "longer than zero", 2),
+        ("no result kept", "results:\n  max_pending: 0\n".into(), "results.max_pending", "at least 1", 2),
         ("chatops without nats", "chatops:\n  enabled: true\n".into(), "chatops.enabled", "arrive over NATS", 2),
         ("endpoint without auth", "webhook:\n  grafana: {}\n".into(), "webhook.grafana", "no authentication chosen", 2),
         (

@@ -3,6 +3,7 @@
 //! The JSON field names are a stable, documented interface (docs/results.md); add fields, never rename them.
 
 pub mod nats;
+pub mod outbox;
 pub mod publish;
 
 use std::fmt;

@@ -1,8 +1,9 @@
 //! Publishing results and decisions on NATS: `<results>.<action>.<host>` with `Nats-Msg-Id` = run id and the
 //! correlation id in a header; `<decisions>.<rule>` for decisions. With a results stream configured, results go
-//! through JetStream and wait for the stream's ack (retried), so a result is not lost across a reconnect.
-
-use std::time::Duration;
+//! through JetStream and are kept in an [`Outbox`] until the stream acknowledges them (retried for
+//! `results.retry_for`), so a result is not lost across a reconnect or an outage. Without one they are core NATS
+//! publishes: handed to the client's queue, sent when connected, at most once (docs/results.md says exactly what
+//! survives an outage).
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -11,12 +12,12 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::ResultEnvelope;
+use super::outbox::{Outbox, OutboxSettings};
 use super::publish::{Publish, PublishError};
+use crate::metrics::Metrics;
 
 /// Header carrying the correlation id on every message RUNE publishes (and read from incoming ones).
 pub const CORRELATION_HEADER: &str = "Rune-Correlation-Id";
-/// How many times a JetStream publish is tried before the result is reported as not published.
-const PUBLISH_ATTEMPTS: u32 = 5;
 
 /// Encodes any text as one NATS subject token, reversibly: bytes outside `[A-Za-z0-9_-]` become `%XX`
 /// (so `web-1.prod` → `web-1%2Eprod`; no `.`, `*`, `>` or whitespace can reach a subject).
@@ -65,8 +66,9 @@ fn decode_percent(token: &str) -> Option<String> {
 /// The NATS sink of the bridge.
 pub struct NatsPublisher {
     client: async_nats::Client,
-    /// Set when a results stream is configured: results are published through it and acknowledged.
-    jetstream: Option<jetstream::Context>,
+    /// Set when a results stream is configured: results are published through it and kept in the outbox until
+    /// acknowledged.
+    jetstream: Option<(jetstream::Context, Outbox)>,
     results_prefix: String,
     decisions_prefix: String,
 }
@@ -78,12 +80,27 @@ impl NatsPublisher {
         results_prefix: impl Into<String>,
         decisions_prefix: impl Into<String>,
     ) -> NatsPublisher {
+        let outbox = || Outbox::new(OutboxSettings::default(), Metrics::new());
         NatsPublisher {
             client,
-            jetstream,
+            jetstream: jetstream.map(|js| (js, outbox())),
             results_prefix: results_prefix.into(),
             decisions_prefix: decisions_prefix.into(),
         }
+    }
+
+    /// With a results stream: how long results are retried and how many are kept (`results.retry_for`,
+    /// `results.max_pending`), counted in `metrics` (the daemon's).
+    pub fn with_outbox(mut self, settings: OutboxSettings, metrics: Metrics) -> NatsPublisher {
+        if let Some((_, outbox)) = &mut self.jetstream {
+            *outbox = Outbox::new(settings, metrics);
+        }
+        self
+    }
+
+    /// Results kept and not yet acknowledged by the results stream (0 without one).
+    pub fn pending_results(&self) -> usize {
+        self.jetstream.as_ref().map_or(0, |(_, outbox)| outbox.pending())
     }
 
     /// `<results>.<action>.<host>`, both encoded as single tokens.
@@ -110,24 +127,36 @@ impl Publish for NatsPublisher {
                     .publish_with_headers(subject.clone(), headers, payload)
                     .await
                     .map_err(|e| self.error(&subject, e)),
-                Some(js) => {
-                    // The stream deduplicates on Nats-Msg-Id, so a retry after a lost ack never stores twice.
-                    let mut last = String::new();
-                    for attempt in 0..PUBLISH_ATTEMPTS {
-                        if attempt > 0 {
-                            tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
+                Some((js, outbox)) => {
+                    let (js, client, kept_subject) = (js.clone(), self.client.clone(), subject.clone());
+                    let attempt = move || {
+                        let (js, client, subject) = (js.clone(), client.clone(), kept_subject.clone());
+                        let (headers, payload) = (headers.clone(), payload.clone());
+                        async move {
+                            // While disconnected a publish would only wait in the client's queue and its ack time
+                            // out: skip the attempt rather than pile copies up for the reconnection.
+                            if client.connection_state() != async_nats::connection::State::Connected {
+                                return Err("not connected to NATS".to_owned());
+                            }
+                            // The stream deduplicates on Nats-Msg-Id, so a retry after a lost ack never stores
+                            // twice (within its duplicate window).
+                            let ack =
+                                js.publish_with_headers(subject, headers, payload).await.map_err(|e| e.to_string())?;
+                            ack.await.map(drop).map_err(|e| e.to_string())
                         }
-                        match js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await {
-                            Ok(ack) => match ack.await {
-                                Ok(_) => return Ok(()),
-                                Err(e) => last = e.to_string(),
-                            },
-                            Err(e) => last = e.to_string(),
-                        }
-                        tracing::warn!(subject, attempt, error = %last, "result publish not acknowledged; retrying");
-                    }
-                    Err(self.error(&subject, format!("not acknowledged after {PUBLISH_ATTEMPTS} attempts: {last}")))
+                    };
+                    outbox.send(envelope.run_id.clone(), subject, attempt).await;
+                    Ok(())
                 }
+            }
+        })
+    }
+
+    fn drain(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            match &self.jetstream {
+                Some((_, outbox)) => outbox.drain(deadline).await,
+                None => Vec::new(),
             }
         })
     }

@@ -26,6 +26,11 @@ pub trait Publish: Send + Sync + 'static {
     fn result<'a>(&'a self, envelope: &'a ResultEnvelope) -> BoxFuture<'a, Result<(), PublishError>>;
     /// One decision of the rules engine (`Decision::to_json`), for the rule it belongs to.
     fn decision<'a>(&'a self, rule: &'a str, decision: &'a Value) -> BoxFuture<'a, Result<(), PublishError>>;
+    /// At shutdown: waits until the results this sink kept for later delivery are delivered, or until `deadline`;
+    /// returns the run ids still undelivered. A sink that delivers before `result` returns has nothing to wait for.
+    fn drain(&self, _deadline: tokio::time::Instant) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// Every record to every sink, in order; the first error is returned after all sinks were tried.
@@ -56,6 +61,16 @@ impl Publish for Publishers {
                 }
             }
             first
+        })
+    }
+
+    fn drain(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            let mut left = Vec::new();
+            for p in &self.0 {
+                left.extend(p.drain(deadline).await);
+            }
+            left
         })
     }
 }

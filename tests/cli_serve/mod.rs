@@ -101,6 +101,26 @@ impl Serve {
         (status, body)
     }
 
+    /// GETs `path`; returns (status, response body).
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap_or_else(|e| panic!("connect: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("write: {e}"));
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+
+    /// Runs executing now, from its `/metrics`.
+    fn runs_in_flight(&self) -> u64 {
+        let (_, body) = self.get("/metrics");
+        let line = body.lines().find(|l| l.starts_with("rune_runs_in_flight "));
+        line.and_then(|l| l.split(' ').nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
     /// The next stdout record whose `record` field is `kind`.
     fn next_record(&self, kind: &str) -> Value {
         loop {
@@ -497,4 +517,241 @@ fn sigterm_lets_the_run_in_flight_finish_and_publish_its_result() {
     assert_eq!(result["status"], "ok", "{result}");
     assert_eq!(result["correlation_id"], "drain-1");
     assert_eq!(serve.terminate(), Some(0));
+}
+
+/// Issue 6 (4), SIGTERM under load: two instances on one JetStream, a burst of slow alerts (40, each three times)
+/// far beyond their run slots (two each), and one instance SIGTERMed mid-burst. It finishes the runs it had
+/// started — their results published to the results stream — hands back the messages it held but had not started
+/// (nak), writes its audit trail's `stop` record and exits 0 within its grace; the other instance runs what was
+/// handed back. Every distinct alert runs exactly once (the plugin's ledger), every result is in the results
+/// stream exactly once, and the consumer ends with nothing unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_its_runs_and_hands_the_rest_to_the_other_instance() {
+    const DISTINCT: usize = 40;
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ledger = dir.path().join("ledger");
+    std::fs::write(&ledger, "").unwrap_or_else(|e| panic!("{e}"));
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        rules.join("burst.yaml"),
+        format!(
+            "policy:\n  rate_limit:\n    global: {{ count: 100000, per: 1s }}\n    host: {{ count: 100000, per: 1s }}\n\
+             rules:\n  - name: burst\n    match: {{ labels: {{ alertname: Burst }} }}\n    target: {{ host: localhost }}\n    \
+             action: mark-run\n    args: {{ n: \"{{{{ labels.n }}}}\", ledger: \"{}\" }}\n    dedup: {{ window: 1h }}\n",
+            ledger.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("rune.yaml");
+    // A short ack_wait: messages still in the stopped instance's pull buffer (fetched, not yet in a decision lane)
+    // are not given back at shutdown and return only after it (docs/operations.md, Shutdown).
+    let text = format!(
+        "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    consumer: {{ ack_wait: 3s }}\n    \
+         results_stream: {{ enabled: true }}\n\
+         paths:\n  rules_dir: {}\n  plugins_dirs: [{}, {}]\nresults:\n  stdout: false\n\
+         limits:\n  max_in_flight_runs: 2\n  shutdown_grace: 30s\n",
+        server.url(),
+        rules.display(),
+        repo().join("plugins").display(),
+        repo().join("tests/fixtures/plugins").display()
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    let mut instances = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || (0..2).map(|_| Serve::start(Some(&config), &[])).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    let js = async_nats::jetstream::new(client.clone());
+    publish_burst(&js, DISTINCT).await;
+    let read_ledger = || -> std::collections::BTreeMap<String, usize> {
+        let mut runs = std::collections::BTreeMap::new();
+        for line in std::fs::read_to_string(&ledger).unwrap_or_default().lines() {
+            *runs.entry(line.to_owned()).or_default() += 1;
+        }
+        runs
+    };
+    // Mid-burst, while the instance to stop has runs in flight (each takes 0.4 s; the signal follows at once).
+    let stopped = instances.remove(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let busy = tokio::task::block_in_place(|| stopped.runs_in_flight());
+        if read_ledger().len() >= 6 && busy > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the burst never started: {:?}", read_ledger());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SIGTERM; `terminate_audited` waits up to 30 s (the grace) for the exit.
+    let (code, audit, stderr) = tokio::task::spawn_blocking(move || {
+        let stderr = stopped.stderr.clone();
+        let (code, audit) = stopped.terminate_audited();
+        let text = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (code, audit, text)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code, Some(0), "the SIGTERMed instance did not exit 0 within its grace:\n{stderr}");
+    // Runs in flight at the signal finished after it.
+    let drained = stderr.find("shutting down").map(|at| &stderr[at..]);
+    assert!(drained.is_some_and(|d| d.contains("run finished")), "no run finished after the SIGTERM:\n{stderr}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while read_ledger().len() < DISTINCT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {DISTINCT} alerts ran after the SIGTERM: {:?}",
+            read_ledger().len(),
+            read_ledger()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for any late redelivery (ack_wait 3 s) to have run a second time if it were going to.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let runs = read_ledger();
+    assert_eq!(runs.len(), DISTINCT, "{runs:?}");
+    assert!(runs.values().all(|&c| c == 1), "an alert ran twice: {runs:?}");
+
+    // The stopped instance: every run it started has its result record, the trail ends with `stop`, nothing was
+    // left in flight or unpublished.
+    let of = |kind: &str| audit.iter().filter(|r| r["kind"] == kind).cloned().collect::<Vec<Value>>();
+    let stop = audit.last().cloned().unwrap_or_default();
+    assert_eq!(stop["kind"], "stop", "{audit:?}");
+    assert_eq!((stop["in_flight"].as_u64(), stop["unpublished_results"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    let started: std::collections::BTreeSet<String> =
+        of("dispatch").iter().filter_map(|r| r["run_id"].as_str().map(str::to_owned)).collect();
+    let finished: std::collections::BTreeSet<String> =
+        of("result").iter().filter_map(|r| r["run_id"].as_str().map(str::to_owned)).collect();
+    assert!(!started.is_empty(), "the stopped instance ran nothing: {audit:?}");
+    assert_eq!(started, finished, "a run of the stopped instance has no result record");
+    // What it had admitted but not started went to the other instance.
+    let dispatched_events: std::collections::BTreeSet<String> =
+        of("dispatch").iter().filter_map(|r| r["event_id"].as_str().map(str::to_owned)).collect();
+    let handed_back: Vec<String> = of("decision")
+        .iter()
+        .filter(|r| r["outcome"] == "admitted")
+        .filter(|r| !r["event_id"].as_str().is_some_and(|e| dispatched_events.contains(e)))
+        .filter_map(|r| r["fingerprint"].as_str().map(str::to_owned))
+        .collect();
+    let other = instances.remove(0);
+    let other_audit = other.audit();
+    let other_events: std::collections::BTreeMap<String, String> = other_audit
+        .iter()
+        .filter(|r| r["kind"] == "decision" && r["outcome"] == "admitted")
+        .filter_map(|r| Some((r["event_id"].as_str()?.to_owned(), r["fingerprint"].as_str()?.to_owned())))
+        .collect();
+    let other_ran: std::collections::BTreeSet<String> = other_audit
+        .iter()
+        .filter(|r| r["kind"] == "dispatch")
+        .filter_map(|r| other_events.get(r["event_id"].as_str()?).cloned())
+        .collect();
+    for fingerprint in &handed_back {
+        assert!(other_ran.contains(fingerprint), "{fingerprint}, handed back at the SIGTERM, never ran on the other");
+    }
+
+    // Every result is in the results stream once, those of the stopped instance's runs included.
+    let mut stream = js.get_stream("RUNE_RESULTS").await.unwrap_or_else(|e| panic!("{e}"));
+    let last = stream.info().await.unwrap_or_else(|e| panic!("{e}")).state.last_sequence;
+    let mut stored = std::collections::BTreeMap::<String, usize>::new();
+    let mut stored_runs = std::collections::BTreeSet::new();
+    for seq in 1..=last {
+        let Ok(msg) = stream.get_raw_message(seq).await else { continue };
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+        *stored.entry(v["output"]["data"]["n"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+        stored_runs.insert(v["run_id"].as_str().unwrap_or("").to_owned());
+    }
+    assert_eq!(stored.len(), DISTINCT, "{stored:?}");
+    assert!(stored.values().all(|&c| c == 1), "a result was stored twice: {stored:?}");
+    assert!(started.is_subset(&stored_runs), "a result of the stopped instance is missing from the stream");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        js.get_consumer_from_stream("rune", "RUNE_ALERTS").await.unwrap_or_else(|e| panic!("{e}"));
+    let info = consumer.info().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+    let code = tokio::task::spawn_blocking(move || other.terminate()).await.unwrap_or(None);
+    assert_eq!(code, Some(0));
+}
+
+/// Issue 6 (4), SIGTERM while NATS is down: a result the results stream has not acknowledged is waited for within
+/// the grace — published if NATS comes back in time — and otherwise reported when the daemon exits: an error log
+/// line with its run id, and the audit trail's `stop` record listing it. (A rule without dedup runs while NATS is
+/// down: its alert comes in on the webhook, and nothing of its decision needs JetStream KV.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_nats_down_waits_for_kept_results_and_reports_those_never_published() {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        rules.join("nodedup.yaml"),
+        "rules:\n  - name: nodedup\n    match: { labels: { alertname: HostDiskFull } }\n    target: { host: localhost }\n    \
+         action: noop\n    dedup: { mode: off }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("rune.yaml");
+    let text = format!(
+        "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    results_stream: {{ enabled: true }}\n\
+         paths:\n  rules_dir: {}\n  plugins_dirs: [{}]\nresults:\n  stdout: true\n\
+         webhook:\n  alertmanager: {{ none: true }}\n",
+        server.url(),
+        rules.display(),
+        repo().join("plugins").display()
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    // Starts an instance (NATS up), stops NATS, runs one alert: its result is kept, waiting for the stream.
+    let run_with_nats_down = |server: &mut NatsServer, grace: &str| -> (Serve, String) {
+        let serve = Serve::start(Some(&config), &[("RUNE_LIMITS__SHUTDOWN_GRACE", grace.to_owned())]);
+        server.stop();
+        let (status, body) = serve.post("/hooks/alertmanager", &example_alert(), &[]);
+        assert_eq!(status, 202, "{body}");
+        let result = serve.next_record("result");
+        assert_eq!(result["status"], "ok", "{result}");
+        let run_id = result["run_id"].as_str().unwrap_or_default().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, metrics) = serve.get("/metrics");
+            if metrics.lines().any(|l| l == "rune_results_pending 1") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the result was not kept:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (serve, run_id)
+    };
+
+    // NATS comes back within the grace: the result is published before the exit.
+    let (serve, published) = tokio::task::block_in_place(|| run_with_nats_down(&mut server, "60s"));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(serve.child.id() as i32, libc::SIGTERM);
+    }
+    tokio::task::block_in_place(|| server.restart());
+    let (code, audit) = tokio::task::spawn_blocking(move || serve.terminate_audited()).await.unwrap_or_default();
+    assert_eq!(code, Some(0));
+    let stop = audit.last().cloned().unwrap_or_default();
+    assert_eq!((stop["kind"].as_str(), stop["unpublished_results"].clone()), (Some("stop"), serde_json::json!([])));
+    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream("RUNE_RESULTS").await.unwrap_or_else(|e| panic!("{e}"));
+    let last = stream.info().await.unwrap_or_else(|e| panic!("{e}")).state.last_sequence;
+    let mut stored = Vec::new();
+    for seq in 1..=last {
+        if let Ok(msg) = stream.get_raw_message(seq).await {
+            let v: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+            stored.push(v["run_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(stored, [published], "the result kept through the SIGTERM is in the stream once");
+
+    // NATS stays down past the grace: the exit says which result it could not publish.
+    let (serve, lost) = tokio::task::block_in_place(|| run_with_nats_down(&mut server, "2s"));
+    let stderr = serve.stderr.clone();
+    let (code, audit) = tokio::task::spawn_blocking(move || serve.terminate_audited()).await.unwrap_or_default();
+    let stderr = stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(code, Some(0), "{stderr}");
+    let said = stderr.lines().find(|l| l.contains("exiting with results not acknowledged"));
+    assert!(said.is_some_and(|l| l.contains("ERROR") && l.contains(&lost)), "no error naming {lost}:\n{stderr}");
+    let stop = audit.last().cloned().unwrap_or_default();
+    assert_eq!((stop["kind"].as_str(), stop["unpublished_results"].clone()), (Some("stop"), serde_json::json!([lost])));
 }
