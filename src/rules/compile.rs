@@ -944,7 +944,7 @@ rules:
             "a.yaml:16:21: rule `bad-arg`: args.colour: plugin `noop` has no argument `colour`",
             "b.yaml:4:26: rule `bad-template`: target.host_from: template `{{ lables.instance }}` uses unknown variable(s) lables",
             "b.yaml:6:22: rule `bad-template`: dedup.window `10 minutes please` is not a duration",
-            "b.yaml:9:26: rule `bad-filter`: target.host_from: template `{{ labels.instance | no_such_filter }}`: unknown filter",
+            "b.yaml:9:26: rule `bad-filter`: target.host_from: template `{{ labels.instance | no_such_filter }}`: unknown filter `no_such_filter`",
             "b.yaml:11:22: rule `bad-filter`: args.service: argument `service`: value does not match the declared pattern",
             "b.yaml:12:11: rule `bad-regex`: duplicate rule name (first defined at a.yaml:6:5)",
             "b.yaml:14:22: rule `bad-regex`: target.group: `nogroup` is not a group of the inventory",
@@ -1028,8 +1028,12 @@ rules:
         )]);
         assert!(errs[0].contains("`target` is what this template computes"), "{errs:#?}");
         let ok = "rules: [{ name: t, match: { labels: { a: x } }, target: { host: web-1 }, action: noop, \
-                  args: { message: \"{% for i in range(3) %}{{ i }}{% endfor %}\" } }]\n";
+                  args: { message: \"{{ dict(n=3).n }}{% if labels.a is defined %}-{{ labels.a }}{% endif %}\" } }]\n";
         assert!(compile(&[("ok.yaml", ok)]).is_ok());
+        // Loops, `set` and repetition are not part of the rule template language (no memory bound).
+        let looped = ok.replace("{{ dict(n=3).n }}", "{% for i in range(3) %}{{ i }}{% endfor %}");
+        let errs = errors(&[("loop.yaml", &looped)]);
+        assert!(errs.iter().any(|e| e.contains("`{% for %}` blocks are not allowed")), "{errs:#?}");
     }
 
     #[test]

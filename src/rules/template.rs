@@ -1,5 +1,13 @@
 //! Rule templates: minijinja in strict mode (a missing field is an error, never an empty string), with a fuel
 //! limit and no loader (no file access), rendered against a read-only view of the event.
+//!
+//! Rule files are input like any other, so a template's memory is bounded, not only its output: MiniJinja's fuel
+//! counts instructions, not bytes, and `{% set a = a ~ a %}` in a loop doubles a string per step. A template may
+//! therefore use expressions and `if` blocks only — no `set`, `for`, `macro`, `call`, `filter` or `with` blocks,
+//! no `*` or `**` (string repetition), no `range`/`namespace` — and only the filters of [`FILTERS`], whose result
+//! is never longer than their input, or capped at [`MAX_VALUE_BYTES`] (`replace`, `join`). Without variables
+//! that can be reassigned, every value a render holds is a combination of the event's fields and the
+//! template's own literals, each at most [`MAX_VALUE_BYTES`] long, at most one per token of a 1 KiB source.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +44,79 @@ pub const VARIABLES: &[&str] = &[
 
 /// MiniJinja's global functions (not variables, but reported among undeclared names).
 const GLOBAL_FUNCTIONS: &[&str] = &["range", "dict", "namespace", "debug"];
+
+/// Global functions a template may call.
+const FUNCTIONS: &[&str] = &["dict"];
+
+/// Block tags a template may use.
+const BLOCKS: &[&str] = &["if", "elif", "else", "endif"];
+
+/// Filters a template may use: MiniJinja's built-ins whose result is never longer than their input (or than the
+/// longest of their arguments), RUNE's own, and `replace` and `join` capped at [`MAX_VALUE_BYTES`]. Left out:
+/// those that grow a value by a factor or a width given as an argument (`center`, `indent`, `wordwrap`,
+/// `format`, `escape`, `urlencode`, `tojson`, `pprint`, `batch`) and `map`, which applies a filter named by a
+/// string.
+pub const FILTERS: &[&str] = &[
+    "abs",
+    "attr",
+    "bool",
+    "capitalize",
+    "count",
+    "d",
+    "default",
+    "dictsort",
+    "first",
+    "float",
+    "int",
+    "items",
+    "join",
+    "last",
+    "length",
+    "list",
+    "lower",
+    "max",
+    "min",
+    "reject",
+    "rejectattr",
+    "replace",
+    "reverse",
+    "round",
+    "safe",
+    "select",
+    "selectattr",
+    "short_host",
+    "sort",
+    "split",
+    "string",
+    "strip_port",
+    "sum",
+    "title",
+    "trim",
+    "truncate",
+    "unique",
+    "upper",
+];
+
+/// MiniJinja built-ins left out of [`FILTERS`] (named as not allowed rather than unknown).
+const DISALLOWED_FILTERS: &[&str] = &[
+    "batch",
+    "center",
+    "chain",
+    "e",
+    "escape",
+    "format",
+    "indent",
+    "lines",
+    "map",
+    "pprint",
+    "slice",
+    "tojson",
+    "urlencode",
+    "wordwrap",
+];
+
+/// Longest value `replace` and `join` may make (the rendered text is at most [`MAX_RENDERED_BYTES`] anyway).
+pub const MAX_VALUE_BYTES: usize = 4 * MAX_RENDERED_BYTES;
 
 /// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].
 struct CappedWriter {
@@ -88,6 +169,8 @@ impl Templates {
         env.set_recursion_limit(32);
         env.add_filter("strip_port", strip_port);
         env.add_filter("short_host", short_host);
+        env.add_filter("replace", replace);
+        env.add_filter("join", join);
         Templates { env }
     }
 
@@ -99,6 +182,7 @@ impl Templates {
                 source.len()
             )));
         }
+        check_language(&source)?;
         self.env.add_template_owned(name, source).map_err(|e| TemplateError(describe(&e)))
     }
 
@@ -172,6 +256,89 @@ impl Templates {
         unknown.dedup();
         (fields, unknown)
     }
+}
+
+/// Refuses what a rule template may not use (see the module doc), naming it and its line.
+fn check_language(source: &str) -> Result<(), TemplateError> {
+    use minijinja::machinery::{Token, WhitespaceConfig, tokenize};
+    use minijinja::syntax::SyntaxConfig;
+    let refuse = |what: String, line: u16| Err(TemplateError(format!("{what} (template line {line})")));
+    let mut previous: Option<Token<'_>> = None;
+    let mut block_keyword = false;
+    for token in tokenize(source, false, SyntaxConfig::default(), WhitespaceConfig::default()) {
+        let (token, span) = token.map_err(|e| TemplateError(describe(&e)))?;
+        let line = span.start_line;
+        if block_keyword {
+            block_keyword = false;
+            match &token {
+                Token::Ident(name) if BLOCKS.contains(name) => {}
+                Token::Ident(name) => {
+                    return refuse(format!("`{{% {name} %}}` blocks are not allowed: only if/elif/else/endif"), line);
+                }
+                _ => return refuse("a block must start with if, elif, else or endif".into(), line),
+            }
+        }
+        match (&previous, &token) {
+            (_, Token::BlockStart) => block_keyword = true,
+            (_, Token::Mul | Token::Pow) => {
+                return refuse("`*` and `**` are not allowed (string repetition has no memory bound)".into(), line);
+            }
+            (Some(Token::Pipe), Token::Ident(name)) if DISALLOWED_FILTERS.contains(name) => {
+                return refuse(
+                    format!("filter `{name}` is not allowed in rule templates (it can grow a value without bound)"),
+                    line,
+                );
+            }
+            (Some(Token::Pipe), Token::Ident(name)) if !FILTERS.contains(name) => {
+                return refuse(format!("unknown filter `{name}`"), line);
+            }
+            (Some(Token::Dot | Token::Pipe), _) => {}
+            (_, Token::Ident(name)) if GLOBAL_FUNCTIONS.contains(name) && !FUNCTIONS.contains(name) => {
+                return refuse(format!("function `{name}` is not allowed in rule templates"), line);
+            }
+            _ => {}
+        }
+        previous = Some(token);
+    }
+    Ok(())
+}
+
+/// `replace`, refused before it allocates a result longer than [`MAX_VALUE_BYTES`] (an empty `from` inserts `to`
+/// between every two characters).
+fn replace(value: &str, from: &str, to: &str) -> Result<String, minijinja::Error> {
+    let hits = if from.is_empty() { value.chars().count() + 1 } else { value.matches(from).count() };
+    let length = (value.len() - hits * from.len()).saturating_add(hits.saturating_mul(to.len()));
+    if length > MAX_VALUE_BYTES {
+        return Err(too_long("replace", length));
+    }
+    Ok(value.replace(from, to))
+}
+
+/// `join` (of a sequence's items, by an optional joiner), refused past [`MAX_VALUE_BYTES`].
+fn join(value: &Value, joiner: Option<&str>) -> Result<String, minijinja::Error> {
+    let joiner = joiner.unwrap_or("");
+    let items = value.try_iter()?;
+    let mut out = String::new();
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push_str(joiner);
+        }
+        match item.as_str() {
+            Some(text) => out.push_str(text),
+            None => out.push_str(&item.to_string()),
+        }
+        if out.len() > MAX_VALUE_BYTES {
+            return Err(too_long("join", out.len()));
+        }
+    }
+    Ok(out)
+}
+
+fn too_long(filter: &str, length: usize) -> minijinja::Error {
+    minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        format!("{filter} would make {length} bytes, over the limit of {MAX_VALUE_BYTES}"),
+    )
 }
 
 fn describe(e: &minijinja::Error) -> String {
