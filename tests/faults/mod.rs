@@ -355,3 +355,51 @@ async fn endless_output_is_cut_with_bounded_memory_over_ssh() {
 async fn endless_output_is_cut_with_bounded_memory_locally() {
     floods_are_bounded(&local_orchestrator(), "localhost").await;
 }
+
+/// Through SSM (the test endpoint runs the agent's commands on this machine, as root): the wrapper starts the
+/// runner, whose sweep is the local transport's. The `rune` binary, as an operator would run it.
+#[test]
+fn daemons_a_plugin_leaves_are_killed_after_its_run_through_ssm() {
+    const INSTANCE: &str = "i-0123456789abcdef0";
+    let endpoint = crate::support::ssm::SsmEndpoint::start(&[INSTANCE]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let inventory = format!("hosts:\n  app-1:\n    transport: ssm\n    ssm: {{ instance_id: {INSTANCE} }}\n");
+    std::fs::write(dir.path().join("inventory.yaml"), inventory).unwrap_or_else(|e| panic!("inventory: {e}"));
+    let env = crate::support::moto::aws_env(&endpoint.url());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let plugins = format!("{root}/plugins:{root}/tests/fixtures/plugins");
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.push(("RUNE_PLUGINS_DIR", &plugins));
+    let marker = marker("dm-ssm");
+    let marker_arg = format!("marker={marker}");
+    for (hang, status) in [(false, "ok"), (true, "timeout")] {
+        let hang_arg = format!("hang={hang}");
+        let args = [
+            "run",
+            "daemonize",
+            "--host",
+            "app-1",
+            "--inventory",
+            "inventory.yaml",
+            "--output",
+            "json",
+            "--arg",
+            &marker_arg,
+            "--arg",
+            &hang_arg,
+            "--timeout",
+            "3s",
+        ];
+        let out = crate::support::rune(&args, dir.path(), &vars);
+        let all = crate::support::text(&out);
+        let envelope: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(envelope["status"], status, "hang {hang}: {all}");
+        assert_eq!(envelope["transport"], "ssm", "{all}");
+        if !hang {
+            let tail = envelope["stderr_tail"].as_str().unwrap_or("");
+            assert!(tail.contains("killed 4 process(es) the plugin left running"), "reported: {all}");
+        }
+        let left = processes_left(&format!("rune-daemon-{marker}"));
+        assert!(left.is_empty(), "hang {hang}: daemons survived a run through SSM:\n{left}");
+    }
+}
