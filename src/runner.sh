@@ -48,7 +48,7 @@ rune_main() {
   # this session, and what carries this run's id in its environment (a daemon that left the session). After 10 s
   # pids may have wrapped since the mark: then every process is looked at.
   [ "$SECONDS" -lt 10 ] || rune_mark=''
-  rune_sweep "RUNE_RUN_ID=@RUN_ID@" "$rune_mark"
+  rune_sweep "RUNE_RUN_ID=@RUN_ID@" "$rune_mark" "$tpid"
   kill -KILL -- "-$tpid" 2>/dev/null
   if { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ "$SECONDS" -ge @TIMEOUT@ ]; then
     printf 'rune-runner: timed out after %ss; process group %s and the rest of the session killed\n' "$SECONDS" "$tpid" >&2

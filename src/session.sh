@@ -111,7 +111,7 @@ rune_run() {
     # that left the session). Only pids handed out since the mark are looked at, unless the run took 10 s or more
     # (pids may have wrapped since).
     ((SECONDS - t0 < 10)) || rune_mark=''
-    rune_sweep "RUNE_RUN_ID=$id" "$rune_mark"
+    rune_sweep "RUNE_RUN_ID=$id" "$rune_mark" "$pid"
     kill -KILL -- "-$pid" 2>/dev/null
     printf 'disarm\n' >&9
     [ -f "$rune_dir/fired" ] && read -r fired <"$rune_dir/fired"

@@ -8,26 +8,30 @@ rune_pid_mark() {
   { read -r _ _ _ _ rune_mark </proc/loadavg; } 2>/dev/null
   [[ -n $rune_mark && $rune_mark != *[!0-9]* ]] || rune_mark=''
 }
-# rune_kill_left SID MARKER [MARK]: kills every process of session SID (when not empty) and every process whose
-# environment holds the exact entry MARKER; spared are this shell, its parent and the session shell's watchdog.
-# With MARK (from rune_pid_mark) only pids handed out since are looked at while there are at most 4,096 of them;
-# otherwise every process. Rounds repeat on the pids handed out meanwhile until one finds nothing (a leftover that
-# forks). Environments are readable for processes of our own uid only (every process's as root). Sets
-# rune_killed (a count) and rune_killed_names (`pid (name)` of the first five).
+# rune_kill_left SID MARKER [MARK [FIRST]]: kills every process of session SID (when not empty) and every process
+# whose environment holds the exact entry MARKER; spared are this shell, its parent and the session shell's
+# watchdog. Environments are readable for processes of our own uid only (every process's as root).
+# With MARK (from rune_pid_mark) only pids handed out since are looked at while there are at most 4,096 of them
+# and FIRST (a pid the run got after the mark) is among them, so a /proc/loadavg that does not tell the truth (a
+# container's, virtualised) cannot hide a leftover; otherwise every process. Rounds repeat on the pids handed out
+# meanwhile until one finds nothing (a leftover that forks). A process in the middle of an exec shows an empty
+# environment for a moment: it is looked at again, up to 20 times 10 ms apart.
+# Sets rune_killed (a count) and rune_killed_names (`pid (name)` of the first five).
 rune_kill_left() {
-  local sid=$1 marker=$2 from=${3-} to p pid stat rest env round n
-  local -a list entries
+  local sid=$1 marker=$2 from=${3-} first=${4-} to p pid stat rest ppid env round n waits=0
+  local -a list entries retry=() again
   rune_killed=0 rune_killed_names=''
-  for ((round = 0; round < 50; round++)); do
+  for ((round = 0; round < 100; round++)); do
     to=''
     { read -r _ _ _ _ to </proc/loadavg; } 2>/dev/null
-    if [[ -n $from && $from != *[!0-9]* && -n $to && $to != *[!0-9]* ]] && ((to >= from && to - from <= 4096)); then
-      list=()
+    if [[ -n $from && $from != *[!0-9]* && -n $to && $to != *[!0-9]* && $first != *[!0-9]* ]] &&
+      ((to >= from && to - from <= 4096)) && { [ -z "$first" ] || ((first > from && first <= to)); }; then
+      list=("${retry[@]}")
       for ((pid = from + 1; pid <= to; pid++)); do list+=("/proc/$pid"); done
     else
       list=(/proc/[0-9]*)
     fi
-    n=0
+    n=0 again=()
     for p in "${list[@]}"; do
       pid=${p#/proc/}
       [ "$pid" = "$$" ] || [ "$pid" = "$PPID" ] || [ "$pid" = "${rune_wd-}" ] && continue
@@ -39,10 +43,14 @@ rune_kill_left() {
       rest=${stat:0:96} rest=${rest##*) }
       # A zombie is dead already; its parent has not reaped it yet.
       [ "${rest%% *}" = Z ] && continue
-      rest=${rest#* } rest=${rest#* } rest=${rest#* }
+      rest=${rest#* } ppid=${rest%% *} rest=${rest#* } rest=${rest#* }
       if [ -z "$sid" ] || [ "${rest%% *}" != "$sid" ]; then
         { mapfile -d '' -t entries <"$p/environ"; } 2>/dev/null || continue
-        ((${#entries[@]})) || continue
+        if ((${#entries[@]} == 0)); then
+          # Mid-exec, or a kernel thread (kthreadd's children), which never has one.
+          [ "$ppid" = 2 ] || [ "$pid" = 2 ] || again+=("$p")
+          continue
+        fi
         printf -v env '\n%s' "${entries[@]}"
         [[ $env$'\n' == *$'\n'"$marker"$'\n'* ]] || continue
       fi
@@ -54,24 +62,29 @@ rune_kill_left() {
       fi
     done
     rune_killed=$((rune_killed + n))
-    ((n)) || break
-    from=$to
+    retry=("${again[@]}")
+    if ((n == 0)); then
+      ((${#retry[@]} && waits < 20)) || break
+      waits=$((waits + 1))
+      sleep 0.01
+    fi
+    from=$to first=''
   done
   return 0
 }
-# rune_sweep MARKER [MARK]: after a run, kills every process it left behind: every process of this shell's
+# rune_sweep MARKER [MARK [FIRST]]: after a run, kills every process it left behind: every process of this shell's
 # session, including ones that moved to another process group (a nested `timeout` without --foreground,
 # `set -m`), and every process whose environment holds MARKER (the run's RUNE_RUN_ID=<run id>), including ones
 # that started a session of their own (`setsid`, `nohup … &` + `disown`, a double fork). The session counts
 # only when this shell or its parent leads it: the runner and the session shell do (sshd starts each channel as
-# one; the local transport and the SSM wrapper use setsid). Says on stderr what it killed. MARK: rune_kill_left.
+# one; the local transport and the SSM wrapper use setsid). Says on stderr what it killed. MARK, FIRST: rune_kill_left.
 rune_sweep() {
   local sid='' stat=''
   if { read -r -d '' stat </proc/$$/stat; } 2>/dev/null || [ -n "$stat" ]; then
     sid=${stat:0:96} sid=${sid##*) } sid=${sid#* } sid=${sid#* } sid=${sid#* } sid=${sid%% *}
     [ "$sid" = "$$" ] || [ "$sid" = "$PPID" ] || sid=''
   fi
-  rune_kill_left "$sid" "$1" "${2-}"
+  rune_kill_left "$sid" "$1" "${2-}" "${3-}"
   if ((rune_killed)); then
     printf 'rune-runner: killed %s process(es) the plugin left running: %s\n' "$rune_killed" "$rune_killed_names" >&2
   fi
