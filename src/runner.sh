@@ -37,15 +37,20 @@ rune_main() {
 @ENV_VARS@
   cd -- "$rune_dir" || rune_fail "cannot enter $rune_dir"
   SECONDS=0
+  rune_pid_mark
   # stdout and stderr go straight to RUNE, which caps them and ends the session when a plugin floods.
   timeout --kill-after=@KILL_AFTER@ @TIMEOUT@ bash --noprofile --norc "$rune_dir/plugin.sh" <"$rune_dir/input.json" &
   local tpid=$! rc
   printf '%s\n' "$tpid" >"$rune_dir/pgid"
   wait "$tpid"
   rc=$?
+  # Whatever the plugin left running goes with it, whether it ended well or not: its process group, the rest of
+  # this session, and what carries this run's id in its environment (a daemon that left the session). After 10 s
+  # pids may have wrapped since the mark: then every process is looked at.
+  [ "$SECONDS" -lt 10 ] || rune_mark=''
+  rune_sweep "RUNE_RUN_ID=@RUN_ID@" "$rune_mark" "$tpid"
   kill -KILL -- "-$tpid" 2>/dev/null
   if { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && [ "$SECONDS" -ge @TIMEOUT@ ]; then
-    rune_sweep
     printf 'rune-runner: timed out after %ss; process group %s and the rest of the session killed\n' "$SECONDS" "$tpid" >&2
     rc=124
   elif [ "$rc" -ge 120 ] && [ "$rc" -le 127 ]; then

@@ -59,7 +59,7 @@ rune_start_watchdog() {
 }
 # rune_run RUN_ID NONCE PLUGIN_FILE TIMEOUT KILL_AFTER NEEDS_ROOT SWEEP_STALE [REQUIRED_COMMAND...]
 rune_run() {
-  local id=$1 nonce=$2 plugin=$3 t=$4 k=$5 root=$6 stale=$7 rc c missing='' pid fired='' left
+  local id=$1 nonce=$2 plugin=$3 t=$4 k=$5 root=$6 stale=$7 rc c missing='' pid fired='' left t0
   shift 7
   printf 'rune-run-start %s\n' "$id"
   [ "$stale" = 1 ] && rune_sweep_stale
@@ -83,6 +83,8 @@ rune_run() {
     kill -0 "$rune_wd" 2>/dev/null || rune_start_watchdog
     export RUNE_BPCS=0.1 RUNE_RUN_ID="$id" RUNE_TIMEOUT="$t" RUNE_LIB="$rune_dir/lib" RUNE_INPUT="$rune_dir/input.json"
     export RUNE_PLUGIN="$rune_dir/$plugin"
+    t0=$SECONDS
+    rune_pid_mark
     # The plugin runs in a fork of this shell (a job: its own process group) that first sheds this shell's
     # state: its variables (the nonce among them), options, traps and the watchdog's FIFO. Its rune_* functions
     # stay defined (code, no data; unsetting them costs copy-on-write faults on every run). Sourcing the plugin
@@ -93,7 +95,8 @@ rune_run() {
       trap - PIPE
       set +m
       shopt -u nullglob dotglob
-      unset -v id nonce plugin t k root stale rc c missing pid fired left n req rune_dir rune_wd
+      unset -v id nonce plugin t k root stale rc c missing pid fired left t0 n req rune_dir rune_wd rune_mark \
+        rune_killed rune_killed_names
       . "$RUNE_PLUGIN"
     ) &
     pid=$!
@@ -103,12 +106,16 @@ rune_run() {
     # shell's stderr, which is the run's: silenced here, or every run's stderr_tail carries it.
     wait "$pid" 2>/dev/null
     rc=$?
-    # What the plugin left in its group goes with it.
+    # Whatever the plugin left running goes with it, whether it ended well or not: its process group, the rest of
+    # this session (but this shell and its watchdog), and what carries this run's id in its environment (a daemon
+    # that left the session). Only pids handed out since the mark are looked at, unless the run took 10 s or more
+    # (pids may have wrapped since).
+    ((SECONDS - t0 < 10)) || rune_mark=''
+    rune_sweep "RUNE_RUN_ID=$id" "$rune_mark" "$pid"
     kill -KILL -- "-$pid" 2>/dev/null
     printf 'disarm\n' >&9
     [ -f "$rune_dir/fired" ] && read -r fired <"$rune_dir/fired"
     if [ "$fired" = "$id" ]; then
-      rune_sweep
       printf 'rune-runner: timed out after %ss; process group %s and the rest of the session killed\n' "$t" "$pid" >&2
       rc=124
     elif [ "$rc" -ge 120 ] && [ "$rc" -le 127 ]; then

@@ -9,6 +9,7 @@ mod cli_config;
 mod cli_rules;
 mod cli_serve;
 mod deploy;
+mod faults;
 mod hostile;
 mod nats_kv;
 mod soak;

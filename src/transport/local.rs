@@ -128,6 +128,11 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
             use std::os::unix::process::ExitStatusExt;
             outcome.exit_code = status.code();
             outcome.exit_signal = status.signal().map(|s| format!("signal {s}"));
+            if lingered || outcome.exit_signal.is_some() {
+                // The runner was killed (by the plugin, say) or left something holding its output: it could not
+                // end the plugin's group itself. The cleanup command checks the pids it reads against the run.
+                let _ = run_cleanup(&invocation.cleanup).await;
+            }
         }
         Ok((Err(e), _)) => return Err(TransportError::Spawn(format!("wait: {e}"))),
         Err(_) => {

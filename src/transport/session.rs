@@ -31,12 +31,17 @@ pub fn boot_command(sid: &str) -> String {
     )
 }
 
-/// Kills the run's process group and the shell, and removes the session dir (for the deadline and flood paths).
+/// Kills the run's process group, the shell and the rest of its session (its watchdog, a run's leftovers), and
+/// what the shell's runs left elsewhere (processes carrying `RUNE_LIB=<session dir>/lib` in their environment),
+/// then removes the session dir: for the deadline and flood paths, and a shell that died mid-run.
 pub fn cleanup_command(sid: &str) -> String {
-    // Pids are checked first: a dir left by a killed shell may name pids reused since (`ours_check`).
+    // Pids are checked first: a dir left by a killed shell may name pids reused since (`ours_check`). The session
+    // id is the shell's pid; once that passed the check, its session's members are the shell's. Three rounds: a
+    // leftover may fork while it is being killed.
     format!(
-        "bash --noprofile --norc -c 'd=\"${{TMPDIR:-/tmp}}/rune-s-{sid}\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then {ours}g=$(cat \"$d/pgid\" 2>/dev/null); p=$(cat \"$d/pid\" 2>/dev/null); [ -n \"$g\" ] && o \"$g\" && kill -KILL -- \"-$g\" 2>/dev/null; [ -n \"$p\" ] && o \"$p\" && kill -KILL -- \"$p\" 2>/dev/null; rm -rf -- \"$d\"; fi'",
+        "bash --noprofile --norc -c 'd=\"${{TMPDIR:-/tmp}}/rune-s-{sid}\"; if [ -d \"$d\" ] && [ -O \"$d\" ]; then {ours}g=$(cat \"$d/pgid\" 2>/dev/null); p=$(cat \"$d/pid\" 2>/dev/null); s=; [ -n \"$g\" ] && o \"$g\" && kill -KILL -- \"-$g\" 2>/dev/null; [ -n \"$p\" ] && o \"$p\" && s=$p && kill -KILL -- \"$p\" 2>/dev/null; {sweep}rm -rf -- \"$d\"; fi'",
         ours = super::ours_check(sid),
+        sweep = "for r in 1 2 3; do k=0; for q in /proc/[0-9]*; do [ \"${q#/proc/}\" = $$ ] && continue; t=; read -r -d \"\" t <\"$q/stat\" 2>/dev/null; read -ra f <<<\"${t##*) }\"; if [ -z \"$s\" ] || [ \"${f[3]}\" != \"$s\" ]; then mapfile -d \"\" -t e <\"$q/environ\" 2>/dev/null || continue; m=0; for x in \"${e[@]}\"; do [ \"$x\" = \"RUNE_LIB=$d/lib\" ] && m=1 && break; done; [ $m = 1 ] || continue; fi; kill -KILL \"${q#/proc/}\" 2>/dev/null && k=1; done; [ $k = 1 ] || break; done; ",
     )
 }
 
@@ -137,6 +142,9 @@ impl Shell {
         let mut outcome = RawOutcome::default();
         let mut ended = false; // the shell's channel closed or it exited
         let mut refused = false;
+        // The shell exited before its end markers (a plugin killed it) and what it left kept the channel open
+        // past the exit grace.
+        let mut lingered = false;
         let read = &mut self.read;
         let write = &self.write;
         let work = async {
@@ -144,8 +152,24 @@ impl Shell {
                 let _ = write.data(&request[..]).await;
             };
             let drain = async {
+                let mut grace_end: Option<tokio::time::Instant> = None;
                 loop {
-                    let Some(msg) = read.wait().await else {
+                    // A shell that exited without its end markers (a plugin killed it) leaves the run's processes
+                    // holding the channel open: they get the exit grace, as over a runner, not the whole deadline.
+                    if grace_end.is_none() && (outcome.exit_code.is_some() || outcome.exit_signal.is_some()) {
+                        grace_end = Some(tokio::time::Instant::now() + super::EXIT_DRAIN_GRACE);
+                    }
+                    let next = match grace_end {
+                        Some(end) => match tokio::time::timeout_at(end, read.wait()).await {
+                            Ok(next) => next,
+                            Err(_) => {
+                                lingered = true;
+                                break;
+                            }
+                        },
+                        None => read.wait().await,
+                    };
+                    let Some(msg) = next else {
                         // The channel ended without a Close: the connection is gone.
                         ended = true;
                         break;
@@ -207,18 +231,28 @@ impl Shell {
             };
         }
         outcome.deadline_hit = deadline_hit;
+        outcome.output_lingered = lingered;
         let lost =
             !finished && !deadline_hit && !overflowed && outcome.exit_code.is_none() && outcome.exit_signal.is_none();
+        // The shell was killed mid-run (by the plugin, or by someone on the host): the plugin may have run on.
+        let killed = !finished && !deadline_hit && !overflowed && sink.started() && outcome.exit_signal.is_some();
+        let signal = outcome.exit_signal.clone().unwrap_or_default();
         sink.finish(&mut outcome);
         let result = if lost && !never_started {
             Err(TransportError::LostMidRun("connection lost while the plugin ran; it may have changed the host".into()))
+        } else if killed {
+            Err(TransportError::LostMidRun(format!(
+                "the session shell running the plugin was killed (signal {signal}) before the plugin finished; it may \
+                 have changed the host"
+            )))
         } else {
             Ok(outcome)
         };
         ShellRun {
             result,
             reusable: finished && !stray && !overflowed && !deadline_hit && !ended,
-            needs_cleanup: deadline_hit || overflowed,
+            // A shell gone mid-run leaves the run's processes (its watchdog, the plugin's group) and its dir.
+            needs_cleanup: deadline_hit || overflowed || (!finished && !never_started && !lost),
             never_started,
         }
     }
@@ -268,12 +302,20 @@ impl EndScanner {
                 self.held.drain(..pos);
             }
             None => {
-                let release = self.held.len().saturating_sub(self.prefix.len() - 1);
+                // Only a tail that could still grow into the marker is held back: anything else (the start
+                // marker, a plugin's last line) is passed on at once, even when no more output follows.
+                let release = self.held.len() - partial_marker_len(&self.held, &self.prefix);
                 out(&self.held[..release]);
                 self.held.drain(..release);
             }
         }
     }
+}
+
+/// Length of the longest tail of `held` that is a proper start of `prefix`.
+fn partial_marker_len(held: &[u8], prefix: &[u8]) -> usize {
+    let longest = prefix.len().saturating_sub(1).min(held.len());
+    (1..=longest).rev().find(|&n| held.ends_with(&prefix[..n])).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -344,5 +386,21 @@ mod tests {
         assert_eq!(out, b"xrune-run-end abd 001\n", "another nonce is data");
         assert_eq!((code, stray), (Some(0), 4));
         assert_eq!(scan(&[b"rune-run-end abc 0x1\n"]).1, Some(125));
+    }
+
+    /// Regression: the scanner held back the last `prefix - 1` bytes of stdout whatever they were, so the run's
+    /// start line stayed in it while a plugin wrote only to stderr (a stderr flood was reported as "the runner
+    /// did not start").
+    #[test]
+    fn only_a_possible_start_of_the_end_marker_is_held_back() {
+        let (out, code, _) = scan(&[b"rune-run-start 0123456789abcdef0123456789abcdef\n"]);
+        assert_eq!(out, b"rune-run-start 0123456789abcdef0123456789abcdef\n");
+        assert_eq!(code, None);
+        let mut scanner = EndScanner::new(b"rune-run-end abc ".to_vec());
+        let mut out = Vec::new();
+        scanner.push(b"{}\nrune-run-e", |b| out.extend_from_slice(b));
+        assert_eq!(out, b"{}\n", "a tail that may be the marker waits");
+        scanner.push(b"nd abc 000\n", |b| out.extend_from_slice(b));
+        assert_eq!((out.as_slice(), scanner.code), (&b"{}\n"[..], Some(0)));
     }
 }

@@ -201,7 +201,17 @@ impl SshTransport {
             verdict: verdict.clone(),
         };
         let addr = (host.address.as_str(), host.port);
-        let connected = client::connect(self.inner.config.clone(), addr, handler).await;
+        let socket =
+            tokio::net::TcpStream::connect(addr).await.map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(host = %host.name, error = %e, "cannot set TCP_NODELAY");
+        }
+        // russh runs the connection in a task of its own from the server's version line on; a connect given up
+        // (the timeout, a refused key) drops the handle, but a task still in the key exchange would wait on a
+        // server that never answers for as long as the socket stays open: one task and one socket per attempt.
+        // The guard shuts the socket down unless the connection is handed out, which ends that task.
+        let (socket, guard) = guarded(socket).map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let connected = client::connect_stream(self.inner.config.clone(), socket, handler).await;
         let mut handle = match connected {
             Ok(h) => h,
             Err(e) => {
@@ -225,6 +235,7 @@ impl SshTransport {
             }
         };
         self.authenticate(host, &mut handle).await?;
+        guard.disarm();
         Ok(Connection {
             handle,
             channels: Arc::new(Semaphore::new(self.inner.settings.max_channels_per_connection.max(1))),
@@ -313,6 +324,30 @@ impl SshTransport {
         }
         Err(TransportError::AuthFailed(format!("user {}: {}", host.user, tried.join("; "))))
     }
+}
+
+/// Shuts its socket down when dropped, unless disarmed: see [`SshTransport::connect`].
+struct ShutdownGuard(Option<std::net::TcpStream>);
+
+impl ShutdownGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ShutdownGuard {
+    fn drop(&mut self) {
+        if let Some(socket) = self.0.take() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// `socket` and a guard holding a second handle on the same socket.
+fn guarded(socket: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, ShutdownGuard)> {
+    let socket = socket.into_std()?;
+    let second = socket.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(socket)?, ShutdownGuard(Some(second))))
 }
 
 async fn rsa_hash(handle: &Handle<ClientHandler>, is_rsa: bool) -> Option<HashAlg> {
@@ -508,8 +543,9 @@ async fn exec(
     if refused {
         return Err(TransportError::Protocol("the server refused to execute the command".into()));
     }
-    if deadline_hit || sink.overflowed() || outcome.output_lingered {
-        // Kill what is left of the run on the host (a flooding plugin, a stuck runner, a lingering child).
+    if deadline_hit || sink.overflowed() || outcome.output_lingered || outcome.exit_signal.is_some() {
+        // Kill what is left of the run on the host (a flooding plugin, a stuck runner, a lingering child, the
+        // plugin's group when the runner itself was killed).
         cleanup(conn, &invocation.cleanup).await;
     }
     if deadline_hit {

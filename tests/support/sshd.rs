@@ -344,6 +344,28 @@ impl SshdFleet {
         }
     }
 
+    /// Kills host `i` the way a crash would, while its sessions run: SIGKILL to the listening sshd and to every
+    /// process under it (each connection's sshd processes, the sessions, whatever they run) in one pass, parents
+    /// first, so that nothing answers a client once the first signal is out. Unlike [`SshdFleet::kill_host`],
+    /// nothing gets a chance to react between generations (a plugin whose `sleep` was killed could print its
+    /// result). Only the listener is reaped; the rest are reparented to PID 1 (see the module notes on zombies).
+    /// The port is then closed; no-op if the host is already down.
+    pub fn crash_host(&mut self, i: usize) {
+        let Some(mut listener) = self.daemon_mut(i).child.take() else { return };
+        let mut pids = vec![listener.id()];
+        pids.extend(descendant_generations(&[listener.id()]).into_iter().flatten());
+        for pid in pids {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) has no memory-safety preconditions; these pids are this host's processes,
+                // found under our own child a moment ago.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = listener.wait();
+    }
+
     /// Starts host `i` again on the same port with the same host key (killing it first if it runs). Retries
     /// while the port is still taken, up to [`FleetOptions::startup_timeout`], then panics.
     pub fn restart_host(&mut self, i: usize) {
@@ -597,8 +619,8 @@ pub fn ensure_prerequisites() {
     });
 }
 
-/// A TCP listener on 127.0.0.1 that accepts connections and never sends a byte: for handshake timeouts.
-/// Accepted sockets stay open until the listener is dropped.
+/// A TCP listener on 127.0.0.1 that accepts connections and never sends a byte (or only a banner, see
+/// [`SilentListener::speaking`]): for handshake timeouts. Accepted sockets stay open until the listener is dropped.
 pub struct SilentListener {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -610,6 +632,12 @@ pub struct SilentListener {
 
 impl SilentListener {
     pub fn start() -> SilentListener {
+        SilentListener::speaking(b"")
+    }
+
+    /// A listener that sends `banner` on every connection it accepts and then nothing more, e.g. an SSH
+    /// version line: the client gets past reading the version and then waits on the key exchange forever.
+    pub fn speaking(banner: &'static [u8]) -> SilentListener {
         let listener = TcpListener::bind((LOOPBACK, 0)).unwrap_or_else(|e| panic!("cannot bind {LOOPBACK}:0: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("cannot read the listener's address: {e}"));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -625,8 +653,9 @@ impl SilentListener {
                         if stop.load(Ordering::SeqCst) {
                             break;
                         }
-                        if let Ok(stream) = stream {
+                        if let Ok(mut stream) = stream {
                             accepted.fetch_add(1, Ordering::SeqCst);
+                            let _ = io::Write::write_all(&mut stream, banner);
                             open.push(stream);
                         }
                     }
