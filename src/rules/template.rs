@@ -265,7 +265,7 @@ fn check_language(source: &str) -> Result<(), TemplateError> {
     let refuse = |what: String, line: u16| Err(TemplateError(format!("{what} (template line {line})")));
     let mut previous: Option<Token<'_>> = None;
     let mut block_keyword = false;
-    for token in tokenize(source, false, SyntaxConfig::default(), WhitespaceConfig::default()) {
+    for token in tokenize(source, false, SyntaxConfig, WhitespaceConfig::default()) {
         let (token, span) = token.map_err(|e| TemplateError(describe(&e)))?;
         let line = span.start_line;
         if block_keyword {
