@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -244,25 +244,63 @@ pub async fn run_jetstream<D: DedupStore>(
             });
             tx
         });
-        let send = sender.send(job);
-        tokio::select! {
-            sent = send => if let Err(unsent) = sent {
+        // A place in the lane first, so that the message is still ours to give back if none comes.
+        let permit = tokio::select! {
+            permit = sender.reserve() => permit,
+            _ = shutdown.cancelled() => {
+                let _ = job.message.ack_with(HAND_BACK).await;
+                break;
+            }
+        };
+        match permit {
+            Ok(permit) => permit.send(job),
+            Err(_) => {
                 // The lane's task ended (it panicked): give the message back and stop this intake loudly.
-                let _ = unsent.0.message.ack_with(AckKind::Nak(None)).await;
+                let _ = job.message.ack_with(AckKind::Nak(None)).await;
                 lane_failed = true;
                 break;
-            },
-            _ = shutdown.cancelled() => break,
+            }
         }
     }
     // Stop the lanes: each finishes (or gives back) what it holds.
     drop(senders);
     while workers.join_next().await.is_some() {}
+    // What the pull already fetched but no lane took goes back now, for another instance, instead of waiting out
+    // its ack_wait. (Only what is buffered: a pull still in flight delivers into a stream nobody reads.)
+    let mut buffered = Vec::new();
+    while let Some(Some(Ok(message))) = consumer.next().now_or_never() {
+        buffered.push(message);
+    }
+    // Unsubscribed first: a pull request of ours still waiting on the server must not take them again.
+    drop(consumer);
+    let mut handed_back = 0_usize;
+    let give_back = async {
+        for message in buffered {
+            let _ = message.ack_with(HAND_BACK).await;
+            handed_back += 1;
+        }
+    };
+    if tokio::time::timeout(HAND_BACK_TIMEOUT, give_back).await.is_err() {
+        tracing::warn!(
+            handed_back,
+            "JetStream intake: gave up handing back buffered messages (they return after ack_wait)"
+        );
+    } else if handed_back > 0 {
+        tracing::info!(handed_back, "JetStream intake: buffered messages handed back for another instance");
+    }
     match lane_failed {
         true => Err("a decision lane of the JetStream intake ended unexpectedly; the intake stopped".into()),
         false => Ok(()),
     }
 }
+
+/// How a message is given back at shutdown: a nak with a short delay, so that the server redelivers it after this
+/// instance's waiting pull requests are gone (an immediate nak can be redelivered into one of them, and then waits
+/// out its ack_wait).
+const HAND_BACK: AckKind = AckKind::Nak(Some(Duration::from_secs(1)));
+
+/// How long the intake spends handing back buffered messages when it stops.
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One pulled message on its way to a lane.
 struct Job {
@@ -291,7 +329,7 @@ async fn handle<D: DedupStore>(
     let Job { message, subject, deliveries, sequence, parsed } = job;
     if shutdown.is_cancelled() {
         // Not started here: give it back at once for another instance.
-        let _ = message.ack_with(AckKind::Nak(None)).await;
+        let _ = message.ack_with(HAND_BACK).await;
         return;
     }
     let last_try = deliveries.is_some_and(|d| settings.max_deliver > 0 && d >= settings.max_deliver);
@@ -321,7 +359,7 @@ async fn handle<D: DedupStore>(
             match accepted {
                 Ok(_) => Ok(()),
                 Err(AcceptError::ShuttingDown) => {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    let _ = message.ack_with(HAND_BACK).await;
                     return;
                 }
                 Err(e) => Err((e.to_string(), false)),

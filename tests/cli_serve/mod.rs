@@ -545,10 +545,10 @@ async fn sigterm_under_load_finishes_its_runs_and_hands_the_rest_to_the_other_in
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let config = dir.path().join("rune.yaml");
-    // A short ack_wait: messages still in the stopped instance's pull buffer (fetched, not yet in a decision lane)
-    // are not given back at shutdown and return only after it (docs/operations.md, Shutdown).
+    // A long ack_wait: what the stopped instance held -- in its lanes or still in its pull buffer -- must be handed
+    // back at the SIGTERM (nak), not left to come back after ack_wait (the consumer must settle well before it).
     let text = format!(
-        "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    consumer: {{ ack_wait: 3s }}\n    \
+        "nats:\n  urls: [\"{}\"]\n  jetstream:\n    enabled: true\n    consumer: {{ ack_wait: 120s }}\n    \
          results_stream: {{ enabled: true }}\n\
          paths:\n  rules_dir: {}\n  plugins_dirs: [{}, {}]\nresults:\n  stdout: false\n\
          limits:\n  max_in_flight_runs: 2\n  shutdown_grace: 30s\n",
@@ -608,8 +608,8 @@ async fn sigterm_under_load_finishes_its_runs_and_hands_the_rest_to_the_other_in
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Long enough for any late redelivery (ack_wait 3 s) to have run a second time if it were going to.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // A moment for a late redelivery to run a second time if it were going to.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let runs = read_ledger();
     assert_eq!(runs.len(), DISTINCT, "{runs:?}");
     assert!(runs.values().all(|&c| c == 1), "an alert ran twice: {runs:?}");
