@@ -373,6 +373,34 @@ async fn three_instances_run_each_distinct_alert_of_a_burst_exactly_once() {
     assert_eq!(codes, [Some(0), Some(0), Some(0)]);
 }
 
+/// How often each alert ran, from a `mark-run`/`mark-fix` ledger (one line per run).
+fn ledger_runs(ledger: &Path) -> std::collections::BTreeMap<String, usize> {
+    let mut runs = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(ledger).unwrap_or_default().lines() {
+        *runs.entry(line.to_owned()).or_default() += 1;
+    }
+    runs
+}
+
+/// Waits (90 s at most) until `distinct` alerts ran after `event`, then `settle` more for a late redelivery to run
+/// one a second time, and asserts each ran exactly once.
+async fn each_ran_once(ledger: &Path, distinct: usize, event: &str, settle: Duration) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while ledger_runs(ledger).len() < distinct {
+        let runs = ledger_runs(ledger);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {distinct} alerts ran after {event}: {runs:?}",
+            runs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(settle).await;
+    let runs = ledger_runs(ledger);
+    assert_eq!(runs.len(), distinct, "{runs:?}");
+    assert!(runs.values().all(|&c| c == 1), "an alert ran twice: {runs:?}");
+}
+
 /// Cluster mode, the hard case: three instances, a burst with duplicates, runs slower than the burst (two run
 /// slots each, so messages wait unacked with decided, pending dedup claims — and, for a remediation, held host
 /// leases), and one instance SIGKILLed mid-burst. Its unacked messages are redelivered to the others, which take
@@ -424,13 +452,7 @@ async fn kill_one_of_three_mid_burst(action: &str) {
     let js = async_nats::jetstream::new(client.clone());
     const DISTINCT: usize = 40;
     publish_burst(&js, DISTINCT).await;
-    let read_ledger = || -> std::collections::BTreeMap<String, usize> {
-        let mut runs = std::collections::BTreeMap::new();
-        for line in std::fs::read_to_string(&ledger).unwrap_or_default().lines() {
-            *runs.entry(line.to_owned()).or_default() += 1;
-        }
-        runs
-    };
+    let read_ledger = || ledger_runs(&ledger);
     // Mid-burst: some runs have started, most alerts are still waiting somewhere.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while read_ledger().len() < 6 {
@@ -440,21 +462,8 @@ async fn kill_one_of_three_mid_burst(action: &str) {
     let killed = instances.remove(0);
     tokio::task::spawn_blocking(move || drop(killed)).await.unwrap_or_else(|e| panic!("{e}")); // SIGKILL
     let at_kill = read_ledger();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while read_ledger().len() < DISTINCT {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} of {DISTINCT} alerts ran after the kill: {:?}",
-            read_ledger().len(),
-            read_ledger()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Long enough for any late redelivery (ack_wait 3 s) to have run a second time if it were going to.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let runs = read_ledger();
-    assert_eq!(runs.len(), DISTINCT, "{runs:?}");
-    assert!(runs.values().all(|&c| c == 1), "an alert ran twice: {runs:?}");
+    // Settling long enough for any late redelivery (ack_wait 3 s) to have run a second time if it were going to.
+    each_ran_once(&ledger, DISTINCT, "the kill", Duration::from_secs(8)).await;
     // The kill mattered: the consumer redelivered what the dead instance held.
     let mut consumer: async_nats::jetstream::consumer::PullConsumer =
         js.get_consumer_from_stream("rune", "RUNE_ALERTS").await.unwrap_or_else(|e| panic!("{e}"));
@@ -567,13 +576,7 @@ async fn sigterm_under_load_finishes_its_runs_and_hands_the_rest_to_the_other_in
     let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
     let js = async_nats::jetstream::new(client.clone());
     publish_burst(&js, DISTINCT).await;
-    let read_ledger = || -> std::collections::BTreeMap<String, usize> {
-        let mut runs = std::collections::BTreeMap::new();
-        for line in std::fs::read_to_string(&ledger).unwrap_or_default().lines() {
-            *runs.entry(line.to_owned()).or_default() += 1;
-        }
-        runs
-    };
+    let read_ledger = || ledger_runs(&ledger);
     // Mid-burst, while the instance to stop has runs in flight (each takes 0.4 s; the signal follows at once).
     let stopped = instances.remove(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -598,21 +601,7 @@ async fn sigterm_under_load_finishes_its_runs_and_hands_the_rest_to_the_other_in
     // Runs in flight at the signal finished after it.
     let drained = stderr.find("shutting down").map(|at| &stderr[at..]);
     assert!(drained.is_some_and(|d| d.contains("run finished")), "no run finished after the SIGTERM:\n{stderr}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while read_ledger().len() < DISTINCT {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} of {DISTINCT} alerts ran after the SIGTERM: {:?}",
-            read_ledger().len(),
-            read_ledger()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // A moment for a late redelivery to run a second time if it were going to.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let runs = read_ledger();
-    assert_eq!(runs.len(), DISTINCT, "{runs:?}");
-    assert!(runs.values().all(|&c| c == 1), "an alert ran twice: {runs:?}");
+    each_ran_once(&ledger, DISTINCT, "the SIGTERM", Duration::from_secs(5)).await;
 
     // The stopped instance: every run it started has its result record, the trail ends with `stop`, nothing was
     // left in flight or unpublished.
