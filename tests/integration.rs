@@ -12,6 +12,7 @@ mod deploy;
 mod faults;
 mod hostile;
 mod nats_kv;
+mod nats_permissions;
 mod soak;
 mod ssm_endpoint;
 mod ssm_moto;

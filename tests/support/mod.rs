@@ -1,6 +1,7 @@
 //! Real daemons (and an SSM-compatible endpoint) for the integration tests, started on loopback and stopped when
 //! dropped.
 
+pub mod daemon;
 pub mod moto;
 pub mod nats;
 pub mod pki;

@@ -57,6 +57,8 @@ pub struct NatsServer {
     starts: u32,
     /// The running server: `Some` from spawn until `stop` or `Drop`, which kill and reap it.
     child: Option<Child>,
+    /// A configuration file (`-c`) given to [`NatsServer::start_with_config`]; the command line wins over it.
+    config: Option<PathBuf>,
     /// Declared last: removed only after `Drop::drop` has killed the server.
     dir: tempfile::TempDir,
 }
@@ -65,6 +67,11 @@ impl NatsServer {
     /// Starts a server on a free loopback port and waits until it is ready. Panics with a clear message (and the
     /// server's log) when the binary is missing or too old, or the server does not come up in time.
     pub fn start() -> NatsServer {
+        NatsServer::start_with_config(None)
+    }
+
+    /// [`NatsServer::start`] with `config` as the server's configuration file (e.g. an `authorization` block).
+    pub fn start_with_config(config: Option<&str>) -> NatsServer {
         static SERIAL: AtomicUsize = AtomicUsize::new(0);
         let binary = server_binary();
         let mut dir = tempfile::Builder::new().prefix("rune-nats-").tempdir().unwrap_or_else(|e| {
@@ -77,8 +84,13 @@ impl NatsServer {
         let store_dir = dir.path().join("store");
         fs::create_dir(&store_dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", store_dir.display()));
         let name = format!("rune-test-{}-{}", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
+        let config = config.map(|text| {
+            let path = dir.path().join("nats.conf");
+            fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            path
+        });
         let mut server =
-            NatsServer { binary, port: 0, name, store_dir, log: PathBuf::new(), starts: 0, child: None, dir };
+            NatsServer { binary, port: 0, name, store_dir, log: PathBuf::new(), starts: 0, child: None, config, dir };
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -161,6 +173,9 @@ impl NatsServer {
             }
             None => Command::new(&self.binary),
         };
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
         command
             .args(["-a", LOOPBACK, "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(&self.store_dir)

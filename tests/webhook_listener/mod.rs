@@ -2,82 +2,17 @@
 //! binary), per-source request limits, `rune config check` reading the certificate pair, and a declared secret
 //! kept out of everything the daemon shows (stdout records, debug logs, the audit trail, `/metrics`).
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::support::daemon::Daemon;
 use crate::support::pki::{TestPki, client};
 use crate::support::{rune, text};
 
 const CANARY: &str = "canary-9d41f7-a-declared-secret";
-
-/// `rune serve` with stdout and stderr collected; killed on drop.
-struct Daemon {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(dir: &Path, config: &Path) -> (Daemon, SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rune"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .current_dir(dir)
-            .env_remove("RUNE_CONFIG")
-            .env("RUNE_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn rune serve: {e}"));
-        let collect = |pipe: Box<dyn std::io::Read + Send>, into: Arc<Mutex<String>>| {
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut text = into.lock().unwrap_or_else(|e| e.into_inner());
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-            });
-        };
-        let (stdout, stderr) = (Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new())));
-        collect(Box::new(child.stdout.take().unwrap_or_else(|| panic!("stdout"))), Arc::clone(&stdout));
-        collect(Box::new(child.stderr.take().unwrap_or_else(|| panic!("stderr"))), Arc::clone(&stderr));
-        let daemon = Daemon { child, stdout, stderr };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let err = daemon.stderr();
-            if let Some(at) = err.find("rune serve: listening on https://") {
-                let rest = &err[at + "rune serve: listening on https://".len()..];
-                let address = rest.split_whitespace().next().unwrap_or_default();
-                let address = address.parse().unwrap_or_else(|e| panic!("`{address}`: {e}"));
-                return (daemon, address);
-            }
-            assert!(Instant::now() < deadline, "rune serve did not start:\n{err}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One HTTPS request from the loopback address `from`; the whole answer.
 async fn https(
@@ -162,7 +97,7 @@ async fn serve_over_tls_limits_each_source_and_never_shows_a_declared_secret() {
     );
     let (daemon, address) = tokio::task::spawn_blocking({
         let (dir, config) = (dir.path().to_owned(), config.clone());
-        move || Daemon::start(&dir, &config)
+        move || Daemon::start(&dir, &config, &[])
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
