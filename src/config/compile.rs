@@ -715,13 +715,17 @@ impl Compiler<'_> {
         let max_connections_per_source =
             self.at_least_one("webhook.per_source.max_connections", raw.per_source.max_connections);
         let tls = match raw.tls {
+            Some(_) if raw.plain_http => {
+                self.error("webhook.plain_http", "contradicts webhook.tls: choose one");
+                None
+            }
             Some(tls) => self.webhook_tls(tls).map(Some),
             None => {
-                if !loopback {
+                if !loopback && !raw.plain_http {
                     self.warn(
                         "webhook.tls",
                         "the listener is not on loopback and serves plain HTTP: bearer tokens and payloads travel \
-                         in clear unless TLS ends in front of RUNE (set webhook.tls otherwise)",
+                         in clear unless TLS ends in front of RUNE (set webhook.tls, or plain_http: true to say so)",
                     );
                 }
                 Some(None)

@@ -384,6 +384,8 @@ pub struct WebhookConfig {
     pub per_source: PerSourceConfig,
     /// Absent: plain HTTP (terminate TLS in front of RUNE, or set this).
     pub tls: Option<WebhookTlsConfig>,
+    /// Plain HTTP off loopback on purpose (TLS ends in front of RUNE, or the network is private): no warning.
+    pub plain_http: bool,
 }
 
 /// Limits per source address of the webhook listener (an IPv4 address, an IPv6 /64).
@@ -437,6 +439,7 @@ impl Default for WebhookConfig {
             publish_to_nats: false,
             per_source: PerSourceConfig::default(),
             tls: None,
+            plain_http: false,
         }
     }
 }

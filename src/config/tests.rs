@@ -1062,4 +1062,10 @@ fn webhook_per_source_limits_and_tls() {
     let s = load_text(dir.path(), "rune.yaml", "webhook:\n  listen: 0.0.0.0:9300\n", &[]).unwrap();
     let warning = s.warnings.iter().find(|w| w.field == "webhook.tls").unwrap();
     assert!(warning.message.contains("plain HTTP"), "{warning}");
+    // Said on purpose: no warning; together with tls: an error.
+    let s = load_text(dir.path(), "rune.yaml", "webhook:\n  listen: 0.0.0.0:9300\n  plain_http: true\n", &[]).unwrap();
+    assert!(s.warnings.iter().all(|w| w.field != "webhook.tls"), "{}", lines(&s.warnings));
+    let both = "webhook:\n  plain_http: true\n  tls:\n    cert_file: tls/rune.crt\n    key_file: tls/rune.key\n";
+    let errors = load_text(dir.path(), "rune.yaml", both, &[]).unwrap_err();
+    assert!(errors.iter().any(|e| e.field == "webhook.plain_http"), "{}", lines(&errors));
 }
