@@ -30,9 +30,11 @@
 //! - [`gate`]: the gate primitives a rule passes before it runs (circuit breaker, dedup, blast radius, host
 //!   locks, rate limits); each refusal is a value with a reason. Dedup and host locks exist in-process and, for
 //!   several instances on one NATS, on JetStream KV (`gate::kv`).
-//! - [`results`]: the result envelope every run produces, whoever started it.
+//! - [`results`]: the result envelope every run produces, whoever started it, and its publishers (JSON Lines,
+//!   NATS; with a results stream, an outbox that retries what the stream has not acknowledged).
 //! - [`sources`]: payload adapters (Alertmanager, Grafana, generic, chatops): bytes in, [`event::Event`]s out;
 //!   [`sources::webhook`] is the HTTP intake in front of them (auth, body bounds) that hands events to a sink,
+//!   behind per-source limits ([`sources::per_source`]) and optional TLS ([`sources::tls`]);
 //!   [`sources::nats`] the NATS intake (core, JetStream, chatops request/reply).
 //! - [`config`]: the daemon's settings (one YAML/TOML file + `RUNE_*` overrides) validated into
 //!   [`config::Settings`], every error at once with its position; secrets read from files or variables, or
