@@ -15,7 +15,8 @@ rune_pid_mark() {
 # and FIRST (a pid the run got after the mark) is among them, so a /proc/loadavg that does not tell the truth (a
 # container's, virtualised) cannot hide a leftover; otherwise every process. Rounds repeat on the pids handed out
 # meanwhile until one finds nothing (a leftover that forks). A process in the middle of an exec shows an empty
-# environment for a moment: it is looked at again, up to 20 times 10 ms apart.
+# environment for a moment: one that leads its own session or was orphaned is looked at again, up to 20 times 10 ms
+# apart (others cannot have left the run's session, or are another run's).
 # Sets rune_killed (a count) and rune_killed_names (`pid (name)` of the first five).
 rune_kill_left() {
   local sid=$1 marker=$2 from=${3-} first=${4-} to p pid stat rest ppid env round n waits=0
@@ -47,8 +48,12 @@ rune_kill_left() {
       if [ -z "$sid" ] || [ "${rest%% *}" != "$sid" ]; then
         { mapfile -d '' -t entries <"$p/environ"; } 2>/dev/null || continue
         if ((${#entries[@]} == 0)); then
-          # Mid-exec, or a kernel thread (kthreadd's children), which never has one.
-          [ "$ppid" = 2 ] || [ "$pid" = 2 ] || again+=("$p")
+          # Mid-exec, or a kernel thread (kthreadd's children), which never has one. Only a process that can
+          # have left the run's session is worth waiting for: one that leads a session of its own (setsid) or
+          # was orphaned (a double fork). Another run's processes mid-exec are neither, so a busy host does not
+          # keep the sweep waiting for them.
+          [ "$ppid" = 2 ] || [ "$pid" = 2 ] && continue
+          [ "$ppid" = 1 ] || [ "${rest%% *}" = "$pid" ] && again+=("$p")
           continue
         fi
         printf -v env '\n%s' "${entries[@]}"
