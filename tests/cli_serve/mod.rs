@@ -373,6 +373,16 @@ async fn three_instances_run_each_distinct_alert_of_a_burst_exactly_once() {
     assert_eq!(codes, [Some(0), Some(0), Some(0)]);
 }
 
+/// `n` instances of `rune serve` on `config`, and a JetStream context on `server` to publish with.
+async fn start_instances(config: &Path, n: usize, server: &NatsServer) -> (Vec<Serve>, async_nats::jetstream::Context) {
+    let config = config.to_owned();
+    let instances = tokio::task::spawn_blocking(move || (0..n).map(|_| Serve::start(Some(&config), &[])).collect())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    (instances, async_nats::jetstream::new(client))
+}
+
 /// How often each alert ran, from a `mark-run`/`mark-fix` ledger (one line per run).
 fn ledger_runs(ledger: &Path) -> std::collections::BTreeMap<String, usize> {
     let mut runs = std::collections::BTreeMap::new();
@@ -442,14 +452,7 @@ async fn kill_one_of_three_mid_burst(action: &str) {
         repo().join("tests/fixtures/plugins").display()
     );
     std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
-    let mut instances = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || (0..3).map(|_| Serve::start(Some(&config), &[])).collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
-    let js = async_nats::jetstream::new(client.clone());
+    let (mut instances, js) = start_instances(&config, 3, &server).await;
     const DISTINCT: usize = 40;
     publish_burst(&js, DISTINCT).await;
     let read_ledger = || ledger_runs(&ledger);
@@ -567,14 +570,7 @@ async fn sigterm_under_load_finishes_its_runs_and_hands_the_rest_to_the_other_in
         repo().join("tests/fixtures/plugins").display()
     );
     std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
-    let mut instances = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || (0..2).map(|_| Serve::start(Some(&config), &[])).collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let client = async_nats::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
-    let js = async_nats::jetstream::new(client.clone());
+    let (mut instances, js) = start_instances(&config, 2, &server).await;
     publish_burst(&js, DISTINCT).await;
     let read_ledger = || ledger_runs(&ledger);
     // Mid-burst, while the instance to stop has runs in flight (each takes 0.4 s; the signal follows at once).
