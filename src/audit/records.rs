@@ -107,6 +107,19 @@ pub fn refusal(
     }))
 }
 
+/// The record of a webhook payload an endpoint refused (bad credentials, a malformed payload, the sink
+/// unavailable…): the endpoint, the peer, the HTTP status and the error, bounded.
+pub fn webhook_refusal(format: &str, peer: Option<&str>, status: u16, error: &str) -> Map<String, Value> {
+    object(json!({
+        "source": format!("webhook:{format}"),
+        "operator": format!("webhook:{format}"),
+        "peer": peer,
+        "status": status,
+        "outcome": "refused",
+        "problems": [crate::engine::truncate(error, MAX_ERROR_CHARS)],
+    }))
+}
+
 /// A decision of the rules engine (its published record): who, what, where, and the verdict. The arguments are
 /// hashed as published (secret ones are references there).
 pub fn decision(record: &Value) -> Map<String, Value> {

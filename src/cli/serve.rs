@@ -31,7 +31,9 @@ use crate::rules::matcher::SubjectPattern;
 use crate::secrets::ParameterStore;
 use crate::sources::per_source::PerSource;
 use crate::sources::tls::ServerTls;
-use crate::sources::webhook::{self, EndpointAuth, EventSink, HookAuth, ListenerOptions, SinkError, WebhookConfig};
+use crate::sources::webhook::{
+    self, EndpointAuth, EventSink, HookAuth, ListenerOptions, RefusalHook, RefusedPayload, SinkError, WebhookConfig,
+};
 use crate::transport::ssh::SshTransport;
 use crate::transport::ssm::SsmTransport;
 
@@ -429,7 +431,29 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
             generic: Some(EndpointAuth::None),
         };
     }
-    let webhook_config = WebhookConfig { request_timeout: w.request_timeout, limits, auth };
+    // Every refused payload is counted and recorded in the audit trail (the answer waits for the queue).
+    let on_refusal = {
+        let (audit, metrics) = (audit.clone(), bridge.metrics().clone());
+        RefusalHook(Arc::new(move |refused: RefusedPayload| {
+            let (audit, metrics) = (audit.clone(), metrics.clone());
+            Box::pin(async move {
+                let format = refused.format.to_string();
+                metrics.payload_refused(&format);
+                if let Some(log) = audit {
+                    let peer = refused.peer.map(|p| p.to_string());
+                    let record = crate::audit::records::webhook_refusal(
+                        &format,
+                        peer.as_deref(),
+                        refused.status,
+                        &refused.error,
+                    );
+                    log.record("refusal", record).await;
+                }
+            })
+        }))
+    };
+    let webhook_config =
+        WebhookConfig { request_timeout: w.request_timeout, limits, auth, on_refusal: Some(on_refusal) };
     let hooks = match (&nats, &settings.nats) {
         (Some(client), Some(n)) if w.publish_to_nats => {
             let prefix = publish_prefix(&n.subjects.alerts)?;

@@ -185,12 +185,34 @@ pub struct WebhookConfig {
     /// `Content-Length` before reading), so there is one body limit, not two that could disagree.
     pub limits: Limits,
     pub auth: HookAuth,
+    /// Told of every refused payload before the refusal is answered (the daemon records it in the audit trail);
+    /// the answer waits for it, so a client flooding bad requests is slowed by the trail, not the trail flooded.
+    pub on_refusal: Option<RefusalHook>,
+}
+
+/// A payload an endpoint refused: what [`WebhookConfig::on_refusal`] is told.
+#[derive(Debug, Clone)]
+pub struct RefusedPayload {
+    pub format: Source,
+    pub peer: Option<SocketAddr>,
+    pub status: u16,
+    pub error: String,
+}
+
+/// See [`WebhookConfig::on_refusal`].
+#[derive(Clone)]
+pub struct RefusalHook(pub Arc<dyn Fn(RefusedPayload) -> futures::future::BoxFuture<'static, ()> + Send + Sync>);
+
+impl fmt::Debug for RefusalHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefusalHook")
+    }
 }
 
 impl WebhookConfig {
     /// The given authentication with the default timeout and limits.
     pub fn new(auth: HookAuth) -> Self {
-        WebhookConfig { request_timeout: default_request_timeout(), limits: Limits::default(), auth }
+        WebhookConfig { request_timeout: default_request_timeout(), limits: Limits::default(), auth, on_refusal: None }
     }
 }
 
@@ -203,8 +225,8 @@ pub struct PeerAddr(pub SocketAddr);
 /// The daemon adds its own routes with `router(..).merge(own)`; `own` must not set a fallback (axum refuses to
 /// merge two). The request timeout and body limit apply to the webhook routes only.
 pub fn router<S: EventSink>(config: WebhookConfig, sink: Arc<S>) -> Router {
-    let WebhookConfig { request_timeout, limits, auth } = config;
-    let intake = Arc::new(Shared { sink, limits, request_timeout });
+    let WebhookConfig { request_timeout, limits, auth, on_refusal } = config;
+    let intake = Arc::new(Shared { sink, limits, request_timeout, on_refusal });
     let mut router = Router::new();
     for (format, auth) in
         [(Source::Alertmanager, auth.alertmanager), (Source::Grafana, auth.grafana), (Source::Generic, auth.generic)]
@@ -388,6 +410,7 @@ struct Shared<S> {
     sink: Arc<S>,
     limits: Limits,
     request_timeout: Duration,
+    on_refusal: Option<RefusalHook>,
 }
 
 /// One endpoint: its format, intake subject and authentication.
@@ -597,6 +620,13 @@ async fn handle<S: EventSink>(intake: Arc<Shared<S>>, endpoint: Arc<Endpoint>, r
                 warn!(%format, peer = ?peer, status = status.as_u16(), error = %e, "webhook payload refused");
             } else {
                 info!(%format, peer = ?peer, status = status.as_u16(), error = %e, "webhook payload refused");
+            }
+            if let Some(hook) = &intake.on_refusal {
+                let error = match &e {
+                    HookError::Payload(adapter) => adapter.to_string(),
+                    other => other.to_string(),
+                };
+                (hook.0)(RefusedPayload { format, peer, status: status.as_u16(), error }).await;
             }
             e.into_response()
         }
@@ -1418,6 +1448,29 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(20), server).await.expect("serve returned").expect("serve task");
         read_until_closed(&mut idle).await;
         assert_eq!(sink.taken().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn every_refused_payload_is_told_to_the_refusal_hook_before_the_answer() {
+        let told: Arc<Mutex<Vec<RefusedPayload>>> = Arc::default();
+        let hook = {
+            let told = Arc::clone(&told);
+            RefusalHook(Arc::new(move |refused| {
+                let told = Arc::clone(&told);
+                Box::pin(async move { told.lock().unwrap_or_else(|e| e.into_inner()).push(refused) })
+            }))
+        };
+        let sink = RecordingSink::with(Behaviour::Accept);
+        let router = router(WebhookConfig { on_refusal: Some(hook), ..all(bearer()) }, Arc::clone(&sink));
+        let ok = call(&router, post("/hooks/generic", &[("authorization", &format!("Bearer {TOKEN}"))], b"{}")).await;
+        assert_eq!(ok.status, StatusCode::BAD_REQUEST);
+        let wrong = call(&router, post("/hooks/grafana", &[("authorization", "Bearer nope")], b"{}")).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        let told = told.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let seen: Vec<(Source, u16)> = told.iter().map(|r| (r.format, r.status)).collect();
+        assert_eq!(seen, [(Source::Generic, 400), (Source::Grafana, 401)]);
+        assert!(told[1].error.contains("wrong bearer token"), "{told:?}");
+        assert!(!told[1].error.contains("nope"), "the given token is not repeated: {told:?}");
     }
 
     /// A server with these listener options on 127.0.0.1:0, bearer-authenticated generic endpoint.

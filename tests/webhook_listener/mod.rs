@@ -128,10 +128,23 @@ async fn serve_over_tls_limits_each_source_and_never_shows_a_declared_secret() {
     assert!(answer.to_ascii_lowercase().contains("retry-after: "), "{answer}");
     let metrics = https(&connector, "127.0.0.2", address, "GET", "/metrics", "").await;
     assert!(metrics.contains("rune_webhook_listener_refused_total{reason=\"rate_limited\"} 1"), "{metrics}");
+    assert!(metrics.contains("rune_payloads_refused_total{source=\"generic\"} 1"), "{metrics}");
     shown.push(metrics);
 
     let trail = std::fs::read_to_string(dir.path().join("audit/rune-audit.jsonl")).unwrap_or_default();
     assert!(trail.contains(r#""kind":"result""#), "{trail}");
+    // The refused payload (400) is in the trail with its endpoint, peer and status.
+    let refusal = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["kind"] == "refusal")
+        .unwrap_or_else(|| panic!("no refusal record:\n{trail}"));
+    assert_eq!(
+        (refusal["source"].as_str(), refusal["status"].as_u64()),
+        (Some("webhook:generic"), Some(400)),
+        "{refusal}"
+    );
+    assert!(refusal["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{refusal}");
     let stdout = daemon.stdout();
     assert!(stdout.contains(r#""summary":"password is <redacted>""#), "the plugin got the value:\n{stdout}");
     shown.extend([stdout, daemon.stderr(), trail]);
