@@ -268,15 +268,7 @@ async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_a
     publish(10, 20).await;
     // Every result in the stream, once it holds 20 — and a moment more: anything late would be a double run.
     let mut stream = js.get_stream("RUNE_RESULTS").await.unwrap_or_else(|e| panic!("{e}"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let stored = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
-        if stored >= 20 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "only {stored} of 20 results within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_stored(&mut stream, 20).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let last = stream.info().await.unwrap_or_else(|e| panic!("{e}")).state.last_sequence;
     let mut seen = BTreeMap::new();
@@ -291,6 +283,19 @@ async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_a
     stop.cancel();
     let _ = intake.await;
     b.shutdown().await;
+}
+
+/// Waits (60 s at most) until `stream` holds at least `n` messages.
+async fn wait_until_stored(stream: &mut async_nats::jetstream::stream::Stream, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+        if stored >= n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {stored} of {n} results stored within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How many times each line occurs in a ledger file written by the `mark-run` fixture (one line per plugin start).
@@ -510,15 +515,7 @@ async fn core_nats_results_published_while_disconnected_are_sent_after_the_recon
         assert_eq!(published.ok().map(|r| r.is_ok()), Some(true), "publish {n} while disconnected did not return Ok");
     }
     tokio::task::block_in_place(|| server.restart());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let stored = observed.info().await.map(|i| i.state.messages).unwrap_or(0);
-        if stored >= 5 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "only {stored} of 5 results reached the server");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_stored(&mut observed, 5).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let records = stream_records(&mut observed).await;
     let ids: Vec<&str> = records.iter().filter_map(|r| r["run_id"].as_str()).collect();
