@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use crate::sources::per_source::{DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUESTS_PER_SECOND};
+
 /// The whole file: one section per concern.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -398,7 +400,7 @@ pub struct PerSourceConfig {
 
 impl Default for PerSourceConfig {
     fn default() -> Self {
-        PerSourceConfig { rate_limit: SourceRateConfig::default(), max_connections: 64 }
+        PerSourceConfig { rate_limit: SourceRateConfig::default(), max_connections: DEFAULT_MAX_CONNECTIONS as u64 }
     }
 }
 
@@ -413,7 +415,7 @@ pub struct SourceRateConfig {
 
 impl Default for SourceRateConfig {
     fn default() -> Self {
-        SourceRateConfig { count: 100, per: "1s".into(), burst: None }
+        SourceRateConfig { count: DEFAULT_REQUESTS_PER_SECOND, per: "1s".into(), burst: None }
     }
 }
 

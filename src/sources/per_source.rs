@@ -13,6 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::gate::ratelimit::{KeyedRateLimit, RateLimited, RateSpec};
 
+/// Requests per second per source by default (`webhook.per_source.rate_limit`, burst the same).
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 100;
+/// Open connections per source by default (`webhook.per_source.max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
 /// The address a limit counts against: see the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceKey(IpAddr);

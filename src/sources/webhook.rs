@@ -51,7 +51,9 @@ use crate::event::{AdapterError, Event, Intake, Limits, Source, is_correlation_i
 use crate::gate::dedup::DedupStore;
 use crate::gate::ratelimit::{RateLimited, RateSpec};
 use crate::metrics::Metrics;
-use crate::sources::per_source::{ConnectionPermit, PerSource, SourceKey};
+use crate::sources::per_source::{
+    ConnectionPermit, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUESTS_PER_SECOND, PerSource, SourceKey,
+};
 use crate::sources::tls::ServerTls;
 use crate::sources::{parse_with_meta, quote};
 
@@ -255,14 +257,13 @@ pub struct ListenerOptions {
 }
 
 impl ListenerOptions {
-    /// Plain HTTP with the default per-source limits of the settings (100 requests per second, 64 connections per
-    /// source).
+    /// Plain HTTP with the default per-source limits of the settings.
     pub fn new(header_read_timeout: Duration) -> ListenerOptions {
-        let hundred = NonZeroU32::MIN.saturating_add(99);
-        let spec = RateSpec::per_second(hundred, hundred);
+        let rate = NonZeroU32::new(DEFAULT_REQUESTS_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+        let connections = NonZeroUsize::new(DEFAULT_MAX_CONNECTIONS).unwrap_or(NonZeroUsize::MIN);
         ListenerOptions {
             header_read_timeout,
-            per_source: PerSource::new(spec, NonZeroUsize::MIN.saturating_add(63)),
+            per_source: PerSource::new(RateSpec::per_second(rate, rate), connections),
             tls: None,
             metrics: Metrics::default(),
         }
