@@ -32,6 +32,8 @@ pub mod runner_exit {
     pub const REQUIRES_MISSING: i32 = 121;
     /// The plugin needs root and the runner is not root.
     pub const NEEDS_ROOT: i32 = 122;
+    /// `sudo: installed`: the plugin is not installed on the host, or its installed copy differs from RUNE's.
+    pub const NOT_INSTALLED: i32 = 123;
     /// The timeout expired (GNU `timeout` convention).
     pub const TIMEOUT: i32 = 124;
     /// The runner could not prepare the run (temp dir, decoding).

@@ -93,7 +93,9 @@ pub struct DefaultsConfig {
     pub key: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
     pub host_key_policy: Option<HostKeyPolicy>,
-    pub sudo: Option<bool>,
+    pub sudo: Option<SudoSetting>,
+    /// Where `rune plugin bundle` was installed, for `sudo: installed` (default [`crate::installed::DEFAULT_DIR`]).
+    pub installed_dir: Option<String>,
     pub connect_timeout_s: Option<u64>,
     /// Region and document for every host's `ssm` section that does not name its own.
     pub ssm: Option<SsmDefaultsConfig>,
@@ -171,7 +173,8 @@ pub struct HostConfig {
     pub known_hosts: Option<PathBuf>,
     pub host_key_policy: Option<HostKeyPolicy>,
     pub transport: Option<TransportKind>,
-    pub sudo: Option<bool>,
+    pub sudo: Option<SudoSetting>,
+    pub installed_dir: Option<String>,
     pub connect_timeout_s: Option<u64>,
     /// The managed instance behind this host, for `transport: ssm` (or `--use-ssm`).
     pub ssm: Option<SsmHostConfig>,
@@ -179,6 +182,71 @@ pub struct HostConfig {
     pub groups: Vec<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+}
+
+/// `sudo` as written: `true`, `false` or `installed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SudoSetting {
+    Off,
+    Shell,
+    Installed,
+}
+
+impl<'de> Deserialize<'de> for SudoSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SudoSetting;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or `installed`")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<SudoSetting, E> {
+                Ok(if v { SudoSetting::Shell } else { SudoSetting::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SudoSetting, E> {
+                match v {
+                    "installed" => Ok(SudoSetting::Installed),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// How a host runs plugins that declare `needs_root` when RUNE does not log in as root (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sudo {
+    /// No sudo: such a plugin is `precondition_failed` before connecting.
+    Off,
+    /// `sudo -n bash`, the runner and the plugin on its stdin (the plugin travels with the run): root for RUNE's
+    /// user, one sudoers line for everything.
+    Shell,
+    /// `sudo -n <dir>/run <plugin>`: the plugins installed on the host (`rune plugin bundle`), one sudoers line
+    /// per plugin.
+    Installed(PathBuf),
+}
+
+impl Sudo {
+    pub fn is_off(&self) -> bool {
+        *self == Sudo::Off
+    }
+}
+
+/// `false`, `true`, or `{"installed": "<dir>"}`.
+impl Serialize for Sudo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Sudo::Off => s.serialize_bool(false),
+            Sudo::Shell => s.serialize_bool(true),
+            Sudo::Installed(dir) => {
+                use serde::ser::SerializeMap;
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("installed", dir)?;
+                map.end()
+            }
+        }
+    }
 }
 
 /// The inventory file as written (raw form).
@@ -202,8 +270,8 @@ pub struct Host {
     pub known_hosts: PathBuf,
     pub host_key_policy: HostKeyPolicy,
     pub transport: TransportKind,
-    /// Run root-needing plugins through `sudo -n`.
-    pub sudo: bool,
+    /// How plugins that declare `needs_root` run when the login user is not root.
+    pub sudo: Sudo,
     #[serde(rename = "connect_timeout_s", serialize_with = "serialize_secs")]
     pub connect_timeout: Duration,
     /// The managed instance, when the host has an `ssm` section.
@@ -411,6 +479,24 @@ impl Inventory {
                 fail("connect_timeout_s must be within 1..=600".into());
                 continue;
             }
+            let sudo = match h.sudo.or(d.sudo).unwrap_or(SudoSetting::Off) {
+                SudoSetting::Off | SudoSetting::Shell if h.installed_dir.is_some() => {
+                    fail("`installed_dir` is only used with `sudo: installed`".into());
+                    continue;
+                }
+                SudoSetting::Off => Sudo::Off,
+                SudoSetting::Shell => Sudo::Shell,
+                SudoSetting::Installed => {
+                    let dir = h.installed_dir.as_deref().or(d.installed_dir.as_deref());
+                    match crate::installed::check_dir(dir.unwrap_or(crate::installed::DEFAULT_DIR)) {
+                        Ok(dir) => Sudo::Installed(dir),
+                        Err(message) => {
+                            fail(format!("installed_dir: {message}"));
+                            continue;
+                        }
+                    }
+                }
+            };
             let mut bad_group = false;
             for g in &h.groups {
                 if !GROUP_NAME_RE.is_match(g) {
@@ -450,7 +536,7 @@ impl Inventory {
                     known_hosts,
                     host_key_policy: h.host_key_policy.or(d.host_key_policy).unwrap_or_default(),
                     transport,
-                    sudo: h.sudo.or(d.sudo).unwrap_or(false),
+                    sudo,
                     connect_timeout: Duration::from_secs(timeout),
                     ssm,
                     groups: h.groups.clone(),
@@ -582,6 +668,40 @@ hosts:
             for e in errors {
                 assert!(e.to_string().len() < 2048, "an error of {} bytes", e.to_string().len());
             }
+        }
+    }
+
+    #[test]
+    fn sudo_is_off_true_or_installed_in_a_checked_dir() {
+        let text = "
+defaults:
+  user: ops
+  sudo: installed
+hosts:
+  a: {}
+  b: { installed_dir: /opt/rune-plugins }
+  c: { sudo: true }
+  d: { sudo: false }
+";
+        let inv = Inventory::parse(text, "inv.yaml", None).expect("valid");
+        let sudo = |h: &str| inv.get(h).expect(h).sudo.clone();
+        assert_eq!(sudo("a"), Sudo::Installed(PathBuf::from(crate::installed::DEFAULT_DIR)));
+        assert_eq!(sudo("b"), Sudo::Installed(PathBuf::from("/opt/rune-plugins")));
+        assert_eq!((sudo("c"), sudo("d")), (Sudo::Shell, Sudo::Off));
+        assert_eq!(
+            serde_json::to_value(sudo("b")).expect("json"),
+            serde_json::json!({"installed": "/opt/rune-plugins"})
+        );
+        for (bad, why) in [
+            ("sudo: yes", "true, false or `installed`"),
+            ("sudo: installed\n    installed_dir: relative/dir", "installed_dir"),
+            ("sudo: installed\n    installed_dir: /opt/../etc", "installed_dir"),
+            ("sudo: installed\n    installed_dir: \"/opt/x; id\"", "installed_dir"),
+            ("sudo: true\n    installed_dir: /opt/rune", "only used with `sudo: installed`"),
+        ] {
+            let text = format!("hosts:\n  h:\n    user: ops\n    {bad}\n");
+            let err = Inventory::parse(&text, "inv.yaml", None).expect_err(bad);
+            assert!(err[0].to_string().contains(why), "{bad}: {err:?}");
         }
     }
 

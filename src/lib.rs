@@ -18,6 +18,8 @@
 //! - [`inventory`]: hosts and groups; the only place targets come from.
 //! - [`orchestrator`]: turns a run request into per-host runs with bounded parallelism.
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
+//! - [`installed`]: `sudo: installed` — root plugins installed on the host (`rune plugin bundle`), one sudoers
+//!   line each; the request the installed runner reads.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
 //! - [`bridge`]: the daemon's core: events → engine → published decisions → bounded runs → published results.
 //! - [`audit`]: the hash-chained audit trail of every decision, dispatch, result and refusal; the orchestrator
@@ -49,6 +51,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod gate;
+pub mod installed;
 pub mod inventory;
 pub mod mediator;
 pub mod metrics;

@@ -11,7 +11,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::bpcs::{self, ArgValue, BPCS_VERSION, PluginInput, PluginRef, PluginStatus, SafetyClass, runner_exit};
-use crate::inventory::{Host, TransportKind};
+use crate::inventory::{Host, Sudo, TransportKind};
 use crate::plugins::{LibFile, Plugin};
 use crate::results::{PluginIdentity, RecordKind, ResultEnvelope, Status};
 use crate::transport::{
@@ -19,7 +19,7 @@ use crate::transport::{
 };
 
 /// The runner template, after the sweeps it shares with the session shell.
-const RUNNER_TEMPLATE: &str = concat!(include_str!("sweep.sh"), include_str!("runner.sh"));
+const RUNNER_TEMPLATE: &str = concat!(include_str!("sweep.sh"), include_str!("exec.sh"), include_str!("runner.sh"));
 
 /// Seconds between the polite TERM at the timeout and the KILL of the plugin's process group.
 pub const KILL_AFTER_SECS: u64 = 5;
@@ -121,13 +121,13 @@ impl std::fmt::Debug for Masked {
 }
 
 impl RunSpec {
-    fn timeout_secs(&self) -> u64 {
+    pub(crate) fn timeout_secs(&self) -> u64 {
         self.timeout.as_secs().max(1)
     }
 
     /// True when this run goes through `sudo -n`.
     fn uses_sudo(&self) -> bool {
-        self.plugin.needs_root && !self.runs_as_root() && self.host.sudo
+        self.plugin.needs_root && !self.runs_as_root() && !self.host.sudo.is_off()
     }
 
     fn runs_as_root(&self) -> bool {
@@ -176,6 +176,10 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
             comment: comment(spec),
             session: Some(session_run(spec, input_json)),
         });
+    }
+
+    if let (true, Sudo::Installed(dir)) = (spec.uses_sudo(), &spec.host.sudo) {
+        return Ok(crate::installed::invocation(spec, dir, &input_json, deadline));
     }
 
     let mut put = String::with_capacity(plugin.source.len() + input_json.len() + 4096);
@@ -255,7 +259,7 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
 }
 
 /// `rune <run id> <correlation id>`, cut to the 100 characters an SSM command comment may have.
-fn comment(spec: &RunSpec) -> String {
+pub(crate) fn comment(spec: &RunSpec) -> String {
     let mut c = format!("rune {} {}", spec.run_id, spec.correlation_id);
     c.truncate(100);
     c
@@ -360,9 +364,9 @@ impl Started {
 /// The invocation for a spec, or the verdict that ends it before anything is sent (root needed without sudo, a
 /// runner that cannot be built).
 pub fn prepare(spec: &RunSpec) -> Result<Invocation, Verdict> {
-    if spec.plugin.needs_root && !spec.runs_as_root() && !spec.host.sudo {
+    if spec.plugin.needs_root && !spec.runs_as_root() && spec.host.sudo.is_off() {
         let error = format!(
-            "plugin {} needs root; host {} logs in as {} without `sudo: true` in the inventory",
+            "plugin {} needs root; host {} logs in as {} without `sudo: true` or `sudo: installed` in the inventory",
             spec.plugin.name, spec.host.name, spec.host.user
         );
         return Err(Verdict { status: Status::PreconditionFailed, output: None, error: Some(error) });
@@ -464,7 +468,15 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
     if !raw.runner_started {
         let why = last_line(&raw.stderr_tail);
         return if spec.uses_sudo() && why.starts_with("sudo:") {
-            fail(Status::PreconditionFailed, format!("sudo -n refused: {why}"))
+            let hint = match &spec.host.sudo {
+                Sudo::Installed(dir) => format!(
+                    " (is `rune plugin bundle` installed in {} with its sudoers line for {}?)",
+                    dir.display(),
+                    spec.plugin.name
+                ),
+                _ => String::new(),
+            };
+            fail(Status::PreconditionFailed, format!("sudo -n refused: {why}{hint}"))
         } else {
             fail(Status::Error, format!("the RUNE runner did not start on the host (no bash?): {why}"))
         };
@@ -511,6 +523,20 @@ pub fn interpret(spec: &RunSpec, raw: &RawOutcome) -> Verdict {
                 Status::PreconditionFailed,
                 format!("required commands missing on the host: {}", missing.join(", ")),
             );
+        }
+        runner_exit::NOT_INSTALLED => {
+            let found = serde_json::from_slice::<Value>(&raw.stdout).ok();
+            let field =
+                |name: &str| found.as_ref().and_then(|v| v.get(name)).and_then(Value::as_str).map(str::to_owned);
+            let path = field("path").unwrap_or_default();
+            let error = match field("sha256") {
+                Some(sha) => format!(
+                    "the installed copy {path} has sha256 {sha}, not {} ({} {}): install the current `rune plugin bundle`",
+                    spec.plugin.sha256, spec.plugin.name, spec.plugin.version
+                ),
+                None => format!("plugin {} is not installed on the host ({path})", spec.plugin.name),
+            };
+            return fail(Status::PreconditionFailed, error);
         }
         runner_exit::NEEDS_ROOT => {
             return fail(Status::PreconditionFailed, "the plugin needs root and the runner is not root".into());

@@ -17,6 +17,7 @@ mod soak;
 mod ssm_endpoint;
 mod ssm_moto;
 mod ssm_transport;
+mod sudo_installed;
 mod support;
 mod webhook_listener;
 

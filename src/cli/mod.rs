@@ -3,6 +3,7 @@
 mod actions;
 pub mod audit;
 pub mod config;
+pub mod plugin;
 pub mod rules;
 mod run;
 pub mod serve;
@@ -88,6 +89,9 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Run the daemon: webhooks (and NATS when configured) in, rules and gates, plugin runs, results out.
     Serve(serve::ServeArgs),
+    /// Plugin tools: bundle (the files for hosts with `sudo: installed`).
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Show one plugin's header, arguments and versions.
     PluginInfo {
         /// NAME or NAME@VERSION
@@ -136,6 +140,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Rules(command) => rules::main(command).await,
         Command::Config(command) => config::main(command).await,
         Command::Audit(command) => audit::main(command),
+        Command::Plugin(command) => plugin::main(command),
         Command::Serve(_) => EXIT_USAGE,
     }
 }

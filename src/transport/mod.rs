@@ -90,11 +90,21 @@ pub async fn feed_while_draining(feed: impl Future<Output = ()>, drain: impl Fut
 /// the escapes, so the shell takes it literally and only the printf builtin decodes it, byte for byte.
 /// Callers guarantee there is no NUL (bash strings cannot hold one): arguments and plugin files are checked.
 pub fn push_printf_literal(out: &mut String, bytes: &[u8]) {
+    push_escaped(out, bytes, true);
+}
+
+/// The same on one line: newlines escaped as well (the installed runner's request has one field per line).
+pub fn push_printf_line_literal(out: &mut String, bytes: &[u8]) {
+    push_escaped(out, bytes, false);
+}
+
+fn push_escaped(out: &mut String, bytes: &[u8], keep_newlines: bool) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for &b in bytes {
         match b {
             b'\'' | b'\\' | b'@' => push_hex(out, b, HEX),
-            0x20..=0x7e | b'\n' => out.push(char::from(b)),
+            b'\n' if keep_newlines => out.push('\n'),
+            0x20..=0x7e => out.push(char::from(b)),
             _ => push_hex(out, b, HEX),
         }
     }

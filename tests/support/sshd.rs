@@ -832,7 +832,7 @@ fn ensure_privilege_separation_dir() {
 
 /// Creates [`TEST_USER`] if absent and unlocks it for key login (password field `*`). Safe against other
 /// test processes doing the same at the same time (`/etc/passwd` lock contention is retried).
-fn ensure_test_user() {
+pub fn ensure_test_user() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         retry_account_change("create", || {

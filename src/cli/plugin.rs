@@ -1,0 +1,96 @@
+//! `rune plugin …`: tools for plugins. `bundle` writes what a host with `sudo: installed` needs.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, OutputFormat, PluginDirs};
+use crate::installed;
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Write the files a host needs for `sudo: installed`: the installed runner, the shared helpers, the plugins
+    /// that need root, SHA256SUMS, and a sudoers drop-in with one line per plugin.
+    Bundle {
+        /// Plugins to include (NAME or NAME@VERSION; each must declare `needs_root`). Default: every plugin that does.
+        names: Vec<String>,
+        /// The directory to create (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// RUNE's login user on the hosts (the sudoers lines are for this user).
+        #[arg(long, default_value = "rune")]
+        user: String,
+        /// Where the bundle will be installed on the hosts (the inventory's `installed_dir`).
+        #[arg(long, default_value = installed::DEFAULT_DIR)]
+        dir: String,
+        #[command(flatten)]
+        plugins: PluginDirs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Pretty)]
+        output: OutputFormat,
+    },
+}
+
+pub fn main(command: PluginCommand) -> i32 {
+    match command {
+        PluginCommand::Bundle { names, out, user, dir, plugins, output } => {
+            bundle(&names, &out, &user, &dir, &plugins, output)
+        }
+    }
+}
+
+fn bundle(
+    names: &[String],
+    out: &std::path::Path,
+    user: &str,
+    dir: &str,
+    dirs: &PluginDirs,
+    output: OutputFormat,
+) -> i32 {
+    let registry = dirs.load();
+    for p in registry.problems() {
+        eprintln!("warning: {p}");
+    }
+    let bundle = match installed::bundle(&registry, names, user, dir) {
+        Ok(b) => b,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return EXIT_USAGE;
+        }
+    };
+    if let Err(e) = installed::write(&bundle, out) {
+        eprintln!("error: {e}");
+        return EXIT_RUN_FAILED;
+    }
+    let (out, dir) = (out.display(), bundle.dir.display());
+    match output {
+        OutputFormat::Json => {
+            let plugins: Vec<_> = bundle
+                .plugins
+                .iter()
+                .map(|p| json!({ "name": p.name, "version": p.version.to_string(), "sha256": p.sha256 }))
+                .collect();
+            let files: Vec<_> = bundle.files.iter().map(|f| f.path.display().to_string()).collect();
+            let doc = json!({
+                "out": out.to_string(), "dir": dir.to_string(), "user": bundle.user,
+                "runner_sha256": bundle.runner_sha256, "plugins": plugins, "files": files,
+            });
+            println!("{doc}");
+        }
+        OutputFormat::Pretty => {
+            let list: Vec<String> = bundle.plugins.iter().map(|p| format!("{} {}", p.name, p.version)).collect();
+            println!("wrote {out} for {dir}, user {}: {}", bundle.user, list.join(", "));
+            println!("install on each host, as root:");
+            println!("  install -d -o root -g root -m 0755 {dir}");
+            println!("  cp -R {out}/run {out}/lib {out}/plugins {dir}/ && chown -R root:root {dir}");
+            println!("  (cd / && sha256sum -c {out}/SHA256SUMS)");
+            println!("  visudo -cf {out}/sudoers && install -o root -g root -m 0440 {out}/sudoers /etc/sudoers.d/rune");
+            println!(
+                "then set `sudo: installed` for those hosts in the inventory (and `installed_dir: {dir}` if not the default)."
+            );
+        }
+    }
+    EXIT_OK
+}
