@@ -339,12 +339,22 @@ pub struct PluginOutput {
 /// How a plugin broke the output contract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OutputViolation {
-    #[error("no JSON object on stdout")]
+    #[error("no JSON object on stdout (the plugin printed nothing there; it ends with `bpcs_finish`)")]
     Empty,
-    #[error("stdout is not valid JSON: {0}")]
-    NotJson(String),
-    #[error("stdout holds more than one JSON value")]
-    TrailingData,
+    /// Not JSON at all: the parser's message, then how stdout starts.
+    #[error("stdout is not valid JSON: {message}; stdout starts with {start}")]
+    NotJson { message: String, start: String },
+    /// Text (a log line, say) before the object: it belongs on stderr.
+    #[error(
+        "stdout has text before the JSON object (the object starts at byte {offset}): {text}; log lines belong on stderr"
+    )]
+    TextBefore { offset: usize, text: String },
+    /// A second JSON value after the object (two `bpcs_finish`, or an object printed by hand and another).
+    #[error("stdout holds more than one JSON value: a second one starts at byte {offset}: {text}")]
+    SecondValue { offset: usize, text: String },
+    /// Something that is not JSON after the object.
+    #[error("stdout has text after the JSON object, at byte {offset}: {text}; only the object may be printed there")]
+    TextAfter { offset: usize, text: String },
     #[error("output does not match the BPCS v0.1 output schema: {0}")]
     Schema(String),
     #[error("exit code {exit_code} disagrees with status `{status}` (ok|warn|skipped exit 0, error exits 1..=119)")]
@@ -399,22 +409,59 @@ pub fn validate_input(input: &Value) -> Result<(), String> {
     }
 }
 
-/// Parses a plugin's stdout into its output object: exactly one JSON object, schema-valid.
+/// How much of the offending text a violation quotes.
+const EXCERPT_CHARS: usize = 60;
+
+/// The first characters of `text`, quoted and escaped (control characters shown as escapes).
+fn excerpt(text: &str) -> String {
+    let cut = text.char_indices().nth(EXCERPT_CHARS).map_or(text.len(), |(i, _)| i);
+    let more = if cut < text.len() { "…" } else { "" };
+    format!("{:?}{more}", text.get(..cut).unwrap_or_default())
+}
+
+/// Where a JSON object starts further into `text`, when stdout began with something else (log lines): the first
+/// `{` at the start of a line (or anywhere, as a last try) from which an object parses. A few tries at most, so a
+/// megabyte of garbage costs a few parses.
+fn object_after_text(text: &str) -> Option<usize> {
+    let line_starts = text.match_indices("\n{").map(|(i, _)| i + 1);
+    let candidates: Vec<usize> = line_starts.take(4).chain(text.find('{')).collect();
+    candidates.into_iter().filter(|&i| i > 0).find(|&i| {
+        let mut stream = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
+        matches!(stream.next(), Some(Ok(Value::Object(_))))
+    })
+}
+
+/// Parses a plugin's stdout into its output object: exactly one JSON object, schema-valid. Each way of breaking
+/// that is its own [`OutputViolation`], quoting the offending text and its byte offset in stdout.
 /// Invalid UTF-8 is replaced with U+FFFD before parsing (documented in docs/bpcs.md).
 pub fn parse_output(stdout: &[u8]) -> Result<PluginOutput, OutputViolation> {
     let text = String::from_utf8_lossy(stdout);
-    let trimmed = text.trim();
+    let trimmed = text.trim_start();
+    let lead = text.len() - trimmed.len();
+    let trimmed = trimmed.trim_end();
     if trimmed.is_empty() {
         return Err(OutputViolation::Empty);
     }
     let mut stream = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
     let value = match stream.next() {
         Some(Ok(v)) => v,
-        Some(Err(e)) => return Err(OutputViolation::NotJson(e.to_string())),
+        Some(Err(e)) => {
+            return Err(match object_after_text(trimmed) {
+                Some(at) => OutputViolation::TextBefore { offset: lead + at, text: excerpt(&trimmed[..at]) },
+                None => OutputViolation::NotJson { message: e.to_string(), start: excerpt(trimmed) },
+            });
+        }
         None => return Err(OutputViolation::Empty),
     };
-    if stream.next().is_some() {
-        return Err(OutputViolation::TrailingData);
+    let end = stream.byte_offset();
+    if let Some(next) = stream.next() {
+        let rest = trimmed.get(end..).unwrap_or_default();
+        let at = end + (rest.len() - rest.trim_start().len());
+        let (offset, text) = (lead + at, excerpt(rest.trim_start()));
+        return Err(match next {
+            Ok(_) => OutputViolation::SecondValue { offset, text },
+            Err(_) => OutputViolation::TextAfter { offset, text },
+        });
     }
     if let Some(e) = schema_errors(output_validator(), &value) {
         return Err(OutputViolation::Schema(e));
@@ -479,13 +526,23 @@ mod tests {
     #[test]
     fn output_violations() {
         assert_eq!(parse_output(b"  \n"), Err(OutputViolation::Empty));
-        assert!(matches!(parse_output(b"hello"), Err(OutputViolation::NotJson(_))));
+        let Err(e) = parse_output(b"hello") else { panic!("hello parsed") };
+        assert!(matches!(e, OutputViolation::NotJson { .. }), "{e:?}");
+        assert!(e.to_string().contains(r#"starts with "hello""#), "{e}");
         let two = br#"{"bpcs":"0.1","status":"ok","summary":"s","data":{},"changed":false}{"a":1}"#;
-        assert_eq!(parse_output(two), Err(OutputViolation::TrailingData));
+        let Err(e) = parse_output(two) else { panic!("two objects parsed") };
+        assert_eq!(e, OutputViolation::SecondValue { offset: 68, text: r#""{\"a\":1}""#.into() });
+        assert!(e.to_string().contains("more than one JSON value"), "{e}");
         let text_after = br#"{"bpcs":"0.1","status":"ok","summary":"s","data":{},"changed":false} done"#;
-        assert!(matches!(parse_output(text_after), Err(OutputViolation::NotJson(_) | OutputViolation::TrailingData)));
+        assert_eq!(parse_output(text_after), Err(OutputViolation::TextAfter { offset: 69, text: r#""done""#.into() }));
+        let noise = b"restarting docker\n{\"bpcs\":\"0.1\",\"status\":\"ok\",\"summary\":\"s\",\"data\":{},\"changed\":false}\n";
+        let Err(e) = parse_output(noise) else { panic!("noise parsed") };
+        assert_eq!(e, OutputViolation::TextBefore { offset: 18, text: r#""restarting docker\n""#.into() });
+        assert!(e.to_string().contains("log lines belong on stderr"), "{e}");
         let bad_status = br#"{"bpcs":"0.1","status":"fine","summary":"s","data":{},"changed":false}"#;
-        assert!(matches!(parse_output(bad_status), Err(OutputViolation::Schema(_))));
+        let Err(e) = parse_output(bad_status) else { panic!("status fine parsed") };
+        assert!(matches!(e, OutputViolation::Schema(_)), "{e:?}");
+        assert!(e.to_string().contains("/status") && e.to_string().contains("fine"), "{e}");
         let extra = br#"{"bpcs":"0.1","status":"ok","summary":"s","data":{},"changed":false,"x":1}"#;
         assert!(matches!(parse_output(extra), Err(OutputViolation::Schema(_))));
         let not_object = br#"[1,2]"#;

@@ -18,6 +18,8 @@
 //! - [`inventory`]: hosts and groups; the only place targets come from.
 //! - [`orchestrator`]: turns a run request into per-host runs with bounded parallelism.
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
+//! - [`golden`]: `rune plugin test`: one plugin run through the orchestrator as a real run, its result compared
+//!   with an expectation; the golden cases in `plugins/tests/<plugin>/` and the stub commands they put on PATH.
 //! - [`installed`]: `sudo: installed` — root plugins installed on the host (`rune plugin bundle`), one sudoers
 //!   line each; the request the installed runner reads.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
@@ -51,6 +53,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod gate;
+pub mod golden;
 pub mod installed;
 pub mod inventory;
 pub mod mediator;

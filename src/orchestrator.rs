@@ -88,7 +88,7 @@ impl Orchestrator {
         Orchestrator {
             registry,
             inventory,
-            local: Arc::new(LocalTransport),
+            local: Arc::new(LocalTransport::default()),
             ssh,
             ssm: SsmTransport::default(),
             secrets: ParameterStore::default(),
@@ -104,6 +104,11 @@ impl Orchestrator {
 
     pub fn audit(&self) -> Option<&Auditor> {
         self.audit.as_ref()
+    }
+
+    /// This orchestrator running local hosts through `local` (`rune plugin test` gives its runs a `PATH` of stubs).
+    pub fn with_local(self, local: LocalTransport) -> Orchestrator {
+        Orchestrator { local: Arc::new(local), ..self }
     }
 
     /// This orchestrator with `ssm` as its SSM transport (settings, or a fixed client in tests).

@@ -509,7 +509,7 @@ fn stub_fleet() -> (SshdFleet, tempfile::TempDir) {
     support::sshd::ensure_prerequisites();
     let stubs = tempfile::tempdir().expect("tempdir");
     for name in ["systemctl", "docker", "nomad"] {
-        let from = repo().join("tests/fixtures/stubs").join(name);
+        let from = repo().join("plugins/tests/stubs").join(name);
         let to = stubs.path().join(name);
         std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
     }

@@ -89,7 +89,7 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Run the daemon: webhooks (and NATS when configured) in, rules and gates, plugin runs, results out.
     Serve(serve::ServeArgs),
-    /// Plugin tools: bundle (the files for hosts with `sudo: installed`).
+    /// Plugin tools: bundle (the files for hosts with `sudo: installed`), test (run a plugin and check its result).
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Show one plugin's header, arguments and versions.
@@ -140,7 +140,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Rules(command) => rules::main(command).await,
         Command::Config(command) => config::main(command).await,
         Command::Audit(command) => audit::main(command),
-        Command::Plugin(command) => plugin::main(command),
+        Command::Plugin(command) => plugin::main(command).await,
         Command::Serve(_) => EXIT_USAGE,
     }
 }

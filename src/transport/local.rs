@@ -1,5 +1,6 @@
 //! The `local` transport: runs the runner program as a subprocess on the machine running RUNE.
 
+use std::ffi::OsString;
 use std::process::Stdio;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,7 +14,18 @@ const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_
 
 /// Runs plugins on this machine. Each run is its own process group, killed whole at the deadline.
 #[derive(Debug, Clone, Default)]
-pub struct LocalTransport;
+pub struct LocalTransport {
+    /// Variables set over the inherited ones. Empty for every real run; `rune plugin test` ([`crate::golden`])
+    /// sets its own `PATH` (stub commands first) and the stubs' state dir here, for the runs of one test case.
+    overrides: Vec<(String, OsString)>,
+}
+
+impl LocalTransport {
+    /// A local transport whose runs get `overrides` on top of the inherited variables (`rune plugin test` only).
+    pub fn with_env(overrides: Vec<(String, OsString)>) -> LocalTransport {
+        LocalTransport { overrides }
+    }
+}
 
 impl Transport for LocalTransport {
     fn kind(&self) -> TransportKind {
@@ -25,11 +37,11 @@ impl Transport for LocalTransport {
         _host: &'a Host,
         invocation: &'a Invocation,
     ) -> BoxFuture<'a, Result<RawOutcome, TransportError>> {
-        Box::pin(run_local(invocation))
+        Box::pin(run_local(invocation, &self.overrides))
     }
 }
 
-async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError> {
+async fn run_local(invocation: &Invocation, overrides: &[(String, OsString)]) -> Result<RawOutcome, TransportError> {
     let mut command = Command::new("bash");
     // Plugins get a clean environment: RUNE's own (agent socket, future credentials) is not theirs to read.
     command.env_clear();
@@ -37,6 +49,9 @@ async fn run_local(invocation: &Invocation) -> Result<RawOutcome, TransportError
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
+    }
+    for (name, value) in overrides {
+        command.env(name, value);
     }
     // The runner leads a new session (and so its own process group): killing the group, or the runner's
     // session sweep after a timeout, can never reach RUNE itself.
