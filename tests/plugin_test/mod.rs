@@ -1,0 +1,145 @@
+//! `rune plugin test` as a plugin author runs it: every shipped golden case passes (locally, stubs on PATH), a
+//! case that differs or a plugin that breaks BPCS is named precisely with exit 1, and a case runs on a real sshd
+//! host with `--host`.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::{Value, json};
+
+use crate::support::sshd::{FleetOptions, SshdFleet};
+use crate::support::{rune, text};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(out)))
+}
+
+fn write(path: &Path, contents: &str) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    }
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The golden cases shipped in plugins/tests/, counted from the files.
+fn shipped_cases() -> usize {
+    let mut n = 0;
+    for plugin in std::fs::read_dir(repo().join("plugins/tests")).unwrap_or_else(|e| panic!("plugins/tests: {e}")) {
+        let plugin = plugin.unwrap_or_else(|e| panic!("{e}")).path();
+        if plugin.ends_with("stubs") || !plugin.is_dir() {
+            continue;
+        }
+        n += std::fs::read_dir(&plugin)
+            .unwrap_or_else(|e| panic!("{}: {e}", plugin.display()))
+            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".input.json")))
+            .count();
+    }
+    n
+}
+
+#[test]
+fn every_shipped_golden_case_passes() {
+    let out = rune(&["plugin", "test", "--all", "--output", "json"], &repo(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc = report(&out);
+    let cases = doc["cases"].as_array().unwrap_or_else(|| panic!("no cases: {doc}"));
+    assert_eq!(cases.len(), shipped_cases(), "every case file ran: {doc}");
+    assert!(cases.len() >= 16, "4 plugins x (ok, dry-run, precondition, bad args): {}", cases.len());
+    assert_eq!(doc["passed"], json!(cases.len()), "{}", text(&out));
+    for plugin in ["noop", "gather-logs", "restart-docker", "restart-nomad"] {
+        for kind in ["ok", "dry-run", "bad-args"] {
+            assert!(
+                cases.iter().any(|c| c["plugin"] == plugin && c["case"] == kind && c["verdict"] == "pass"),
+                "{plugin}/{kind} missing or not passing"
+            );
+        }
+    }
+    // The stubs ran, not the machine's systemctl: their calls are in the result.
+    let ok = cases.iter().find(|c| c["plugin"] == "restart-docker" && c["case"] == "ok").expect("restart-docker/ok");
+    assert!(ok["actual"]["stub_calls"].as_array().is_some_and(|c| c.contains(&json!("systemctl restart -- docker"))));
+}
+
+#[test]
+fn a_differing_case_and_a_contract_breach_are_named_precisely() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let plugins = dir.path().join("plugins");
+    // A case whose expectation is wrong on one field, and one whose plugin logs on stdout.
+    write(&plugins.join("tests/noop/wrong.input.json"), r#"{"args": {"message": "bye"}}"#);
+    write(
+        &plugins.join("tests/noop/wrong.expect.json"),
+        r#"{"status": "ok", "output": {"status": "ok", "data": {"message": "hello"}}, "ignore": ["/output/summary"]}"#,
+    );
+    write(
+        &plugins.join("noisy.sh"),
+        "#!/usr/bin/env bash\n# ---\n# bpcs: \"0.1\"\n# name: noisy\n# version: 0.1.0\n# description: logs on stdout\n\
+         # class: diagnostic\n# ---\n. \"$RUNE_LIB/bpcs.sh\"\necho 'restarting things'\nbpcs_finish ok done false '{}'\n",
+    );
+    write(&plugins.join("tests/noisy/ok.input.json"), "{}");
+    write(&plugins.join("tests/noisy/ok.expect.json"), r#"{"status": "ok"}"#);
+    let dirs = format!("{}:{}", plugins.display(), repo().join("plugins").display());
+
+    let out = rune(&["plugin", "test", "noop", "--plugins-dir", &dirs], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAIL   noop/wrong"), "{stdout}");
+    assert!(stdout.contains(r#"/output/data/message: expected "hello", got "bye""#), "{stdout}");
+    assert!(stdout.contains("pass   noop/ok"), "the shipped noop cases ran too: {stdout}");
+
+    let out = rune(&["plugin", "test", "noisy", "--plugins-dir", &dirs, "--output", "json"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let case = &report(&out)["cases"][0];
+    assert_eq!(case["differences"][0]["pointer"], "/status", "{case}");
+    assert_eq!(case["differences"][0]["actual"], "protocol_error", "{case}");
+    let error = case["actual"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(r#"text before the JSON object (the object starts at byte 18): "restarting things\n""#)
+            && error.contains("log lines belong on stderr"),
+        "{error}"
+    );
+
+    // A plugin file given by path, no expectation: a second JSON object fails the run, said so.
+    let two = repo().join("tests/fixtures/plugins/two-json.sh");
+    let out = rune(&["plugin", "test", &two.display().to_string()], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("more than one JSON value: a second one starts at byte"), "{}", text(&out));
+
+    // Bad usage and unreadable cases: 2.
+    let out = rune(&["plugin", "test", "--all", "--arg", "a=b"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    write(&plugins.join("tests/noop/broken.input.json"), r#"{"argz": {}}"#);
+    write(&plugins.join("tests/noop/broken.expect.json"), "{}");
+    let out = rune(&["plugin", "test", "noop", "--plugins-dir", &dirs], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("unknown field `argz`"), "{}", text(&out));
+}
+
+#[test]
+fn a_case_runs_on_an_sshd_host_and_stub_cases_are_skipped_there() {
+    let fleet = SshdFleet::start(1, &FleetOptions::default());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let inventory = dir.path().join("inventory.yaml");
+    write(&inventory, &crate::inventory_yaml(&fleet, fleet.known_hosts(), ""));
+    let expect = dir.path().join("on-host.expect.json");
+    write(
+        &expect,
+        r#"{"status": "ok", "host": "host-00", "transport": "ssh",
+            "output": {"data": {"message": "hello \"world\" $(touch /tmp/pwned) `id`\nline 2", "host": "host-00"}}}"#,
+    );
+    let input = repo().join("plugins/tests/noop/ok.input.json");
+    let inv = inventory.display().to_string();
+    let args =
+        ["plugin", "test", "noop", "--input", &input.display().to_string(), "--expect", &expect.display().to_string()];
+    let out =
+        rune(&[&args[..], &["--host", "host-00", "--inventory", &inv, "--output", "json"]].concat(), &repo(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(report(&out)["passed"], 1, "{}", text(&out));
+
+    let out = rune(&["plugin", "test", "restart-docker", "--host", "host-00", "--inventory", &inv], &repo(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("skip   restart-docker/ok") && stdout.contains("0 failed"), "{stdout}");
+}
