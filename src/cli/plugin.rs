@@ -1,4 +1,5 @@
-//! `rune plugin …`: tools for plugins. `bundle` writes what a host with `sudo: installed` needs.
+//! `rune plugin …`: tools for plugins. `bundle` writes what a host with `sudo: installed` needs; `lint` checks
+//! plugin files without running them (docs/plugin-lint.md).
 
 use std::path::PathBuf;
 
@@ -6,7 +7,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, OutputFormat, PluginDirs};
-use crate::installed;
+use crate::{installed, lint};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -29,6 +30,19 @@ pub enum PluginCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Pretty)]
         output: OutputFormat,
     },
+    /// Check plugin files without running them: the header, BPCS rules for the body, and shellcheck when installed.
+    /// Exit 0: no errors (warnings allowed); 1: errors; 2: a path cannot be read.
+    Lint {
+        /// Plugin files or directories (their `*.sh`, not `lib/`). Default: every plugin in the plugin directories.
+        paths: Vec<PathBuf>,
+        /// Do not run shellcheck.
+        #[arg(long)]
+        no_shellcheck: bool,
+        #[command(flatten)]
+        plugins: PluginDirs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Pretty)]
+        output: OutputFormat,
+    },
 }
 
 pub fn main(command: PluginCommand) -> i32 {
@@ -36,7 +50,41 @@ pub fn main(command: PluginCommand) -> i32 {
         PluginCommand::Bundle { names, out, user, dir, plugins, output } => {
             bundle(&names, &out, &user, &dir, &plugins, output)
         }
+        PluginCommand::Lint { paths, no_shellcheck, plugins, output } => lint(&paths, no_shellcheck, &plugins, output),
     }
+}
+
+fn lint(paths: &[PathBuf], no_shellcheck: bool, dirs: &PluginDirs, output: OutputFormat) -> i32 {
+    let plugin_dirs = dirs.dirs_or_default();
+    let paths = if paths.is_empty() { plugin_dirs.clone() } else { paths.to_vec() };
+    let options = lint::LintOptions { plugin_dirs, shellcheck: !no_shellcheck };
+    let report = match lint::plugin_files(&paths).and_then(|files| lint::lint_files(&files, &options)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let (errors, warnings) = (report.count(lint::Severity::Error), report.count(lint::Severity::Warning));
+    match output {
+        OutputFormat::Json => {
+            let doc = json!({
+                "files": report.files, "findings": report.findings, "errors": errors, "warnings": warnings,
+                "shellcheck": report.shellcheck,
+            });
+            println!("{doc}");
+        }
+        OutputFormat::Pretty => {
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            if report.shellcheck == lint::ShellcheckRun::NotInstalled {
+                eprintln!("note: shellcheck is not installed: its checks were skipped");
+            }
+            eprintln!("{} file(s) checked: {errors} error(s), {warnings} warning(s)", report.files.len());
+        }
+    }
+    if errors > 0 { EXIT_RUN_FAILED } else { EXIT_OK }
 }
 
 fn bundle(
