@@ -521,10 +521,14 @@ impl Checks<'_> {
                     c.line,
                     Severity::Warning,
                     "missing-requires",
-                    format!(
-                        "`{name}` is used but not listed in `requires` (header line {}), nor tested with `command -v`",
-                        self.header_line("requires")
-                    ),
+                    match self.find_header_line("requires") {
+                        Some(at) => format!(
+                            "`{name}` is used but not listed in `requires` (line {at}), nor tested with `command -v`"
+                        ),
+                        None => format!(
+                            "`{name}` is used but the header has no `requires`, nor is it tested with `command -v`"
+                        ),
+                    },
                     c.via.as_ref(),
                 );
             }
@@ -643,12 +647,12 @@ impl Checks<'_> {
 
     /// The line of the header key `key` (`# key:`), else the header's first line.
     fn header_line(&self, key: &str) -> u64 {
+        self.find_header_line(key).unwrap_or(2)
+    }
+
+    fn find_header_line(&self, key: &str) -> Option<u64> {
         let prefix = format!("# {key}:");
-        self.text
-            .lines()
-            .take_while(|l| l.starts_with('#'))
-            .position(|l| l.starts_with(&prefix))
-            .map_or(2, |i| i as u64 + 1)
+        self.text.lines().take_while(|l| l.starts_with('#')).position(|l| l.starts_with(&prefix)).map(|i| i as u64 + 1)
     }
 
     /// The line closing the header (`# ---`), where findings about the whole body are reported.
