@@ -15,6 +15,8 @@
 //!
 //! - [`bpcs`]: the Bash Plugin Communication Spec v0.1 — header, input and output types and their validation.
 //! - [`plugins`]: the plugin registry (discovery, headers, versions, sha256).
+//! - [`lint`]: `rune plugin lint` — a plugin's header, BPCS rules for its bash body, shellcheck; every finding
+//!   with file and line.
 //! - [`inventory`]: hosts and groups; the only place targets come from.
 //! - [`orchestrator`]: turns a run request into per-host runs with bounded parallelism.
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
@@ -56,6 +58,7 @@ pub mod gate;
 pub mod golden;
 pub mod installed;
 pub mod inventory;
+pub mod lint;
 pub mod mediator;
 pub mod metrics;
 pub mod orchestrator;

@@ -307,9 +307,17 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
     // lines of the keys are found in one pass: a search per error made a header with 10,000 bad argument names
     // take seconds (quadratic).
     let key_lines = key_lines(&yaml);
+    let field_lines = arg_field_lines(&yaml);
     let at = |key: &str, indent: usize| -> Option<u64> {
         let offset = key_lines.get(&(indent, key)).copied();
         Some(first_line + offset.unwrap_or(0) as u64)
+    };
+    // An argument's problem points at the field it concerns (`pattern:`, `default:`), else at the argument.
+    let at_field = |arg: &str, field: &str| -> Option<u64> {
+        match field_lines.get(&(arg, field)).or_else(|| field_lines.get(&(arg, ""))) {
+            Some(offset) => Some(first_line + *offset as u64),
+            None => at(arg, 2),
+        }
     };
     let mut errors = Vec::new();
     if header.bpcs != BPCS_VERSION {
@@ -371,7 +379,7 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
     for (name, raw) in header.args {
         if !ARG_NAME_RE.is_match(&name) {
             errors.push(err(
-                at(&name, 2),
+                at_field(&name, ""),
                 None,
                 format!("argument name `{}` must match {}", excerpt(&name), ARG_NAME_RE.as_str()),
             ));
@@ -381,7 +389,7 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
             None => None,
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
-                errors.push(err(at(&name, 2), None, format!("argument `{name}`: invalid pattern: {e}")));
+                errors.push(err(at_field(&name, "pattern"), None, format!("argument `{name}`: invalid pattern: {e}")));
                 continue;
             }
         };
@@ -396,7 +404,7 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
         };
         if spec.secret && (spec.arg_type != crate::bpcs::ArgType::String || raw.default.is_some()) {
             errors.push(err(
-                at(&name, 2),
+                at_field(&name, "secret"),
                 None,
                 format!("argument `{name}` is secret: it must be a string without a default (a default is no secret)"),
             ));
@@ -404,11 +412,15 @@ pub fn parse_plugin(path: &Path, bytes: Vec<u8>) -> Result<Plugin, Vec<PluginLoa
         if let Some(default) = raw.default {
             match spec.check(&name, &RawArg::Json(default)) {
                 Ok(v) => spec.default = Some(v),
-                Err(e) => errors.push(err(at(&name, 2), None, format!("default: {e}"))),
+                Err(e) => errors.push(err(at_field(&name, "default"), None, format!("default: {e}"))),
             }
         }
         if spec.required && spec.default.is_some() {
-            errors.push(err(at(&name, 2), None, format!("argument `{name}` is required and has a default; pick one")));
+            errors.push(err(
+                at_field(&name, "default"),
+                None,
+                format!("argument `{name}` is required and has a default; pick one"),
+            ));
         }
         args.insert(name, spec);
     }
@@ -461,6 +473,52 @@ fn key_lines(yaml: &str) -> HashMap<(usize, &str), usize> {
         let key = rest.find(": ").map_or_else(|| rest.strip_suffix(':'), |end| rest.get(..end));
         if let Some(key) = key {
             lines.entry((indent, key)).or_insert(i);
+        }
+    }
+    lines
+}
+
+/// The first line (0-based) of each argument's fields, by (argument, field), and of the argument itself under
+/// field `""`, in one pass (like [`key_lines`]): block style (`pattern:` on a line of its own under the argument)
+/// and flow style (`n: { type: integer, default: 3 }`, every field on the argument's line).
+fn arg_field_lines(yaml: &str) -> HashMap<(&str, &str), usize> {
+    let mut lines = HashMap::new();
+    let mut in_args = false;
+    let mut arg_indent: Option<usize> = None;
+    let mut current: Option<&str> = None;
+    for (i, line) in yaml.lines().enumerate() {
+        let rest = line.trim_start_matches(' ');
+        if rest.is_empty() || rest.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - rest.len();
+        let (key, value) = match rest.find(": ") {
+            Some(end) => (rest.get(..end), rest.get(end + 2..).unwrap_or_default()),
+            None => (rest.strip_suffix(':'), ""),
+        };
+        if indent == 0 {
+            in_args = key == Some("args");
+            arg_indent = None;
+            current = None;
+            continue;
+        }
+        if !in_args {
+            continue;
+        }
+        let level = *arg_indent.get_or_insert(indent);
+        if indent == level {
+            current = key;
+            let Some(arg) = key else { continue };
+            lines.entry((arg, "")).or_insert(i);
+            if let Some(flow) = value.trim().strip_prefix('{') {
+                for field in flow.split(',').filter_map(|f| f.split_once(':').map(|(k, _)| k.trim())) {
+                    lines.entry((arg, field)).or_insert(i);
+                }
+            }
+        } else if indent > level
+            && let (Some(arg), Some(field)) = (current, key)
+        {
+            lines.entry((arg, field)).or_insert(i);
         }
     }
     lines
@@ -557,6 +615,24 @@ mod tests {
         let errors = parse_plugin(Path::new("p.sh"), text.as_bytes().to_vec()).expect_err("invalid");
         let lines: Vec<Option<u64>> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [Some(9), Some(11)], "{errors:?}");
+    }
+
+    #[test]
+    fn argument_field_errors_point_at_the_field() {
+        let text = "#!/bin/bash\n# ---\n# bpcs: \"0.1\"\n# name: p\n# version: 1.0.0\n# description: d\n# class: diagnostic\n# args:\n#   a:\n#     type: string\n#     pattern: \"([\"\n#   b:\n#     type: integer\n#     default: x\n#   c:\n#     type: integer\n#     secret: true\n#   d: { type: integer, required: true, default: 3 }\n# ---\n";
+        let errors = parse_plugin(Path::new("p.sh"), text.as_bytes().to_vec()).expect_err("invalid");
+        let lines: Vec<(Option<u64>, &str)> =
+            errors.iter().map(|e| (e.line, e.message.split(':').next().unwrap_or_default())).collect();
+        assert_eq!(
+            lines,
+            [
+                (Some(11), "argument `a`"),
+                (Some(14), "default"),
+                (Some(17), "argument `c` is secret"),
+                (Some(18), "argument `d` is required and has a default; pick one")
+            ],
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod nats_kv;
 mod nats_permissions;
+mod plugin_lint;
 mod plugin_test;
 mod soak;
 mod ssm_endpoint;

@@ -62,8 +62,12 @@ pub struct PluginDirs {
 
 impl PluginDirs {
     pub fn load(&self) -> Registry {
-        let dirs = if self.dirs.is_empty() { vec![PathBuf::from("plugins")] } else { self.dirs.clone() };
-        Registry::load(&dirs)
+        Registry::load(&self.dirs_or_default())
+    }
+
+    /// The directories given, or ./plugins.
+    pub fn dirs_or_default(&self) -> Vec<PathBuf> {
+        if self.dirs.is_empty() { vec![PathBuf::from("plugins")] } else { self.dirs.clone() }
     }
 }
 
@@ -89,7 +93,8 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Run the daemon: webhooks (and NATS when configured) in, rules and gates, plugin runs, results out.
     Serve(serve::ServeArgs),
-    /// Plugin tools: bundle (the files for hosts with `sudo: installed`), test (run a plugin and check its result).
+    /// Plugin tools: bundle (the files for hosts with `sudo: installed`), lint (check plugin files), test (run a
+    /// plugin and check its result).
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Show one plugin's header, arguments and versions.

@@ -1,5 +1,6 @@
-//! `rune plugin …`: tools for plugins. `bundle` writes what a host with `sudo: installed` needs; `test` runs a
-//! plugin on an input as a real run would and checks the result (its golden cases: [`crate::golden`]).
+//! `rune plugin …`: tools for plugins. `bundle` writes what a host with `sudo: installed` needs; `lint` checks
+//! plugin files without running them (docs/plugin-lint.md); `test` runs a plugin on an input as a real run would
+//! and checks the result (its golden cases: [`crate::golden`]).
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use serde_json::json;
 
 use super::{EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, OutputFormat, PluginDirs};
 use crate::golden::{self, Case, CaseInput, CaseReport, Tester};
-use crate::installed;
+use crate::{installed, lint};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -34,6 +35,19 @@ pub enum PluginCommand {
     /// Run a plugin on a BPCS input as a real run does (locally, or on an inventory host) and check its result:
     /// one run from flags, a plugin's golden cases (plugins/tests/<plugin>/), or all of them (docs/plugin-tests.md).
     Test(TestArgs),
+    /// Check plugin files without running them: the header, BPCS rules for the body, and shellcheck when installed.
+    /// Exit 0: no errors (warnings allowed); 1: errors; 2: a path cannot be read.
+    Lint {
+        /// Plugin files or directories (their `*.sh`, not `lib/`). Default: every plugin in the plugin directories.
+        paths: Vec<PathBuf>,
+        /// Do not run shellcheck.
+        #[arg(long)]
+        no_shellcheck: bool,
+        #[command(flatten)]
+        plugins: PluginDirs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Pretty)]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +87,7 @@ pub async fn main(command: PluginCommand) -> i32 {
             bundle(&names, &out, &user, &dir, &plugins, output)
         }
         PluginCommand::Test(args) => test(args).await,
+        PluginCommand::Lint { paths, no_shellcheck, plugins, output } => lint(&paths, no_shellcheck, &plugins, output),
     }
 }
 
@@ -252,6 +267,39 @@ async fn test(args: TestArgs) -> i32 {
         return EXIT_USAGE;
     }
     golden::exit_code(&reports)
+}
+
+fn lint(paths: &[PathBuf], no_shellcheck: bool, dirs: &PluginDirs, output: OutputFormat) -> i32 {
+    let plugin_dirs = dirs.dirs_or_default();
+    let paths = if paths.is_empty() { plugin_dirs.clone() } else { paths.to_vec() };
+    let options = lint::LintOptions { plugin_dirs, shellcheck: !no_shellcheck };
+    let report = match lint::plugin_files(&paths).and_then(|files| lint::lint_files(&files, &options)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let (errors, warnings) = (report.count(lint::Severity::Error), report.count(lint::Severity::Warning));
+    match output {
+        OutputFormat::Json => {
+            let doc = json!({
+                "files": report.files, "findings": report.findings, "errors": errors, "warnings": warnings,
+                "shellcheck": report.shellcheck,
+            });
+            println!("{doc}");
+        }
+        OutputFormat::Pretty => {
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            if report.shellcheck == lint::ShellcheckRun::NotInstalled {
+                eprintln!("note: shellcheck is not installed: its checks were skipped");
+            }
+            eprintln!("{} file(s) checked: {errors} error(s), {warnings} warning(s)", report.files.len());
+        }
+    }
+    if errors > 0 { EXIT_RUN_FAILED } else { EXIT_OK }
 }
 
 fn bundle(
