@@ -461,6 +461,9 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
         }
         _ => webhook::router(webhook_config, Arc::new(webhook::BridgeSink(bridge.clone()))),
     };
+    // The stop signals are caught from before the first alert can be accepted: a SIGTERM that came between
+    // `ready` and the wait below used to end the process at once (the default action), dropping admitted runs.
+    let signals = StopSignals::catch();
     let ready = Arc::new(AtomicBool::new(true));
     let app: Router = hooks.merge(ops_routes(&bridge, settings.metrics.enabled, nats.clone(), ready.clone()));
     let listener = tokio::net::TcpListener::bind(w.listen).await.map_err(|e| format!("listen on {}: {e}", w.listen))?;
@@ -480,7 +483,7 @@ async fn run<D: DedupStore>(parts: Parts, dedup: D) -> Result<i32, String> {
     let http_stop = stop.clone();
     let http =
         tokio::spawn(webhook::serve(listener, app, listener_options, async move { http_stop.cancelled().await }));
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: intake stopped, draining runs");
     ready.store(false, Ordering::SeqCst);
     stop.cancel();
@@ -595,17 +598,37 @@ fn ops_routes<D: DedupStore>(
     router
 }
 
-async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// SIGTERM and SIGINT, caught from [`StopSignals::catch`] on: one that arrives before [`StopSignals::wait`] is
+/// kept, not acted on by the default action (which would end the process without draining).
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn catch() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let catch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| tracing::error!(signal = name, error = %e, "cannot catch the signal")).ok()
+        };
+        StopSignals {
+            term: catch(SignalKind::terminate(), "SIGTERM"),
+            interrupt: catch(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    }
+
+    async fn wait(mut self) {
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(&mut self.term) => {}
+            _ = next(&mut self.interrupt) => {}
+        }
     }
 }
