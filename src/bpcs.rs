@@ -183,7 +183,12 @@ impl ArgSpec {
                     ArgType::Integer => "an integer",
                     ArgType::Boolean => "a boolean",
                 };
-                return Err(wrong_type(name, expected, &v.to_string()));
+                // A JSON string is shown as its text (the error quotes it once), anything else as JSON.
+                let got = match v {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                return Err(wrong_type(name, expected, &got));
             }
         };
         let text = value.as_env_string();

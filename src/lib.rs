@@ -22,6 +22,7 @@
 //! - [`mediator`]: one plugin run on one host: invocation, timeout, output caps, output validation.
 //! - [`golden`]: `rune plugin test`: one plugin run through the orchestrator as a real run, its result compared
 //!   with an expectation; the golden cases in `plugins/tests/<plugin>/` and the stub commands they put on PATH.
+//! - [`scaffold`]: `rune plugin new` — a new plugin with its header, helpers, dry run and first golden cases.
 //! - [`installed`]: `sudo: installed` — root plugins installed on the host (`rune plugin bundle`), one sudoers
 //!   line each; the request the installed runner reads.
 //! - [`transport`]: how bytes reach a host (`local` subprocess, `ssh` with russh and a connection pool).
@@ -65,6 +66,7 @@ pub mod orchestrator;
 pub mod plugins;
 pub mod results;
 pub mod rules;
+pub mod scaffold;
 pub mod secrets;
 pub mod sources;
 pub mod transport;

@@ -15,6 +15,11 @@ use crate::bpcs::{ArgSpec, ArgValue, BPCS_VERSION, HeaderConfig, RawArg, SafetyC
 
 static NAME_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z0-9][a-z0-9-]{0,62}$").unwrap_or_else(|_| unreachable!()));
+/// True for a valid plugin name (`^[a-z0-9][a-z0-9-]{0,62}$`).
+pub fn valid_name(name: &str) -> bool {
+    NAME_RE.is_match(name)
+}
+
 static ARG_NAME_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z][a-z0-9_]{0,62}$").unwrap_or_else(|_| unreachable!()));
 static COMMAND_RE: LazyLock<Regex> =

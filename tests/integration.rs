@@ -840,7 +840,7 @@ fn every_shipped_plugin_has_a_valid_header() {
     let registry = Registry::load(&[repo().join("plugins")]);
     assert!(registry.problems().is_empty(), "{:?}", registry.problems());
     let names: Vec<&str> = registry.latest().map(|p| p.name.as_str()).collect();
-    for expected in ["gather-logs", "noop", "restart-docker", "restart-nomad"] {
+    for expected in ["disk-usage", "gather-logs", "noop", "restart-docker", "restart-nomad"] {
         assert!(names.contains(&expected), "{expected} shipped: {names:?}");
     }
 }

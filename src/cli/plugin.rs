@@ -13,6 +13,18 @@ use crate::{installed, lint};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Start a plugin: <dir>/<name>.sh with a complete header, an argument, dry-run handling and the helpers, and
+    /// its first golden cases in <dir>/tests/<name>/ (ok, dry-run, bad-args). It passes lint and test as written.
+    New {
+        /// The plugin's name: a-z, 0-9 and `-`, starting with a letter or digit.
+        name: String,
+        /// diagnostic (reads state, changes nothing) or remediation (changes the host).
+        #[arg(long, value_enum, default_value_t = NewClass::Diagnostic)]
+        class: NewClass,
+        /// The plugin directory to write into (default: the first plugin dir, ./plugins).
+        #[command(flatten)]
+        plugins: PluginDirs,
+    },
     /// Write the files a host needs for `sudo: installed`: the installed runner, the shared helpers, the plugins
     /// that need root, SHA256SUMS, and a sudoers drop-in with one line per plugin.
     Bundle {
@@ -81,8 +93,16 @@ pub struct TestArgs {
     pub output: OutputFormat,
 }
 
+/// `--class` of `rune plugin new`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NewClass {
+    Diagnostic,
+    Remediation,
+}
+
 pub async fn main(command: PluginCommand) -> i32 {
     match command {
+        PluginCommand::New { name, class, plugins } => new(&name, class, &plugins),
         PluginCommand::Bundle { names, out, user, dir, plugins, output } => {
             bundle(&names, &out, &user, &dir, &plugins, output)
         }
@@ -267,6 +287,46 @@ async fn test(args: TestArgs) -> i32 {
         return EXIT_USAGE;
     }
     golden::exit_code(&reports)
+}
+
+fn new(name: &str, class: NewClass, dirs: &PluginDirs) -> i32 {
+    let plugin_dirs = dirs.dirs_or_default();
+    let Some(dir) = plugin_dirs.first() else { return EXIT_USAGE };
+    if !crate::plugins::valid_name(name) {
+        eprintln!("error: `{name}` is not a plugin name (a-z, 0-9 and -, starting with a letter or digit, at most 63)");
+        return EXIT_USAGE;
+    }
+    if dirs.load().resolve(name).is_ok() {
+        eprintln!("error: a plugin named {name} exists already in {}", plugin_dirs_text(&plugin_dirs));
+        return EXIT_USAGE;
+    }
+    let class = match class {
+        NewClass::Diagnostic => crate::bpcs::SafetyClass::Diagnostic,
+        NewClass::Remediation => crate::bpcs::SafetyClass::Remediation,
+    };
+    let files = crate::scaffold::files(dir, name, class);
+    if let Err(e) = crate::scaffold::write(&files) {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
+    for f in &files {
+        println!("created {}", f.path.display());
+    }
+    if !plugin_dirs.iter().any(|d| d.join("lib/bpcs.sh").is_file()) {
+        eprintln!(
+            "note: no lib/bpcs.sh in the plugin dirs: add RUNE's plugins dir (--plugins-dir {}:plugins)",
+            dir.display()
+        );
+    }
+    println!(
+        "next: edit {}/{name}.sh, then `rune plugin lint` and `rune plugin test {name}` (docs/plugins.md)",
+        dir.display()
+    );
+    EXIT_OK
+}
+
+fn plugin_dirs_text(dirs: &[PathBuf]) -> String {
+    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn lint(paths: &[PathBuf], no_shellcheck: bool, dirs: &PluginDirs, output: OutputFormat) -> i32 {

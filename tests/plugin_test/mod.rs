@@ -143,3 +143,52 @@ fn a_case_runs_on_an_sshd_host_and_stub_cases_are_skipped_there() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("skip   restart-docker/ok") && stdout.contains("0 failed"), "{stdout}");
 }
+
+/// `rune plugin new` as docs/plugins.md starts: both classes scaffolded into an empty plugin dir (with RUNE's
+/// helpers beside), and what it wrote passes lint (no finding at all, shellcheck included) and its own cases.
+#[test]
+fn a_new_plugin_passes_lint_and_its_golden_cases_as_scaffolded() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let plugins = dir.path().join("plugins");
+    let lib = plugins.join("lib");
+    std::fs::create_dir_all(&lib).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    std::fs::copy(repo().join("plugins/lib/bpcs.sh"), lib.join("bpcs.sh")).unwrap_or_else(|e| panic!("copy: {e}"));
+    for (name, class) in [("disk-check", "diagnostic"), ("disk-fix", "remediation")] {
+        let out = rune(&["plugin", "new", name, "--class", class], dir.path(), &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(plugins.join(format!("{name}.sh")).is_file() && plugins.join("tests").join(name).is_dir());
+    }
+    let again = rune(&["plugin", "new", "disk-check"], dir.path(), &[]);
+    assert_eq!(again.status.code(), Some(2), "an existing plugin is not overwritten: {}", text(&again));
+    let bad = rune(&["plugin", "new", "Disk_Check"], dir.path(), &[]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+
+    let lint = rune(&["plugin", "lint", "--output", "json"], dir.path(), &[]);
+    assert_eq!(lint.status.code(), Some(0), "{}", text(&lint));
+    let findings = report(&lint);
+    assert_eq!(findings["findings"], json!([]), "a scaffold has nothing to fix: {findings}");
+    let test = rune(&["plugin", "test", "--all", "--output", "json"], dir.path(), &[]);
+    assert_eq!(test.status.code(), Some(0), "{}", text(&test));
+    let doc = report(&test);
+    assert_eq!((doc["passed"].as_u64(), doc["failed"].as_u64()), (Some(6), Some(0)), "{doc}");
+}
+
+/// docs/plugins.md's worked example is the shipped plugin and its cases, verbatim: the guide cannot drift from
+/// what `rune plugin lint` and `--all` check.
+#[test]
+fn the_guides_worked_example_is_the_shipped_disk_usage_plugin_verbatim() {
+    let guide = std::fs::read_to_string(repo().join("docs/plugins.md")).unwrap_or_else(|e| panic!("{e}"));
+    let plugin = std::fs::read_to_string(repo().join("plugins/disk-usage.sh")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        guide.contains(&format!("```bash\n{plugin}```\n")),
+        "docs/plugins.md must show plugins/disk-usage.sh whole"
+    );
+    let cases = repo().join("plugins/tests/disk-usage");
+    for entry in std::fs::read_dir(&cases).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("`plugins/tests/disk-usage/{name}`:\n\n```json\n{text}```\n");
+        assert!(guide.contains(&shown), "docs/plugins.md must show {name} whole");
+    }
+}
