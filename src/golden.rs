@@ -89,12 +89,35 @@ pub struct CaseInput {
     /// Extra environment variables for the run (not `PATH`, not `RUNE_*`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Files made in the case's own directory before the run (relative path → contents and age), for a plugin
+    /// that works on files; `@CASE_DIR@` in `args` and in the expect file stands for that directory, and the
+    /// result document gets `files_after`, the files left in it.
+    #[serde(default)]
+    pub files: BTreeMap<String, CaseFile>,
 }
+
+/// One file of a case's `files`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    #[serde(default)]
+    pub content: String,
+    /// Seconds since its last modification (its mtime is set that far back).
+    #[serde(default)]
+    pub age_s: u64,
+}
+
+/// Stands for the case's own directory (`files`) in `args` and in the expect file.
+pub const CASE_DIR: &str = "@CASE_DIR@";
 
 impl CaseInput {
     /// True when the case changes the local run's environment (which a remote host cannot get).
     pub fn needs_local(&self) -> bool {
-        !(self.stubs.is_empty() && self.hide.is_empty() && self.state.is_empty() && self.env.is_empty())
+        !(self.stubs.is_empty()
+            && self.hide.is_empty()
+            && self.state.is_empty()
+            && self.env.is_empty()
+            && self.files.is_empty())
     }
 
     fn check(&self, path: &Path, stubs_dir: Option<&Path>) -> Result<(), GoldenError> {
@@ -119,6 +142,12 @@ impl CaseInput {
                 problems.push(format!(
                     "env `{name}`: not a variable a case may set (PATH, STUB_STATE_DIR and RUNE_* are RUNE's)"
                 ));
+            }
+        }
+        for name in self.files.keys() {
+            let segments: Vec<&str> = name.split('/').collect();
+            if segments.len() > 8 || !segments.iter().all(|s| FILE_NAME_RE.is_match(s)) {
+                problems.push(format!("file `{name}`: not a relative path of plain names (at most 8)"));
             }
         }
         if self.timeout == Some(0) {
@@ -349,7 +378,7 @@ impl Tester {
     pub async fn run(&self, case: &Case) -> CaseReport {
         let on_host = self.host.is_some();
         if on_host && case.input.needs_local() {
-            let why = "the case sets stubs, hidden commands, stub state or env, which only a local run gets";
+            let why = "the case sets stubs, hidden commands, stub state, env or files, which only a local run gets";
             return CaseReport::new(case, Verdict::Skip, Some(why.into()));
         }
         if let Err(e) =
@@ -385,7 +414,9 @@ impl Tester {
             orchestrator = orchestrator.with_local(LocalTransport::with_env(w.env.clone()));
         }
         let mut envelope = None;
-        let actual = match orchestrator.plan(&request(case, self.host.as_deref().unwrap_or(LOCAL_HOST))) {
+        let case_dir = workspace.as_ref().map(|w| w.files.display().to_string());
+        let host = self.host.as_deref().unwrap_or(LOCAL_HOST);
+        let actual = match orchestrator.plan(&request(case, host, case_dir.as_deref())) {
             Err(refused) => json!({ "error": "invalid_request", "problems": refused.0, "ran": false }),
             Ok(plan) => {
                 envelope = orchestrator.run_all(plan, 1).await.into_iter().next();
@@ -398,6 +429,11 @@ impl Tester {
                 {
                     map.insert("stub_calls".into(), Value::from(w.calls()));
                 }
+                if let (Some(w), Value::Object(map)) = (&workspace, &mut doc)
+                    && !case.input.files.is_empty()
+                {
+                    map.insert("files_after".into(), Value::from(w.files_left()));
+                }
                 doc
             }
         };
@@ -406,13 +442,11 @@ impl Tester {
                 let mut ignore: Vec<String> = ALWAYS_IGNORED.iter().map(|p| (*p).to_owned()).collect();
                 ignore.extend(expect.ignore.iter().cloned());
                 let mut differences = Vec::new();
-                compare(
-                    &Value::Object(expect.document.clone()),
-                    Some(&actual),
-                    String::new(),
-                    &ignore,
-                    &mut differences,
-                );
+                let mut expected = Value::Object(expect.document.clone());
+                if let Some(dir) = &case_dir {
+                    substitute_case_dir(&mut expected, dir);
+                }
+                compare(&expected, Some(&actual), String::new(), &ignore, &mut differences);
                 let verdict = if differences.is_empty() { Verdict::Pass } else { Verdict::Fail };
                 let mut r = CaseReport::new(case, verdict, None);
                 r.differences = differences;
@@ -433,9 +467,29 @@ impl Tester {
     }
 }
 
-fn request(case: &Case, host: &str) -> RunRequest {
-    let mut args: BTreeMap<String, RawArg> =
-        case.input.args.iter().map(|(k, v)| (k.clone(), RawArg::Json(v.clone()))).collect();
+/// Replaces [`CASE_DIR`] in every string of `value` with `dir`.
+fn substitute_case_dir(value: &mut Value, dir: &str) {
+    match value {
+        Value::String(s) if s.contains(CASE_DIR) => *s = s.replace(CASE_DIR, dir),
+        Value::Array(items) => items.iter_mut().for_each(|v| substitute_case_dir(v, dir)),
+        Value::Object(map) => map.values_mut().for_each(|v| substitute_case_dir(v, dir)),
+        _ => {}
+    }
+}
+
+fn request(case: &Case, host: &str, case_dir: Option<&str>) -> RunRequest {
+    let mut args: BTreeMap<String, RawArg> = case
+        .input
+        .args
+        .iter()
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            if let Some(dir) = case_dir {
+                substitute_case_dir(&mut v, dir);
+            }
+            (k.clone(), RawArg::Json(v))
+        })
+        .collect();
     for (k, v) in &case.cli_args {
         args.insert(k.clone(), RawArg::Text(v.clone()));
     }
@@ -456,6 +510,8 @@ fn request(case: &Case, host: &str) -> RunRequest {
 struct Workspace {
     dir: PathBuf,
     state: PathBuf,
+    /// The case's own directory (`files`, `@CASE_DIR@`).
+    files: PathBuf,
     env: Vec<(String, OsString)>,
 }
 
@@ -465,7 +521,7 @@ impl Workspace {
         let fail = |what: &str, e: std::io::Error| GoldenError::Prepare(format!("{what}: {e}"));
         let dir = std::env::temp_dir().join(format!("rune-plugin-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| fail(&dir.display().to_string(), e))?;
-        let mut w = Workspace { state: dir.join("state"), dir, env: Vec::new() };
+        let mut w = Workspace { state: dir.join("state"), files: dir.join("files"), dir, env: Vec::new() };
         let bin = w.dir.join("bin");
         std::fs::create_dir(&bin).map_err(|e| fail("bin", e))?;
         std::fs::create_dir(&w.state).map_err(|e| fail("state", e))?;
@@ -477,6 +533,23 @@ impl Workspace {
         }
         for (name, contents) in &input.state {
             std::fs::write(w.state.join(name), contents).map_err(|e| fail(name, e))?;
+        }
+        std::fs::create_dir(&w.files).map_err(|e| fail("files", e))?;
+        for (name, file) in &input.files {
+            // Checked by CaseInput::check: plain names joined by `/`.
+            let path = w.files.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| fail(name, e))?;
+            }
+            std::fs::write(&path, &file.content).map_err(|e| fail(name, e))?;
+            let when = std::time::SystemTime::now()
+                .checked_sub(std::time::Duration::from_secs(file.age_s))
+                .unwrap_or(std::time::UNIX_EPOCH);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(when))
+                .map_err(|e| fail(name, e))?;
         }
         let mut path = vec![bin];
         let inherited = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -506,6 +579,25 @@ impl Workspace {
             std::os::unix::fs::symlink(entry.path(), masked.join(&name))?;
         }
         Ok(masked)
+    }
+
+    /// The files left in the case's directory after the run (relative paths, sorted; directories not listed).
+    fn files_left(&self) -> Vec<String> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>, depth: usize) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() && depth < 16 => walk(&path, base, out, depth + 1),
+                    Ok(t) if t.is_dir() => {}
+                    _ => out.push(path.strip_prefix(base).unwrap_or(&path).display().to_string()),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.files, &self.files, &mut out, 0);
+        out.sort();
+        out
     }
 
     /// The stubs' calls (`calls.log`), one line each.

@@ -361,6 +361,15 @@ const TOOLS: &[&str] = &[
     "dnf",
     "rpm",
     "dpkg",
+    // Not coreutils either, though most hosts have them (findutils, grep, sed, gawk/mawk, procps).
+    "find",
+    "xargs",
+    "grep",
+    "sed",
+    "awk",
+    "ps",
+    "pgrep",
+    "pkill",
 ];
 
 /// Commands that test for a command without running it (`command -v X`, `type -P X`, `hash X`, `which X`).
@@ -1518,6 +1527,7 @@ mod tests {
     fn tools_must_be_required_unless_tested_first() {
         only(&diagnostic("docker ps >&2"), "missing-requires", "docker ps");
         only(&diagnostic("out=$(nomad node status -self)"), "missing-requires", "nomad node");
+        only(&diagnostic("n=$(grep -c x file)"), "missing-requires", "grep -c");
         let required = diagnostic("docker ps >&2").replace("# timeout: 30\n", "# timeout: 30\n# requires: [docker]\n");
         clean(&required);
         clean(&diagnostic("if command -v docker >/dev/null 2>&1; then docker ps >&2; fi"));

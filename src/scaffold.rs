@@ -25,7 +25,7 @@ const HEADER: &str = r#"#!/usr/bin/env bash
 # class: @CLASS@
 # needs_root: false
 # timeout: 60
-# requires: [uname]
+# requires: []                          # commands a host may lack (not bash or coreutils), e.g. [systemctl]
 # args:
 #   target:
 #     type: string
@@ -48,11 +48,7 @@ bpcs_json_str -v target_json "$target"
 "#;
 
 const DIAGNOSTIC_BODY: &str = r#"
-if bpcs_dry_run; then
-  # A dry run says what a real run would do and changes nothing (a diagnostic changes nothing anyway).
-  bpcs_finish ok "dry run: would look at $target" false "$(bpcs_obj target "$target_json")"
-fi
-
+# A diagnostic changes nothing, so a dry run (RUNE_DRY_RUN=1) does the same check: no dry-run branch needed.
 # The work. Replace it with yours: command output into variables or to stderr, never to stdout.
 bpcs_log INFO "looking at $target"
 kernel=$(uname -r)
@@ -88,7 +84,7 @@ pub fn files(dir: &Path, name: &str, class: SafetyClass) -> Vec<NewFile> {
     let script =
         format!("{HEADER}{body}").replace("@NAME@", name).replace("@CLASS@", class_word).replace("@WHAT@", what);
     let (ok_summary, ok_data, dry_summary) = match class {
-        SafetyClass::Diagnostic => ("looked at example", r#"{"target": "example"}"#, "dry run: would look at example"),
+        SafetyClass::Diagnostic => ("looked at example", r#"{"target": "example"}"#, "looked at example"),
         SafetyClass::Remediation => (
             "example: nothing needed fixing",
             r#"{"target": "example", "changed": false}"#,

@@ -319,9 +319,10 @@ fn new(name: &str, class: NewClass, dirs: &PluginDirs) -> i32 {
         );
     }
     println!(
-        "next: edit {}/{name}.sh, then `rune plugin lint` and `rune plugin test {name}` (docs/plugins.md)",
+        "next: edit {}/{name}.sh, then `rune plugin lint` and `rune plugin test {name}` (docs/plugins.md);",
         dir.display()
     );
+    println!("      when it declares `requires`, add a case that hides one of them (a precondition failure).");
     EXIT_OK
 }
 

@@ -192,3 +192,62 @@ fn the_guides_worked_example_is_the_shipped_disk_usage_plugin_verbatim() {
         assert!(guide.contains(&shown), "docs/plugins.md must show {name} whole");
     }
 }
+
+/// A case can give the plugin files to work on (`files`, with ages), name their directory in `args` and in the
+/// expect file as `@CASE_DIR@`, and check what is left (`files_after`): a remediation that removes old files.
+#[test]
+fn a_case_gives_the_plugin_files_and_checks_what_is_left() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let plugins = dir.path().join("plugins");
+    write(
+        &plugins.join("lib/bpcs.sh"),
+        &std::fs::read_to_string(repo().join("plugins/lib/bpcs.sh")).unwrap_or_default(),
+    );
+    write(
+        &plugins.join("prune-old.sh"),
+        r#"#!/usr/bin/env bash
+# ---
+# bpcs: "0.1"
+# name: prune-old
+# version: 0.1.0
+# description: Test plugin — removes files older than a day from a directory
+# class: remediation
+# timeout: 30
+# args:
+#   dir:
+#     type: string
+#     required: true
+#     pattern: "^/[A-Za-z0-9._/-]{1,200}$"
+# ---
+set -euo pipefail
+. "$RUNE_LIB/bpcs.sh"
+dir=$(bpcs_arg dir)
+if bpcs_dry_run; then bpcs_finish ok "dry run" false ""; fi
+n=0
+while IFS= read -r -d '' f; do rm -f -- "$f"; n=$((n + 1)); done < <(find "$dir" -type f -mmin +1440 -print0)
+d=''
+bpcs_json_str -v d "$dir"
+bpcs_finish ok "removed $n" "$([ "$n" -gt 0 ] && echo true || echo false)" "$(bpcs_obj dir "$d" removed "$n")"
+"#,
+    );
+    write(
+        &plugins.join("tests/prune-old/ok.input.json"),
+        r#"{"args": {"dir": "@CASE_DIR@/logs"}, "files": {"logs/old.log": {"content": "x", "age_s": 172800},
+            "logs/sub/older.log": {"age_s": 864000}, "logs/new.log": {"content": "keep"}, "other.txt": {"age_s": 864000}}}"#,
+    );
+    write(
+        &plugins.join("tests/prune-old/ok.expect.json"),
+        r#"{"status": "ok", "output": {"summary": "removed 2", "data": {"dir": "@CASE_DIR@/logs", "removed": 2}, "changed": true},
+            "files_after": ["logs/new.log", "other.txt"]}"#,
+    );
+    let out = rune(&["plugin", "test", "prune-old", "--output", "json"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The same case expecting the old file kept fails, naming files_after.
+    write(
+        &plugins.join("tests/prune-old/ok.expect.json"),
+        r#"{"files_after": ["logs/new.log", "logs/old.log", "other.txt"]}"#,
+    );
+    let out = rune(&["plugin", "test", "prune-old"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("/files_after"), "{}", text(&out));
+}
