@@ -398,7 +398,10 @@ impl Tester {
             // SAFETY: geteuid(2) has no preconditions and cannot fail.
             && unsafe { libc::geteuid() } != 0
         {
-            let why = format!("{} needs root: run the test as root, or on a host (--host) that has sudo", plugin.name);
+            let why = format!(
+                "{} needs root: run the test as root (or, for cases without stubs, hide, state, env or files, on a host with --host)",
+                plugin.name
+            );
             return CaseReport::new(case, Verdict::Skip, Some(why));
         }
         let workspace = if on_host {

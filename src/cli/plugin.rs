@@ -150,7 +150,10 @@ async fn test(args: TestArgs) -> i32 {
         (Some(t), _) if t.ends_with(golden::INPUT_SUFFIX) => {
             let input = PathBuf::from(t);
             let cases = input.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-            let Some(plugin) = cases.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            // The parent of the plugin's dir must be `tests`, however the path is written.
+            let in_tests = cases.parent().and_then(|p| p.file_name()).is_some_and(|n| n == golden::CASES_DIR);
+            let plugin = cases.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+            let Some(plugin) = plugin.filter(|_| in_tests) else {
                 return usage(format!("{t}: a case file lives in <plugins dir>/tests/<plugin>/"));
             };
             // <dir>/tests/<plugin>/<case>.input.json: that plugins dir first.

@@ -115,6 +115,13 @@ fn a_differing_case_and_a_contract_breach_are_named_precisely() {
     let out = rune(&["plugin", "test", "noop", "--plugins-dir", &dirs], dir.path(), &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("unknown field `argz`"), "{}", text(&out));
+    // A case file outside <plugins dir>/tests/<plugin>/, by absolute path too (it used to name the parent dir
+    // as the plugin, and pass as a refusal under an empty expectation).
+    let stray = dir.path().join("stray.input.json");
+    write(&stray, "{}");
+    let out = rune(&["plugin", "test", &stray.display().to_string(), "--expect", "/dev/null"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("a case file lives in <plugins dir>/tests/<plugin>/"), "{}", text(&out));
 }
 
 #[test]
