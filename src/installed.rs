@@ -8,13 +8,12 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::mediator::{KILL_AFTER_SECS, RunSpec};
 use crate::plugins::{Plugin, Registry};
-use crate::transport::{Invocation, push_printf_line_literal};
+use crate::transport::push_printf_line_literal;
 
 /// Where the bundle is installed unless the inventory says `installed_dir`.
 pub const DEFAULT_DIR: &str = "/usr/local/lib/rune";
@@ -44,22 +43,14 @@ pub fn check_dir(dir: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(dir))
 }
 
-/// The run through the installed runner in `dir`: `sudo -n <dir>/run <plugin>` and the request on stdin.
-pub fn invocation(spec: &RunSpec, dir: &Path, input_json: &[u8], deadline: Duration) -> Invocation {
+/// The run through the installed runner in `dir`: the command (`sudo -n <dir>/run <plugin>`), the request for
+/// its stdin, and the cleanup command (`sudo -n <dir>/run --cleanup`, the run id on its stdin).
+pub fn command(spec: &RunSpec, dir: &Path, input_json: &[u8]) -> (String, Vec<u8>, String) {
     let run = dir.join("run");
-    Invocation {
-        command: format!("sudo -n {} {}", run.display(), spec.plugin.name),
-        stdin: request(spec, input_json).into_bytes(),
-        deadline,
-        stdout_cap: crate::bpcs::MAX_STDOUT_BYTES,
-        stderr_tail: crate::bpcs::STDERR_TAIL_BYTES,
-        stderr_budget: crate::bpcs::MAX_STDERR_BYTES,
-        start_marker: format!("rune-runner-start {}\n", spec.run_id).into_bytes(),
-        // The run id is a UUID RUNE made and the dir was checked: nothing here needs quoting.
-        cleanup: format!("printf '%s\\n' {} | sudo -n {} --cleanup", spec.run_id, run.display()),
-        comment: crate::mediator::comment(spec),
-        session: None,
-    }
+    let command = format!("sudo -n {} {}", run.display(), spec.plugin.name);
+    // The run id is a UUID RUNE made and the dir was checked: nothing here needs quoting.
+    let cleanup = format!("printf '%s\\n' {} | sudo -n {} --cleanup", spec.run_id, run.display());
+    (command, request(spec, input_json).into_bytes(), cleanup)
 }
 
 /// The request the installed runner reads (its format is described in `src/installed.sh`).
@@ -76,18 +67,11 @@ fn request(spec: &RunSpec, input_json: &[u8]) -> String {
         u8::from(spec.sweep_stale)
     );
     let _ = writeln!(out, "requires {}", spec.plugin.requires.join(" "));
-    let mut var = |name: &str, value: &[u8]| {
+    crate::mediator::each_data_var(spec, |name, value| {
         let _ = write!(out, "var {name} ");
         push_printf_line_literal(&mut out, value);
         out.push('\n');
-    };
-    var("RUNE_HOST", spec.host.name.as_bytes());
-    var("RUNE_ACTION", spec.action.as_bytes());
-    var("RUNE_CORRELATION_ID", spec.correlation_id.as_bytes());
-    for (name, value) in spec.args.iter() {
-        // Arg names were validated against ^[a-z][a-z0-9_]{0,62}$ when the header loaded.
-        var(&format!("RUNE_ARG_{name}"), value.as_env_string().as_bytes());
-    }
+    });
     out.push_str("input ");
     push_printf_line_literal(&mut out, input_json);
     out.push_str("\nend\n");

@@ -179,7 +179,8 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     }
 
     if let (true, Sudo::Installed(dir)) = (spec.uses_sudo(), &spec.host.sudo) {
-        return Ok(crate::installed::invocation(spec, dir, &input_json, deadline));
+        let (command, stdin, cleanup) = crate::installed::command(spec, dir, &input_json);
+        return Ok(runner_invocation(spec, command, stdin, cleanup, deadline));
     }
 
     let mut put = String::with_capacity(plugin.source.len() + input_json.len() + 4096);
@@ -196,19 +197,12 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     }
 
     let mut env = String::new();
-    let mut push_env = |name: &str, value: &str| {
+    each_data_var(spec, |name, value| {
         // printf -v decodes into the variable without a fork; the name is a validated identifier.
         let _ = write!(env, "  printf -v {name} '%b' '");
-        push_printf_literal(&mut env, value.as_bytes());
+        push_printf_literal(&mut env, value);
         let _ = writeln!(env, "' && export {name}");
-    };
-    push_env("RUNE_HOST", &spec.host.name);
-    push_env("RUNE_ACTION", &spec.action);
-    push_env("RUNE_CORRELATION_ID", &spec.correlation_id);
-    for (name, value) in spec.args.iter() {
-        // Arg names were validated against ^[a-z][a-z0-9_]{0,62}$ when the header loaded.
-        push_env(&format!("RUNE_ARG_{name}"), &value.as_env_string());
-    }
+    });
 
     let timeout = spec.timeout_secs().to_string();
     let kill_after = KILL_AFTER_SECS.to_string();
@@ -244,9 +238,21 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
     let sudo = if spec.uses_sudo() { "sudo -n " } else { "" };
     let command = format!("{sudo}bash --noprofile --norc -c '{boot}'");
     let cleanup = format!("{sudo}bash --noprofile --norc -c '{kill}'");
-    Ok(Invocation {
+    Ok(runner_invocation(spec, command, program.into_bytes(), cleanup, deadline))
+}
+
+/// A run through a runner of its own (sent with the run, or installed on the host): `command` starts it with
+/// `stdin`, it prints the start marker first, and `cleanup` ends it when RUNE gives up on the run.
+fn runner_invocation(
+    spec: &RunSpec,
+    command: String,
+    stdin: Vec<u8>,
+    cleanup: String,
+    deadline: Duration,
+) -> Invocation {
+    Invocation {
         command,
-        stdin: program.into_bytes(),
+        stdin,
         deadline,
         stdout_cap: bpcs::MAX_STDOUT_BYTES,
         stderr_tail: bpcs::STDERR_TAIL_BYTES,
@@ -255,11 +261,24 @@ pub fn build_invocation(spec: &RunSpec) -> Result<Invocation, String> {
         cleanup,
         comment: comment(spec),
         session: None,
-    })
+    }
+}
+
+/// The run's `RUNE_*` variables that carry data, in the order every runner sets them: the host, the action,
+/// the correlation id and each argument (`RUNE_ARG_<name>`). The runners set the others (dry run, timeout,
+/// paths) themselves.
+pub(crate) fn each_data_var(spec: &RunSpec, mut var: impl FnMut(&str, &[u8])) {
+    var("RUNE_HOST", spec.host.name.as_bytes());
+    var("RUNE_ACTION", spec.action.as_bytes());
+    var("RUNE_CORRELATION_ID", spec.correlation_id.as_bytes());
+    for (name, value) in spec.args.iter() {
+        // Arg names were validated against ^[a-z][a-z0-9_]{0,62}$ when the header loaded.
+        var(&format!("RUNE_ARG_{name}"), value.as_env_string().as_bytes());
+    }
 }
 
 /// `rune <run id> <correlation id>`, cut to the 100 characters an SSM command comment may have.
-pub(crate) fn comment(spec: &RunSpec) -> String {
+fn comment(spec: &RunSpec) -> String {
     let mut c = format!("rune {} {}", spec.run_id, spec.correlation_id);
     c.truncate(100);
     c
@@ -275,16 +294,9 @@ fn session_run(spec: &RunSpec, input_json: Vec<u8>) -> SessionRun {
         .map(|lib| SessionFile { path: format!("lib/{}", lib.name), contents: lib.source.clone() })
         .collect();
     files.push(SessionFile { path: plugin_file.clone(), contents: plugin.source.clone() });
-    let mut vars: Vec<(String, Vec<u8>)> = vec![
-        ("RUNE_HOST".into(), spec.host.name.clone().into_bytes()),
-        ("RUNE_ACTION".into(), spec.action.clone().into_bytes()),
-        ("RUNE_CORRELATION_ID".into(), spec.correlation_id.clone().into_bytes()),
-        ("RUNE_DRY_RUN".into(), if spec.dry_run { b"1".to_vec() } else { b"0".to_vec() }),
-    ];
-    for (name, value) in spec.args.iter() {
-        // Arg names were validated against ^[a-z][a-z0-9_]{0,62}$ when the header loaded.
-        vars.push((format!("RUNE_ARG_{name}"), value.as_env_string().into_bytes()));
-    }
+    let mut vars: Vec<(String, Vec<u8>)> = Vec::with_capacity(spec.args.len() + 4);
+    each_data_var(spec, |name, value| vars.push((name.to_owned(), value.to_vec())));
+    vars.push(("RUNE_DRY_RUN".into(), if spec.dry_run { b"1".to_vec() } else { b"0".to_vec() }));
     SessionRun {
         run_id: spec.run_id.clone(),
         nonce: uuid::Uuid::new_v4().simple().to_string(),
