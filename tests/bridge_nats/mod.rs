@@ -219,6 +219,18 @@ async fn chatops_requests_get_a_reply_and_their_result_follows() {
     b.shutdown().await;
 }
 
+/// The results stream the tests count results in (`RUNE_RESULTS` on `rune.results.>`), with `duplicate_window`.
+async fn results_stream(js: &async_nats::jetstream::Context, duplicate_window: Duration) {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "RUNE_RESULTS".into(),
+        subjects: vec!["rune.results.>".into()],
+        duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("results stream: {e}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_an_alert() {
     let mut server = NatsServer::start();
@@ -226,14 +238,7 @@ async fn jetstream_intake_survives_a_server_restart_without_losing_or_doubling_a
     // Results through a results stream: a result published while the server restarts is retried, not lost (core
     // NATS would drop it, and a subscriber would miss it). The stream is what the test counts.
     let js = async_nats::jetstream::new(client.clone());
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: "RUNE_RESULTS".into(),
-        subjects: vec!["rune.results.>".into()],
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("results stream: {e}"));
+    results_stream(&js, Duration::from_secs(120)).await;
     let b = bridge_with(&client, Some(js.clone()));
     let stop = CancellationToken::new();
     let settings = JetStreamIntake { ack_wait: Duration::from_secs(10), concurrency: 32, ..test_intake() };
@@ -341,14 +346,7 @@ async fn results_of_runs_finished_during_a_long_nats_outage_are_published_once_i
     let ledger = dir.path().join("ledger");
     std::fs::write(&ledger, "").unwrap_or_else(|e| panic!("{e}"));
     let js = async_nats::jetstream::new(client.clone());
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: "RUNE_RESULTS".into(),
-        subjects: vec!["rune.results.>".into()],
-        duplicate_window: Duration::from_secs(300),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("results stream: {e}"));
+    results_stream(&js, Duration::from_secs(300)).await;
     // mark-run appends its n to the ledger as it starts and takes 0.4 s; four run slots, so runs are in flight
     // whenever alerts are coming.
     let rules = format!(

@@ -80,14 +80,7 @@ impl Plan {
     /// go round every host).
     fn payload(&self, alertname: &str, n: usize) -> String {
         let host = format!("host-{:02}", (n / CYCLE + n % CYCLE) % self.hosts.max(1));
-        format!(
-            r#"{{"version":"4","groupKey":"{{}}:{{alertname=\"{alertname}\"}}","truncatedAlerts":0,"status":"firing","receiver":"rune",
-"groupLabels":{{"alertname":"{alertname}"}},"commonLabels":{{"alertname":"{alertname}","severity":"critical"}},"commonAnnotations":{{}},
-"externalURL":"http://127.0.0.1:9093","alerts":[{{"status":"firing","labels":{{"alertname":"{alertname}","instance":"{host}:9100",
-"job":"node","severity":"critical","env":"soak","team":"sre","n":"{n}","device":"sda"}},"annotations":{{"summary":"{alertname} on {host}",
-"runbook_url":"http://127.0.0.1/runbooks/{alertname}"}},"startsAt":"2026-11-24T10:00:00Z","endsAt":"0001-01-01T00:00:00Z",
-"generatorURL":"http://127.0.0.1:9090/graph","fingerprint":"{alertname}-{n:08}"}}]}}"#
-        )
+        super::measure::alertmanager_payload(alertname, &host, &format!("{alertname}-{n:08}"), ("n", &n.to_string()))
     }
 }
 

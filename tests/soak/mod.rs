@@ -20,6 +20,9 @@
 
 mod daemon;
 mod load;
+/// The benchmarks' measuring helpers (/proc readings, the Alertmanager payload), shared rather than copied.
+#[path = "../../benches/common/mod.rs"]
+mod measure;
 mod probe;
 
 use std::collections::HashSet;
@@ -32,7 +35,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use daemon::Daemon;
 use load::{AuditSummary, Class, Ledger, Plan, Published, Verdict, class_of};
-use probe::{Progress, Reading, Sample, Sampler, mib};
+use measure::mib;
+use probe::{Progress, Reading, Sample, Sampler};
 
 use crate::support::nats::NatsServer;
 use crate::support::sshd::{FleetOptions, SshdFleet, free_port};
@@ -257,8 +261,8 @@ fn run(knobs: &Knobs) -> Figures {
             js.get_consumer_from_stream("rune", "RUNE_ALERTS").await.unwrap_or_else(|e| panic!("consumer: {e}"));
         consumer.info().await.cloned().unwrap_or_else(|e| panic!("consumer info: {e}"))
     });
-    let nats_cpu = nats.pid().map(probe::cpu).unwrap_or_default();
-    let nats_rss_kib = nats.pid().map(probe::rss_kib).unwrap_or_default();
+    let nats_cpu = measure::pid_cpu(nats.pid());
+    let nats_rss_kib = nats.pid().map(|pid| measure::status_kib(&format!("/proc/{pid}/status"), "VmRSS:")).unwrap_or(0);
     let exit = daemon.terminate();
     drop(client);
     runtime.shutdown_timeout(Duration::from_secs(2));

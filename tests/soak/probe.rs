@@ -60,34 +60,7 @@ pub fn read(pid: u32, ssh_ports: &HashSet<u16>) -> Option<Reading> {
             *state == "01" && port.is_some_and(|p| ssh_ports.contains(&p)) && sockets.contains(*inode)
         })
         .count();
-    Some(Reading { rss_kib, hwm_kib, threads, fds, ssh, cpu: cpu(pid) })
-}
-
-/// CPU time used so far by `pid` (utime + stime), zero when it cannot be read.
-pub fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may contain spaces; fields 3, 4, … follow the last ')'. utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64;
-    Duration::from_micros((field(14) + field(15)) * 1_000_000 / ticks_per_second)
-}
-
-/// `VmRSS` of `pid` in KiB (0 when gone).
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-pub fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
+    Some(Reading { rss_kib, hwm_kib, threads, fds, ssh, cpu: super::measure::pid_cpu(Some(pid)) })
 }
 
 /// Counts of the soak at the moment of a sample: alerts published, decisions and results received.
